@@ -1,0 +1,131 @@
+"""Run settings, and PostgreSQL connection strings in podyn's JDBC form or libpq's.
+
+podyn (Java) took ``jdbc:postgresql://host:port/db?user=..&password=..``; podyn_py accepts that, libpq URIs
+(``postgresql://...``) and key=value DSNs, and turns all of them into a libpq conninfo string. TLS settings
+(sslmode, sslrootcert, ...) pass through to libpq. :func:`redact` gives the form that may be shown: no password.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from podyn_py.core.schema import ConversionMode
+from podyn_py.errors import ConfigError
+from podyn_py.source.dynamodb import AwsSettings
+
+log = logging.getLogger(__name__)
+
+# JDBC parameter → libpq keyword, where they differ or need translating.
+_JDBC_PARAMETERS = {
+    "user": "user",
+    "password": "password",
+    "sslmode": "sslmode",
+    "sslcert": "sslcert",
+    "sslkey": "sslkey",
+    "sslrootcert": "sslrootcert",
+    "sslpassword": "sslpassword",
+    "applicationname": "application_name",
+    "connecttimeout": "connect_timeout",
+    "options": "options",
+    "targetservertype": "target_session_attrs",
+    "gssencmode": "gssencmode",
+    "channelbinding": "channel_binding",
+}
+_TARGET_SERVER_TYPES = {"any": "any", "primary": "read-write", "master": "read-write", "secondary": "standby"}
+
+
+def parse_postgres_url(url: str) -> str:
+    """Any accepted form of a PostgreSQL address → a libpq conninfo string. ConfigError if it is not one."""
+    url = url.strip()
+    if url.lower().startswith("jdbc:"):
+        return _from_jdbc(url)
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"not a PostgreSQL URL or connection string: {redact_text(url)} ({exc})") from None
+    return url
+
+
+def _from_jdbc(url: str) -> str:
+    rest = url[len("jdbc:") :]
+    if not rest.lower().startswith("postgresql:"):
+        raise ConfigError(f"only jdbc:postgresql: URLs are supported, got {redact_text(url)}")
+    body = rest[len("postgresql:") :]
+    if not body.startswith("//"):  # jdbc:postgresql:database
+        body = "//localhost/" + body
+    parts = urlsplit("postgresql:" + body)
+    settings: dict[str, str] = {}
+    hosts, ports = [], []
+    for host_port in (parts.netloc.rsplit("@", 1)[-1] or "localhost").split(","):
+        host, _, port = host_port.partition(":")
+        if host.startswith("[") and "]" in host_port:  # IPv6 literal
+            host, _, port = host_port[1:].partition("]")
+            port = port.lstrip(":")
+        hosts.append(host or "localhost")
+        ports.append(port or "5432")
+    settings["host"] = ",".join(hosts)
+    settings["port"] = ",".join(ports)
+    if parts.path.strip("/"):
+        settings["dbname"] = unquote(parts.path.strip("/"))
+    ssl = None
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        key = name.lower()
+        if key == "ssl":
+            ssl = value.lower() in ("", "true", "1", "yes")
+        elif key == "targetservertype":
+            settings["target_session_attrs"] = _TARGET_SERVER_TYPES.get(value.lower(), value)
+        elif key in _JDBC_PARAMETERS:
+            settings[_JDBC_PARAMETERS[key]] = value
+        else:
+            log.warning("ignoring JDBC parameter %r: libpq has no equivalent", name)
+    if ssl and "sslmode" not in settings:
+        settings["sslmode"] = "require"  # the JDBC driver's ssl=true also verifies; sslmode=verify-full does too
+    return make_conninfo(**settings)
+
+
+def redact(conninfo: str) -> str:
+    """The conninfo without its password, fit for logs, errors and status output."""
+    try:
+        settings = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return redact_text(conninfo)
+    settings.pop("password", None)
+    return make_conninfo(**{k: str(v) for k, v in settings.items()})
+
+
+def redact_text(text: str) -> str:
+    """Best effort for text that did not parse: hide whatever follows ``password``, and URI user info."""
+    text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", text)
+    return re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", text)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run of podyn needs, built by the CLI; nothing else reads options or the environment."""
+
+    tables: tuple[str, ...] = ()
+    postgres: str | None = None
+    schema: bool = False
+    data: bool = False
+    changes: bool = False
+    citus: bool = False
+    mode: ConversionMode | None = None
+    lower_case: bool | None = None
+    connections: int = 8
+    scan_rate: float = 0.0
+    segments: int | None = None
+    consistent_read: bool = False
+    pg_schema: str = "public"
+    reload: bool = False
+    progress: bool = False
+    aws: AwsSettings = field(default_factory=AwsSettings)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.postgres is None

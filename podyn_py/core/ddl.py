@@ -1,0 +1,70 @@
+"""DDL as psycopg.sql compositions: every identifier quoted, every value a literal or a parameter.
+
+These functions only compose statements; the target runs them, and the dry run prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from podyn_py.core import naming
+from podyn_py.core.schema import Column, IndexSpec, TableSchema
+
+
+def qualified(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+def create_schema(schema: str) -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+
+
+def column_definition(column: Column) -> sql.Composed:
+    return sql.SQL("{} {}").format(sql.Identifier(column.name), sql.SQL(column.type.value))
+
+
+def create_table(schema: TableSchema) -> sql.Composed:
+    spec = schema.spec
+    definitions = [column_definition(c) for c in schema.columns]
+    primary_key = sql.SQL(", ").join(sql.Identifier(c.name) for c in schema.primary_key_columns)
+    definitions.append(sql.SQL("PRIMARY KEY ({})").format(primary_key))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        qualified(spec.schema, spec.table), sql.SQL(", ").join(definitions)
+    )
+
+
+def add_columns(schema: TableSchema, columns: Sequence[Column]) -> sql.Composed:
+    """One ALTER TABLE for all new columns: one lock, one catalog change."""
+    spec = schema.spec
+    return sql.SQL("ALTER TABLE {} {}").format(
+        qualified(spec.schema, spec.table),
+        sql.SQL(", ").join(sql.SQL("ADD COLUMN IF NOT EXISTS {}").format(column_definition(c)) for c in columns),
+    )
+
+
+def create_index(schema: TableSchema, index: IndexSpec) -> sql.Composed:
+    spec = schema.spec
+    columns = sql.SQL(", ").join(sql.Identifier(schema.key_column(a).name) for a in index.attributes)
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(naming.index_name(spec.table, index.name)), qualified(spec.schema, spec.table), columns
+    )
+
+
+def distribute_table(schema: TableSchema) -> sql.Composed:
+    """Citus: shard the table by its partition key column."""
+    spec = schema.spec
+    table = sql.SQL("{}.{}").format(sql.Identifier(spec.schema), sql.Identifier(spec.table)).as_string()
+    return sql.SQL("SELECT create_distributed_table({}, {})").format(
+        sql.Literal(table), sql.Literal(schema.key_column(spec.partition_key).name)
+    )
+
+
+def create_statements(schema: TableSchema, *, citus: bool) -> list[sql.Composed]:
+    """Everything ``--schema`` runs for one table, in order: distribution comes before any data."""
+    statements = [create_schema(schema.spec.schema), create_table(schema)]
+    if citus:
+        statements.append(distribute_table(schema))
+    statements.extend(create_index(schema, index) for index in schema.spec.indexes)
+    return statements

@@ -1,0 +1,98 @@
+"""Items → row tuples under a table schema, in one pass over each item's attributes.
+
+A row has one value per schema column, in column order; attributes an item lacks are None (SQL NULL). jsonb values
+come back serialised (bytes), so the target writes them as they are. The schema must already hold every column the
+item needs (see :func:`podyn_py.core.schema.evolve`); a missing one is a bug, reported as DataError naming the key.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from podyn_py.core.schema import ConversionMode, TableSchema
+from podyn_py.core.values import NULL_TAG, PG_TYPE_OF_TAG, dump_json, key_text, to_column_value, to_json
+from podyn_py.errors import DataError
+
+Item = Mapping[str, Any]
+
+
+class MissingColumn(Exception):
+    """The schema lacks a column this item needs: evolve the schema, then build again."""
+
+
+class RowBuilder:
+    """Builds rows for one schema version. Build a new one when the schema gains columns."""
+
+    def __init__(self, schema: TableSchema) -> None:
+        self.schema = schema
+        self.width = len(schema.columns)
+        #: Per column name, how many values lost a U+0000 since this builder was made.
+        self.nul_counts: Counter[str] = Counter()
+        spec = schema.spec
+        self._keys = tuple((k.name, schema.columns.index(schema.key_column(k))) for k in spec.key_columns_attributes)
+        self._required = spec.key_names
+        self._jsonb = spec.mode is ConversionMode.JSONB
+        self._data_position = schema.column_names.index("data") if self._jsonb else -1
+
+    def build(self, item: Item) -> list[Any]:
+        try:
+            for name in self._required:
+                if name not in item:
+                    raise DataError("item lacks a key attribute", attribute=name)
+            return self._build_jsonb(item) if self._jsonb else self._build_columns(item)
+        except DataError as exc:
+            raise DataError(
+                exc.message,
+                table=self.schema.spec.source,
+                key=key_text(item, self._required),
+                attribute=exc.attribute,
+            ) from exc
+
+    def _build_columns(self, item: Item) -> list[Any]:
+        row: list[Any] = [None] * self.width
+        nuls: list[int] = []
+        position = self.schema.position
+        for attribute, value in item.items():
+            try:
+                ((tag, raw),) = value.items()
+            except (AttributeError, ValueError):
+                raise DataError(f"not a DynamoDB attribute value: {value!r:.80}", attribute=attribute) from None
+            if tag == NULL_TAG:
+                continue
+            pg_type = PG_TYPE_OF_TAG.get(tag)
+            if pg_type is None:
+                raise DataError(f"unknown DynamoDB type tag {tag!r}", attribute=attribute)
+            index = position(attribute, pg_type)
+            if index is None:
+                raise MissingColumn(attribute)
+            try:
+                row[index] = to_column_value(tag, raw, nuls)
+            except DataError as exc:
+                raise DataError(exc.message, attribute=attribute) from exc
+            if nuls:
+                self.nul_counts[self.schema.columns[index].name] += 1
+                nuls.clear()
+        return row
+
+    def _build_jsonb(self, item: Item) -> list[Any]:
+        row: list[Any] = [None] * self.width
+        nuls: list[int] = []
+        tree = {}
+        for attribute, value in item.items():
+            try:
+                tree[attribute.replace("\x00", "")] = to_json(value, nuls)
+            except DataError as exc:
+                raise DataError(exc.message, attribute=attribute) from exc
+        for attribute, index in self._keys:
+            value = item.get(attribute)
+            if value is None:
+                continue
+            ((tag, raw),) = value.items()
+            if PG_TYPE_OF_TAG.get(tag) is self.schema.columns[index].type:
+                row[index] = to_column_value(tag, raw)
+        if nuls or any("\x00" in a for a in item):
+            self.nul_counts["data"] += 1
+        row[self._data_position] = dump_json(tree)
+        return row

@@ -1,0 +1,188 @@
+"""Table schemas as data: what a DynamoDB table looks like in PostgreSQL, and how it grows.
+
+A :class:`TableSpec` is what DescribeTable tells (keys, indexes) plus the user's choices (schema, conversion mode,
+lowercasing). A :class:`TableSchema` adds the columns, each mapping one (attribute, PostgreSQL type) pair to one
+column name. :func:`evolve` looks at items and returns only the columns they need that the schema lacks (a schema
+delta), leaving the schema itself unchanged; the caller adds them to the database and to the metadata first.
+
+In ``columns`` mode an attribute's first type seen gets the plain column; a later different type goes to a variant
+column ``<column>_<type>``, so a row is never rejected for a type conflict. A NULL never decides a type. In ``jsonb``
+mode the columns are fixed: the key and index-key attributes, and ``data`` with the whole item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from podyn_py.core import naming
+from podyn_py.core.values import PG_TYPE_OF_TAG, PgType, split_value
+from podyn_py.errors import DataError
+
+#: The column that holds the whole item in jsonb mode.
+DATA_COLUMN = "data"
+
+
+class ConversionMode(StrEnum):
+    COLUMNS = "columns"
+    JSONB = "jsonb"
+
+
+@dataclass(frozen=True)
+class KeyAttribute:
+    """A key attribute as AttributeDefinitions declares it: name and type tag (S, N or B)."""
+
+    name: str
+    tag: str
+
+    @property
+    def pg_type(self) -> PgType:
+        return PG_TYPE_OF_TAG[self.tag]
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A global or local secondary index: its name and key attributes (partition[, sort])."""
+
+    name: str
+    attributes: tuple[KeyAttribute, ...]
+    is_global: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    source: str
+    schema: str
+    table: str
+    partition_key: KeyAttribute
+    sort_key: KeyAttribute | None = None
+    indexes: tuple[IndexSpec, ...] = ()
+    mode: ConversionMode = ConversionMode.COLUMNS
+    lower_case: bool = False
+
+    @property
+    def primary_key(self) -> tuple[KeyAttribute, ...]:
+        return (self.partition_key,) if self.sort_key is None else (self.partition_key, self.sort_key)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.primary_key)
+
+    @property
+    def key_columns_attributes(self) -> tuple[KeyAttribute, ...]:
+        """The primary key's attributes, then every index key attribute, each once."""
+        seen: dict[str, KeyAttribute] = {}
+        for attribute in self.primary_key + tuple(a for ix in self.indexes for a in ix.attributes):
+            seen.setdefault(attribute.name, attribute)
+        return tuple(seen.values())
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: PgType
+    #: The attribute whose values it holds; None for a column podyn adds itself (``data``).
+    attribute: str | None
+    variant: bool = False
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    spec: TableSpec
+    columns: tuple[Column, ...]
+    #: Names taken by columns podyn does not manage (a table that existed before podyn): never given to attributes.
+    reserved: frozenset[str] = frozenset()
+    _by_value: dict[tuple[str, PgType], int] = field(init=False, repr=False, compare=False)
+    _primary: dict[str, Column] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_value: dict[tuple[str, PgType], int] = {}
+        primary: dict[str, Column] = {}
+        for index, column in enumerate(self.columns):
+            if column.attribute is None:
+                continue
+            by_value[(column.attribute, column.type)] = index
+            if not column.variant:
+                primary[column.attribute] = column
+        object.__setattr__(self, "_by_value", by_value)
+        object.__setattr__(self, "_primary", primary)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def position(self, attribute: str, pg_type: PgType) -> int | None:
+        """Where values of this attribute and type go in a row, or None if there is no such column."""
+        return self._by_value.get((attribute, pg_type))
+
+    def primary_column(self, attribute: str) -> Column | None:
+        return self._primary.get(attribute)
+
+    def key_column(self, attribute: KeyAttribute) -> Column:
+        index = self._by_value[(attribute.name, attribute.pg_type)]
+        return self.columns[index]
+
+    @property
+    def primary_key_columns(self) -> tuple[Column, ...]:
+        return tuple(self.key_column(k) for k in self.spec.primary_key)
+
+    def with_columns(self, added: Iterable[Column]) -> TableSchema:
+        return TableSchema(self.spec, self.columns + tuple(added), self.reserved)
+
+
+def initial_schema(spec: TableSpec) -> TableSchema:
+    """Key and index-key columns (and ``data`` in jsonb mode): what CREATE TABLE makes."""
+    taken: set[str] = {DATA_COLUMN} if spec.mode is ConversionMode.JSONB else set()
+    columns = []
+    for attribute in spec.key_columns_attributes:
+        name = naming.column_name(attribute.name, taken, lower_case=spec.lower_case)
+        taken.add(name)
+        columns.append(Column(name, attribute.pg_type, attribute.name))
+    if spec.mode is ConversionMode.JSONB:
+        columns.append(Column(DATA_COLUMN, PgType.JSONB, None))
+    return TableSchema(spec, tuple(columns))
+
+
+def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Column]:
+    """The columns ``items`` need that ``schema`` lacks, in the order first needed (empty in jsonb mode).
+
+    Values that are not valid attribute values are passed over: rejecting the item is the row builder's job.
+    """
+    if schema.spec.mode is ConversionMode.JSONB:
+        return []
+    added: list[Column] = []
+    added_by_value: set[tuple[str, PgType]] = set()
+    added_primary: dict[str, Column] = {}
+    taken = set(schema.column_names) | schema.reserved
+    for item in items:
+        for attribute, value in item.items():
+            try:
+                tag, _ = split_value(value)
+            except DataError:
+                continue
+            pg_type = PG_TYPE_OF_TAG.get(tag)
+            if pg_type is None:
+                continue
+            if schema.position(attribute, pg_type) is not None or (attribute, pg_type) in added_by_value:
+                continue
+            primary = schema.primary_column(attribute) or added_primary.get(attribute)
+            if primary is None:
+                column = Column(
+                    naming.column_name(attribute, taken, lower_case=schema.spec.lower_case),
+                    pg_type,
+                    attribute,
+                )
+                added_primary[attribute] = column
+            else:
+                column = Column(
+                    naming.variant_name(primary.name, attribute, pg_type.value, taken),
+                    pg_type,
+                    attribute,
+                    True,
+                )
+            taken.add(column.name)
+            added_by_value.add((attribute, pg_type))
+            added.append(column)
+    return added

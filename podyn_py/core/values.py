@@ -1,0 +1,203 @@
+"""DynamoDB attribute values → PostgreSQL column values and JSON.
+
+An attribute value arrives in DynamoDB's wire shape, a one-key dict such as ``{"N": "1.5"}``. Binary arrives as
+``bytes`` from boto3 and as a base64 ``str`` from raw JSON responses; both are accepted.
+
+Numbers never pass through a float, nor through boto3's TypeDeserializer (which rejects valid DynamoDB numbers such
+as ``0e1000`` or 39-character strings): they become :class:`decimal.Decimal` with a context wide enough for every
+number DynamoDB accepts, and nested numbers become JSON numbers written digit for digit.
+
+PostgreSQL rejects U+0000 in text and jsonb, so it is removed; callers pass a list that gets an entry for each
+value that lost one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from podyn_py.errors import DataError
+
+
+class PgType(StrEnum):
+    """The PostgreSQL types podyn writes. A variant column is named after these values (``amount_text``)."""
+
+    TEXT = "text"
+    NUMERIC = "numeric"
+    BYTEA = "bytea"
+    BOOLEAN = "boolean"
+    JSONB = "jsonb"
+
+
+#: Every DynamoDB type tag and the column type its values go to. NULL has none: a null never decides a type.
+PG_TYPE_OF_TAG: dict[str, PgType] = {
+    "S": PgType.TEXT,
+    "N": PgType.NUMERIC,
+    "B": PgType.BYTEA,
+    "BOOL": PgType.BOOLEAN,
+    "M": PgType.JSONB,
+    "L": PgType.JSONB,
+    "SS": PgType.JSONB,
+    "NS": PgType.JSONB,
+    "BS": PgType.JSONB,
+}
+NULL_TAG = "NULL"
+
+# What DynamoDB accepts as a number: optional sign, digits with an optional point, optional exponent.
+# Decimal() alone would also take "1_000", " 1", "NaN" and "Infinity".
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def decode_number(text: Any) -> Decimal:
+    """Parse a DynamoDB number exactly. Raises DataError for anything DynamoDB would not have stored."""
+    if not isinstance(text, str) or not _NUMBER.fullmatch(text):
+        raise DataError(f"not a DynamoDB number: {text!r}")
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only valid literals
+        raise DataError(f"not a DynamoDB number: {text!r}") from exc
+
+
+def json_number(text: Any) -> orjson.Fragment:
+    """A DynamoDB number as a JSON number with every digit kept (``+3`` → ``3``, ``.5`` → ``0.5``)."""
+    return orjson.Fragment(str(decode_number(text)))
+
+
+def decode_binary(raw: Any) -> bytes:
+    """Binary from boto3 (bytes) or from raw JSON (base64 text)."""
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw)
+    if isinstance(raw, str):
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DataError(f"binary value is not valid base64: {raw[:40]!r}") from exc
+    raise DataError(f"binary value of unexpected type {type(raw).__name__}")
+
+
+def encode_binary(raw: Any) -> str:
+    """Binary as the base64 text used inside JSON."""
+    if isinstance(raw, str):
+        decode_binary(raw)  # validate
+        return raw
+    return base64.b64encode(decode_binary(raw)).decode("ascii")
+
+
+def split_value(value: Any) -> tuple[str, Any]:
+    """``{"S": "x"}`` → ``("S", "x")``; DataError for anything that is not a one-key attribute value."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise DataError(f"not a DynamoDB attribute value: {_preview(value)}")
+    ((tag, raw),) = value.items()
+    return tag, raw
+
+
+def strip_nul(text: str) -> str:
+    return text.replace("\x00", "")
+
+
+def to_json(value: Any, nuls: list[int] | None = None) -> Any:
+    """An attribute value as a tree that ``orjson.dumps`` writes with real JSON types.
+
+    Maps become objects, lists and sets arrays, numbers JSON numbers (exact), binary base64 strings, NULL null.
+    ``nuls``, when given, gets one entry appended for each string or map key that lost a U+0000.
+    """
+    tag, raw = split_value(value)
+    if tag == "S":
+        return _clean(raw, nuls)
+    if tag == "N":
+        return json_number(raw)
+    if tag == "M":
+        if not isinstance(raw, dict):
+            raise DataError(f"map value is not an object: {_preview(raw)}")
+        return {_clean(k, nuls): to_json(v, nuls) for k, v in raw.items()}
+    if tag == "L":
+        if not isinstance(raw, list):
+            raise DataError(f"list value is not an array: {_preview(raw)}")
+        return [to_json(v, nuls) for v in raw]
+    if tag == "BOOL":
+        return _boolean(raw)
+    if tag == "NULL":
+        return None
+    if tag == "B":
+        return encode_binary(raw)
+    if tag == "SS":
+        return [_clean(s, nuls) for s in _set_members(raw, tag)]
+    if tag == "NS":
+        return [json_number(n) for n in _set_members(raw, tag)]
+    if tag == "BS":
+        return [encode_binary(b) for b in _set_members(raw, tag)]
+    raise DataError(f"unknown DynamoDB type tag {tag!r}")
+
+
+def dump_json(tree: Any) -> bytes:
+    return orjson.dumps(tree)
+
+
+def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None) -> Any:
+    """A top-level attribute value as the Python value for its column (see PG_TYPE_OF_TAG).
+
+    jsonb values come back as serialised JSON bytes, ready for :class:`podyn_py.target.postgres.JsonText`.
+    """
+    if tag == "S":
+        return _clean(raw, nuls)
+    if tag == "N":
+        return decode_number(raw)
+    if tag == "B":
+        return decode_binary(raw)
+    if tag == "BOOL":
+        return _boolean(raw)
+    if tag == "NULL":
+        return None
+    return dump_json(to_json({tag: raw}, nuls))
+
+
+def key_text(item: Mapping[str, Any], key_attributes: tuple[str, ...]) -> str:
+    """A short printable form of an item's key, for error messages and logs."""
+    parts = []
+    for name in key_attributes:
+        value = item.get(name)
+        if value is None:
+            parts.append(f"{name}=<missing>")
+            continue
+        try:
+            tag, raw = split_value(value)
+        except DataError:
+            parts.append(f"{name}=<invalid>")
+            continue
+        shown = encode_binary(raw) if tag == "B" and isinstance(raw, bytes) else raw
+        parts.append(f"{name}={shown}")
+    return ", ".join(parts)
+
+
+def _clean(text: Any, nuls: list[int] | None) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"string value of unexpected type {type(text).__name__}")
+    if "\x00" in text:
+        if nuls is not None:
+            nuls.append(1)
+        return strip_nul(text)
+    return text
+
+
+def _boolean(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise DataError(f"BOOL value is not true or false: {_preview(raw)}")
+    return raw
+
+
+def _set_members(raw: Any, tag: str) -> list[Any]:
+    if not isinstance(raw, list):
+        raise DataError(f"{tag} value is not an array: {_preview(raw)}")
+    return raw
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

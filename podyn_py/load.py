@@ -1,0 +1,262 @@
+"""The initial load of one table: parallel scan segments → rows → COPY, resumable page by page.
+
+Each segment is scanned by one worker thread with its own PostgreSQL connection. A page's rows are committed with
+the segment's new LastEvaluatedKey, so after a crash the next run continues each segment after its last committed
+page. Items that cannot be converted are kept whole in ``podyn.rejected`` (same transaction), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from podyn_py.core.rows import MissingColumn, RowBuilder
+from podyn_py.core.schema import Column, TableSchema, TableSpec, evolve
+from podyn_py.errors import DataError, Interrupted, PodynError
+from podyn_py.progress import LoadProgress
+from podyn_py.source import dynamodb
+from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
+from podyn_py.target.state import SegmentRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    item: dict[str, Any]
+    key: str
+    attribute: str | None
+    error: str
+
+
+class LoadTarget(Protocol):
+    """What the load needs from the target: PostgreSQL, or the dry run that prints SQL instead."""
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema: ...
+
+    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[SegmentRecord] | None: ...
+
+    def finish_load(self, spec: TableSpec) -> int: ...
+
+    def connect(self) -> Any: ...
+
+    def write_page(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        segment: int,
+        expected_key: dict[str, Any] | None,
+        new_key: dict[str, Any] | None,
+    ) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    segments: int
+    connections: int
+    scan_rate: float = 0.0
+    consistent_read: bool = False
+    reload: bool = False
+    progress_bar: bool = False
+    #: How long a lost PostgreSQL connection is retried before the load stops.
+    reconnect_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    table: str
+    items: int
+    rejected: int
+    skipped: bool
+    seconds: float
+
+
+class _TableLoad:
+    """State shared by a table's segment workers: the growing schema, the capacity budget, progress."""
+
+    def __init__(self, schema: TableSchema, target: LoadTarget, options: LoadOptions, progress: LoadProgress):
+        self.schema = schema
+        self.builder = RowBuilder(schema)
+        self.target = target
+        self.options = options
+        self.progress = progress
+        self.limiter = ReadCapacityLimiter(options.scan_rate)
+        self.rejected = 0
+        self._lock = threading.Lock()
+        self._nuls_logged: set[str] = set()
+
+    def convert(self, items: list[dict[str, Any]]) -> tuple[TableSchema, list[list[Any]], list[Rejected]]:
+        """Rows for a page under a schema that holds them all, growing the schema first when needed."""
+        builder = self.builder
+        rows, rejected, pending = self._build(builder, items)
+        if pending:
+            with self._lock:
+                if self.builder is builder:
+                    self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
+                    self.builder = RowBuilder(self.schema)
+                builder = self.builder
+            rows, rejected, pending = self._build(builder, items)
+            if pending:  # pragma: no cover - evolve covers every valid attribute value
+                raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
+        self._log_nuls(builder)
+        return builder.schema, rows, rejected
+
+    def _build(
+        self, builder: RowBuilder, items: list[dict[str, Any]]
+    ) -> tuple[list[list[Any]], list[Rejected], list[dict[str, Any]]]:
+        rows: list[list[Any]] = []
+        rejected: list[Rejected] = []
+        pending: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                rows.append(builder.build(item))
+            except MissingColumn:
+                pending.append(item)
+            except DataError as exc:
+                rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
+                log.error("rejected an item, kept in podyn.rejected: %s", exc)
+        return rows, rejected, pending
+
+    def _log_nuls(self, builder: RowBuilder) -> None:
+        for column in builder.nul_counts.keys() - self._nuls_logged:
+            with self._lock:
+                if column in self._nuls_logged:
+                    continue
+                self._nuls_logged.add(column)
+            log.warning(
+                "table %s: removed U+0000 from values of column %s (PostgreSQL cannot store it); counted in the"
+                " load summary",
+                self.schema.spec.source,
+                column,
+            )
+
+
+def load_table(
+    description: dynamodb.TableDescription,
+    schema: TableSchema,
+    target: LoadTarget,
+    client: Any,
+    options: LoadOptions,
+    *,
+    stop: threading.Event | None = None,
+) -> LoadResult:
+    """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one."""
+    spec = schema.spec
+    started = time.monotonic()
+    segments = target.begin_load(spec, options.segments, reload=options.reload)
+    if segments is None:
+        log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
+        return LoadResult(spec.source, 0, 0, True, 0.0)
+    remaining = [s for s in segments if not s.done]
+    if len(remaining) < len(segments):
+        log.info("table %s: resuming, %d of %d segments left", spec.source, len(remaining), len(segments))
+    progress = LoadProgress(
+        spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
+    )
+    load = _TableLoad(schema, target, options, progress)
+    stop = stop or threading.Event()
+    try:
+        workers = max(1, min(options.connections, len(remaining)))
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
+            futures = [pool.submit(_load_segment, load, client, s, stop) for s in remaining]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                stop.set()  # the other segments stop at their next page; their committed pages stay
+                wait(futures)
+                raise failed[0]  # type: ignore[misc]
+    finally:
+        progress.close()
+    if stop.is_set():
+        raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
+    total = target.finish_load(spec)
+    seconds = time.monotonic() - started
+    nuls = sum(load.builder.nul_counts.values())
+    log.info(
+        "table %s: loaded, %s%s%s",
+        spec.source,
+        progress.summary(),
+        f", {load.rejected} items rejected (see podyn.rejected)" if load.rejected else "",
+        f", U+0000 removed from {nuls} values" if nuls else "",
+    )
+    return LoadResult(spec.source, total, load.rejected, False, seconds)
+
+
+def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: threading.Event) -> None:
+    spec = load.schema.spec
+    sizer = PageSizer(
+        load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))
+        if load.options.scan_rate > 0
+        else None,
+        consistent_read=load.options.consistent_read,
+    )
+    key = record.last_key
+    conn = load.target.connect()
+    try:
+        while not stop.is_set():
+            load.limiter.wait()
+            page = dynamodb.scan_page(
+                client,
+                spec.source,
+                segment=record.segment,
+                total_segments=record.total_segments,
+                start_key=dynamodb.key_from_json(key),
+                limit=sizer.limit(),
+                consistent_read=load.options.consistent_read,
+            )
+            load.limiter.charge(page.consumed)
+            sizer.observe(len(page.items), page.consumed)
+            schema, rows, rejected = load.convert(page.items)
+            new_key = dynamodb.key_to_json(page.last_key)
+            conn = _write_with_reconnect(load, conn, schema, rows, rejected, record.segment, key, new_key)
+            with load._lock:
+                load.rejected += len(rejected)
+            load.progress.add(len(page.items), page.consumed)
+            key = new_key
+            if key is None:
+                return
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _write_with_reconnect(
+    load: _TableLoad,
+    conn: Any,
+    schema: TableSchema,
+    rows: list[list[Any]],
+    rejected: list[Rejected],
+    segment: int,
+    key: dict[str, Any] | None,
+    new_key: dict[str, Any] | None,
+) -> Any:
+    """Write a page; on a lost connection, reconnect with back-off and write it again (the write is idempotent)."""
+    deadline = time.monotonic() + load.options.reconnect_seconds
+    delay = 0.5
+    while True:
+        try:
+            if conn is None:
+                conn = load.target.connect()
+            if not load.target.write_page(conn, schema, rows, rejected, segment, key, new_key):
+                log.info(
+                    "table %s segment %d: page already applied (by an earlier attempt or another process)",
+                    schema.spec.source,
+                    segment,
+                )
+            return conn
+        except PodynError as exc:
+            if not exc.transient or time.monotonic() > deadline:
+                raise
+            log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)

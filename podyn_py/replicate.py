@@ -1,0 +1,134 @@
+"""One run of podyn over a set of tables: schema, then data, (then changes), table by table.
+
+A table that fails stops alone: its state becomes ``stopped`` with the error, and the other tables go on. The run's
+summary tells the CLI which exit code to give.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+from podyn_py.config import Config
+from podyn_py.core.schema import ConversionMode, TableSpec
+from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.load import LoadOptions, LoadResult, load_table
+from podyn_py.source import dynamodb
+from podyn_py.target import state
+from podyn_py.target.dryrun import DryRunTarget
+from podyn_py.target.postgres import PostgresTarget
+from podyn_py.target.state import TableState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    loaded: list[LoadResult] = field(default_factory=list)
+    #: Table name → the error that stopped it.
+    failed: dict[str, PodynError] = field(default_factory=dict)
+    held_elsewhere: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.held_elsewhere
+
+
+def make_target(config: Config, out: TextIO) -> PostgresTarget | DryRunTarget:
+    if config.postgres is None:
+        return DryRunTarget(out, citus=config.citus)
+    return PostgresTarget(config.postgres)
+
+
+def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Event | None = None) -> RunSummary:
+    """Run the steps the config asks for over its tables (every table when none is named)."""
+    out = out or sys.stdout
+    stop = stop or threading.Event()
+    client = dynamodb.make_client(config.aws, pool_size=config.connections)
+    names = list(config.tables) or dynamodb.list_tables(client)
+    if not names:
+        log.warning("no DynamoDB tables found")
+    target = make_target(config, out)
+    summary = RunSummary()
+    for name in names:
+        if stop.is_set():
+            summary.interrupted = True
+            break
+        try:
+            _replicate_table(config, client, target, name, summary, stop)
+        except Interrupted as exc:
+            log.warning("%s", exc)
+            summary.interrupted = True
+        except TableHeldElsewhere as exc:
+            log.warning("%s", exc)
+            summary.held_elsewhere.append(name)
+        except PodynError as exc:
+            log.error("table %s stopped: %s", name, exc)
+            summary.failed[name] = exc
+            _record_failure(target, config, name, exc)
+    return summary
+
+
+def _replicate_table(
+    config: Config,
+    client: Any,
+    target: PostgresTarget | DryRunTarget,
+    name: str,
+    summary: RunSummary,
+    stop: threading.Event,
+) -> None:
+    description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
+    mode, lower_case = _choices(config, target, description.spec)
+    description = replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
+    with target.hold(description.spec):
+        schema = target.prepare_table(description.spec, create=config.schema, citus=config.citus)
+        if config.data:
+            options = LoadOptions(
+                segments=config.segments or config.connections,
+                connections=config.connections,
+                scan_rate=config.scan_rate,
+                consistent_read=config.consistent_read,
+                reload=config.reload,
+                progress_bar=config.progress,
+            )
+            summary.loaded.append(load_table(description, schema, target, client, options, stop=stop))
+
+
+def _choices(config: Config, target: PostgresTarget | DryRunTarget, spec: TableSpec) -> tuple[ConversionMode, bool]:
+    """The conversion mode and lowercasing: as stored for a table podyn already made, else the flags' or defaults."""
+    stored = target.stored_choices(spec.schema, spec.table)
+    if stored is None:
+        return config.mode or ConversionMode.COLUMNS, bool(config.lower_case)
+    mode, lower_case = stored
+    if (config.mode is not None and config.mode is not mode) or (
+        config.lower_case is not None and config.lower_case != lower_case
+    ):
+        raise ConfigError(
+            f"{spec.schema}.{spec.table} was made with --conversion-mode {mode.value}"
+            f"{' and -lc' if lower_case else ' without -lc'}; run with the same choices (or none), or drop the"
+            " table and its row in podyn.tables to start over",
+            table=spec.source,
+        )
+    return mode, lower_case
+
+
+def _record_failure(target: PostgresTarget | DryRunTarget, config: Config, name: str, exc: PodynError) -> None:
+    if not isinstance(target, PostgresTarget):
+        return
+    try:
+        stored = target.stored_choices(config.pg_schema, dynamodb.table_name(name))
+        if stored is None:
+            return
+
+        def mark(conn: Any) -> None:
+            record = state.read_table(conn, config.pg_schema, dynamodb.table_name(name))
+            if record is not None:
+                state.set_state(conn, record.spec, TableState.STOPPED, error=str(exc))
+
+        target.run("recording the failure", mark, table=name)
+    except PodynError as second:
+        log.warning("could not record the failure of %s in podyn.tables: %s", name, second)

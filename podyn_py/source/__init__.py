@@ -1,0 +1,1 @@
+"""The source edge: reading DynamoDB tables (scan) and their change streams."""

@@ -1,0 +1,255 @@
+"""The DynamoDB edge: clients, table descriptions, scan pages and single-item reads.
+
+Retries of throttling and transient errors are botocore's (``standard`` mode); on top of that, throttling that
+outlasts botocore's attempts is waited out here, so a throttled load slows down but never fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from podyn_py.core.naming import base_name
+from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, TableSpec
+from podyn_py.core.values import split_value
+from podyn_py.errors import ConfigError, SourceError, TransientSourceError
+
+log = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+    }
+)
+TRANSIENT_CODES = THROTTLING_CODES | {"InternalServerError", "ServiceUnavailable", "InternalFailure"}
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_attempts: int = 10
+
+
+def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10) -> Any:
+    """A boto3 client with botocore's standard retry mode; credentials from the standard AWS chain."""
+    session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+    region = session.region_name or ("us-east-1" if settings.endpoint_url else None)
+    if region is None:
+        raise ConfigError("no AWS region: pass --region, set AWS_REGION, or configure a profile")
+    config = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        max_pool_connections=max(pool_size, 10),
+        connect_timeout=10,
+        read_timeout=70,
+    )
+    client: Any = session.client(  # type: ignore[call-overload]
+        service, endpoint_url=settings.endpoint_url, region_name=region, config=config
+    )
+    return client
+
+
+@dataclass(frozen=True)
+class TableDescription:
+    spec: TableSpec
+    stream_arn: str | None
+    stream_view_type: str | None
+    item_count: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    items: list[dict[str, Any]]
+    last_key: dict[str, Any] | None
+    consumed: float
+    throttled: int = 0
+
+
+def error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def list_tables(client: Any) -> list[str]:
+    names: list[str] = []
+    for page in call(client.get_paginator("list_tables").paginate, "listing tables"):
+        names.extend(page["TableNames"])
+    return names
+
+
+def describe_table(
+    client: Any,
+    name: str,
+    *,
+    pg_schema: str,
+    mode: ConversionMode = ConversionMode.COLUMNS,
+    lower_case: bool = False,
+) -> TableDescription:
+    response = call(lambda: client.describe_table(TableName=name), "describing the table", table=name)
+    table = response["Table"]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+
+    def keys(schema: list[dict[str, str]]) -> tuple[KeyAttribute, ...]:
+        ordered = sorted(schema, key=lambda k: k["KeyType"] != "HASH")
+        return tuple(KeyAttribute(k["AttributeName"], types[k["AttributeName"]]) for k in ordered)
+
+    primary = keys(table["KeySchema"])
+    indexes = tuple(
+        IndexSpec(ix["IndexName"], keys(ix["KeySchema"]), is_global)
+        for field, is_global in (("GlobalSecondaryIndexes", True), ("LocalSecondaryIndexes", False))
+        for ix in table.get(field, [])
+    )
+    spec = TableSpec(
+        source=name,
+        schema=pg_schema,
+        table=table_name(name),
+        partition_key=primary[0],
+        sort_key=primary[1] if len(primary) > 1 else None,
+        indexes=indexes,
+        mode=mode,
+        lower_case=lower_case,
+    )
+    stream = table.get("StreamSpecification") or {}
+    enabled = bool(stream.get("StreamEnabled"))
+    return TableDescription(
+        spec=spec,
+        stream_arn=table.get("LatestStreamArn") if enabled else None,
+        stream_view_type=stream.get("StreamViewType") if enabled else None,
+        item_count=int(table.get("ItemCount", 0)),
+        size_bytes=int(table.get("TableSizeBytes", 0)),
+    )
+
+
+def scan_page(
+    client: Any,
+    table: str,
+    *,
+    segment: int,
+    total_segments: int,
+    start_key: dict[str, Any] | None,
+    limit: int | None,
+    consistent_read: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ScanPage:
+    request: dict[str, Any] = {
+        "TableName": table,
+        "Segment": segment,
+        "TotalSegments": total_segments,
+        "ReturnConsumedCapacity": "TOTAL",
+        "ConsistentRead": consistent_read,
+    }
+    if start_key is not None:
+        request["ExclusiveStartKey"] = start_key
+    if limit is not None:
+        request["Limit"] = limit
+    response, throttled = call_waiting_out_throttling(
+        lambda: client.scan(**request), "scanning", table=table, sleep=sleep
+    )
+    consumed = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0.0)
+    return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
+
+
+def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The current item, read consistently (for KEYS_ONLY and OLD_IMAGE streams)."""
+    response, _ = call_waiting_out_throttling(
+        lambda: client.get_item(TableName=table, Key=key, ConsistentRead=True), "reading an item", table=table
+    )
+    item: dict[str, Any] | None = response.get("Item")
+    return item
+
+
+def call(fn: Callable[[], Any], what: str, *, table: str | None = None) -> Any:
+    """Call boto3, mapping its errors into podyn's tree."""
+    try:
+        return fn()
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        message = f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}"
+        if code in TRANSIENT_CODES:
+            raise TransientSourceError(message, table=table) from exc
+        raise SourceError(message, table=table) from exc
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as exc:
+        raise ConfigError(f"{what}: {exc}", table=table) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        # Connection errors and timeouts that outlasted botocore's retries.
+        raise TransientSourceError(f"{what}: {exc}", table=table) from exc
+
+
+def call_waiting_out_throttling(
+    fn: Callable[[], Any],
+    what: str,
+    *,
+    table: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    max_wait: float = 30.0,
+) -> tuple[Any, int]:
+    """Call boto3; when throttling outlasts botocore's retries, wait (jittered, growing) and call again, forever.
+
+    Returns the response and how many times this level waited. Other transient errors are retried a bounded number
+    of times, then raised.
+    """
+    throttled = 0
+    failures = 0
+    while True:
+        try:
+            return call(fn, what, table=table), throttled
+        except TransientSourceError as exc:
+            cause = exc.__cause__
+            is_throttling = isinstance(cause, botocore.exceptions.ClientError) and error_code(cause) in THROTTLING_CODES
+            if is_throttling:
+                throttled += 1
+                delay = min(max_wait, 0.5 * 2 ** min(throttled, 6))
+                if throttled == 1 or throttled % 10 == 0:
+                    log.warning(
+                        "%s: throttled by DynamoDB (%d times); waiting %.1f s",
+                        table or what,
+                        throttled,
+                        delay,
+                    )
+            else:
+                failures += 1
+                if failures > 8:
+                    raise
+                delay = min(max_wait, 0.5 * 2**failures)
+                log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
+            sleep(delay * (0.5 + random.random() / 2))
+
+
+def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A key in wire form that JSON can hold: boto3's binary values become base64 text."""
+    if key is None:
+        return None
+    result = {}
+    for name, value in key.items():
+        tag, raw = split_value(value)
+        result[name] = {tag: base64.b64encode(raw).decode("ascii") if isinstance(raw, bytes) else raw}
+    return result
+
+
+def key_from_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The inverse of :func:`key_to_json`, ready for boto3 (binary as bytes)."""
+    if key is None:
+        return None
+    result = {}
+    for name, value in key.items():
+        tag, raw = split_value(value)
+        result[name] = {tag: base64.b64decode(raw) if tag == "B" else raw}
+    return result
+
+
+def table_name(source: str) -> str:
+    """The PostgreSQL table name for a DynamoDB table: the same, cut to 63 bytes with a tag when longer."""
+    return base_name(source, lower_case=False)

@@ -1,0 +1,89 @@
+"""The dry run: what podyn would do to PostgreSQL, printed as SQL instead of run.
+
+Used when no PostgreSQL URL is given. DynamoDB is still read (DescribeTable, and Scan with ``--data``, paced by
+``--scan-rate``) so that the printed schema includes the columns the data needs; nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from psycopg import sql
+
+from podyn_py.core import ddl
+from podyn_py.core.schema import Column, TableSchema, TableSpec, initial_schema
+from podyn_py.target.state import SegmentRecord
+
+
+class DryRunTarget:
+    def __init__(self, out: TextIO, *, citus: bool) -> None:
+        self.out = out
+        self.citus = citus
+        self._lock = threading.Lock()
+        self._rows: dict[str, int] = {}
+
+    def _print(self, statement: sql.Composable | str, comment: str = "") -> None:
+        text = statement if isinstance(statement, str) else statement.as_string()
+        with self._lock:
+            self.out.write(f"{text};{f'  -- {comment}' if comment else ''}\n")
+            self.out.flush()
+
+    @contextmanager
+    def hold(self, spec: TableSpec) -> Iterator[None]:
+        yield
+
+    def stored_choices(self, schema: str, table: str) -> None:
+        return None
+
+    def prepare_table(self, spec: TableSpec, *, create: bool, citus: bool) -> TableSchema:
+        schema = initial_schema(spec)
+        if create:
+            for statement in ddl.create_statements(schema, citus=citus):
+                self._print(statement)
+        return schema
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
+        added = evolve(schema)
+        if not added:
+            return schema
+        self._print(ddl.add_columns(schema, added))
+        return schema.with_columns(added)
+
+    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[SegmentRecord]:
+        return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
+
+    def finish_load(self, spec: TableSpec) -> int:
+        rows = self._rows.get(spec.source, 0)
+        with self._lock:
+            self.out.write(f"-- {spec.source}: {rows} rows would be copied into {spec.schema}.{spec.table}\n")
+        return rows
+
+    def connect(self) -> None:
+        return None
+
+    def write_page(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+        segment: int,
+        expected_key: dict[str, Any] | None,
+        new_key: dict[str, Any] | None,
+    ) -> bool:
+        spec = schema.spec
+        with self._lock:
+            self._rows[spec.source] = self._rows.get(spec.source, 0) + len(rows)
+        if rows:
+            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                ddl.qualified(spec.schema, spec.table),
+                sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
+            )
+            self._print(statement, f"{len(rows)} rows, segment {segment}")
+        for item in rejected:
+            with self._lock:
+                self.out.write(f"-- would reject item {item.key}: {item.error}\n")
+        return True

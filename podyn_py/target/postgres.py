@@ -1,0 +1,425 @@
+"""The PostgreSQL edge: connections, table preparation, COPY of scanned pages, batched upserts and deletes.
+
+Every write that moves a position (a scan segment's last key, a shard's sequence number) happens in the same
+transaction as the rows it covers, guarded by a compare-and-set on the old position, so a page or batch applied a
+second time (a commit whose answer was lost, a restart, a second process) changes nothing.
+
+Connections made here dump jsonb parameters from bytes that are already JSON (orjson's output): the rows module
+serialises each value once, with exact numbers, and nothing here serialises it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb, set_json_dumps
+
+from podyn_py.core import ddl, naming
+from podyn_py.core.schema import Column, ConversionMode, TableSchema, TableSpec, initial_schema
+from podyn_py.core.values import PgType
+from podyn_py.errors import (
+    ConfigError,
+    PodynError,
+    SchemaError,
+    TableHeldElsewhere,
+    TargetError,
+    TransientTargetError,
+)
+from podyn_py.target import state
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _already_json(value: Any) -> Any:
+    return value
+
+
+def connect(conninfo: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    try:
+        conn = psycopg.connect(conninfo, autocommit=autocommit, application_name="podyn")
+    except psycopg.Error as exc:
+        raise classify(exc, "cannot connect to PostgreSQL") from exc
+    set_json_dumps(_already_json, conn)
+    return conn
+
+
+def classify(exc: BaseException, what: str, *, table: str | None = None) -> PodynError:
+    """Turn a psycopg error into podyn's tree: transient when reconnecting or retrying can fix it."""
+    if isinstance(exc, PodynError):
+        return exc
+    message = f"{what}: {str(exc).strip()}"
+    transient_types = (
+        psycopg.OperationalError,
+        psycopg.errors.SerializationFailure,
+        psycopg.errors.DeadlockDetected,
+        psycopg.errors.LockNotAvailable,
+        psycopg.errors.QueryCanceled,
+    )
+    if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
+        return TargetError(message, table=table)
+    if isinstance(exc, transient_types):
+        return TransientTargetError(message, table=table)
+    return TargetError(message, table=table)
+
+
+# Advisory lock namespaces (the first of pg_advisory_lock's two int4 keys; the second identifies the table).
+DDL_LOCK = 0x706F6401  # held for a transaction while changing a table's schema or starting its load
+REPLICATION_LOCK = 0x706F6402  # held for a session while a process loads or replicates the table
+
+
+def table_lock_id(spec: TableSpec) -> int:
+    """The second advisory lock key for one target table: a signed 32-bit hash of its name."""
+    digest = zlib.crc32(f"{spec.schema}.{spec.table}".encode("utf-8", "surrogatepass"))
+    return digest - (1 << 32) if digest >= 1 << 31 else digest
+
+
+def existing_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str] | None:
+    """Column name → type of the target table, or None if it does not exist."""
+    regclass = ddl.qualified(spec.schema, spec.table).as_string(conn)
+    row = conn.execute("SELECT to_regclass(%s)::oid", (regclass,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    rows = conn.execute(
+        """SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+           WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
+        (row[0],),
+    ).fetchall()
+    return dict(rows)
+
+
+def primary_key_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> list[str]:
+    regclass = ddl.qualified(spec.schema, spec.table).as_string(conn)
+    rows = conn.execute(
+        """SELECT a.attname FROM pg_index i
+           JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE i.indrelid = to_regclass(%s) AND i.indisprimary ORDER BY k.n""",
+        (regclass,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def citus_available(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regproc('create_distributed_table') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+class PostgresTarget:
+    """Writes to one PostgreSQL database. Thread-safe: each caller uses its own connection from :meth:`connect`."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return connect(self.conninfo, autocommit=autocommit)
+
+    @contextmanager
+    def hold(self, spec: TableSpec) -> Iterator[None]:
+        """Hold the table for this process (a session advisory lock); TableHeldElsewhere if another holds it."""
+        conn = self.connect(autocommit=True)
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (REPLICATION_LOCK, table_lock_id(spec))
+            ).fetchone()
+            if not (row and row[0]):
+                raise TableHeldElsewhere(
+                    "another podyn process is loading or replicating this table; leaving it to that process",
+                    table=spec.source,
+                )
+            yield
+        finally:
+            conn.close()
+
+    def stored_choices(self, schema: str, table: str) -> tuple[ConversionMode, bool] | None:
+        """The conversion mode and lowercasing a table was created with, if podyn knows it."""
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[ConversionMode, bool] | None:
+            exists = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):
+                return None
+            record = state.read_table(conn, schema, table)
+            return None if record is None else (record.spec.mode, record.spec.lower_case)
+
+        return self.run("reading podyn.tables", read, table=table)
+
+    def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T], *, table: str | None = None) -> T:
+        """Run ``fn`` in one transaction on a short-lived connection, mapping errors into podyn's tree."""
+        try:
+            with self.connect() as conn, conn.transaction():
+                return fn(conn)
+        except psycopg.Error as exc:
+            raise classify(exc, what, table=table) from exc
+
+    # -- tables ---------------------------------------------------------------------------------------------------
+
+    def prepare_table(self, spec: TableSpec, *, create: bool, citus: bool) -> TableSchema:
+        """The table's schema, creating or completing the table first when ``create`` (``--schema``)."""
+        return self.run("preparing the table", lambda conn: self._prepare(conn, spec, create, citus), table=spec.source)
+
+    def _prepare(self, conn: psycopg.Connection[Any], spec: TableSpec, create: bool, citus: bool) -> TableSchema:
+        state.ensure_metadata(conn)
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(spec)))
+        record = state.read_table(conn, spec.schema, spec.table)
+        if record is not None:
+            _check_same_choices(record.spec, spec)
+        stored = state.read_columns(conn, spec)
+        schema = _complete_keys(TableSchema(spec, stored)) if stored else initial_schema(spec)
+        existing = existing_columns(conn, spec)
+        if not create:
+            if existing is None or record is None:
+                raise ConfigError(
+                    f"table {spec.schema}.{spec.table} has not been created by podyn yet: run with --schema",
+                    table=spec.source,
+                )
+        elif existing is None:
+            if citus and not citus_available(conn):
+                raise ConfigError("--citus: create_distributed_table() is not available (CREATE EXTENSION citus)")
+            for statement in ddl.create_statements(schema, citus=citus):
+                conn.execute(statement)
+            log.info("table %s: created %s.%s", spec.source, spec.schema, spec.table)
+        else:
+            schema = _adopt_existing(conn, schema, existing)
+            for index in spec.indexes:
+                conn.execute(ddl.create_index(schema, index))
+        if create:
+            state.save_table(conn, spec)
+            state.save_columns(conn, schema)
+        existing = existing_columns(conn, spec) or {}
+        reserved = frozenset(existing) - set(schema.column_names)
+        return TableSchema(schema.spec, schema.columns, reserved)
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
+        """Add the columns ``evolve`` asks for, agreeing with other processes through the stored mapping.
+
+        Under the table's advisory lock, re-read the mapping (another process may have added columns), evolve
+        against it, then ALTER TABLE and record the new columns in one transaction.
+        """
+
+        def add(conn: psycopg.Connection[Any]) -> TableSchema:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(schema.spec)))
+            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved)
+            added = evolve(current)
+            if not added:
+                return current
+            conn.execute(ddl.add_columns(current, added))
+            grown = current.with_columns(added)
+            state.save_columns(conn, grown, start=len(current.columns))
+            log.info(
+                "table %s: added column%s %s",
+                schema.spec.source,
+                "s" if len(added) > 1 else "",
+                ", ".join(f"{c.name} {c.type.value}" for c in added),
+            )
+            return grown
+
+        return self.run("adding columns", add, table=schema.spec.source)
+
+    # -- load -----------------------------------------------------------------------------------------------------
+
+    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[state.SegmentRecord] | None:
+        """The segments left to scan: all of them for a new load (or ``reload``), the unfinished ones to resume.
+
+        None when the table is already loaded. ``reload`` empties the table in the same transaction that resets its
+        segments, so a reload interrupted at any point resumes as a reload.
+        """
+
+        def begin(conn: psycopg.Connection[Any]) -> list[state.SegmentRecord] | None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(spec)))
+            record = state.read_table(conn, spec.schema, spec.table)
+            if record is None:
+                raise ConfigError(f"table {spec.source} has not been prepared: run with --schema", table=spec.source)
+            segments = state.read_segments(conn, spec)
+            if not reload:
+                if record.load_finished_at is not None:
+                    return None
+                if segments:  # an interrupted load: resume it with the segmentation it started with
+                    return segments
+            if reload:
+                conn.execute(sql.SQL("TRUNCATE {}").format(ddl.qualified(spec.schema, spec.table)))
+                conn.execute(
+                    "DELETE FROM podyn.shards WHERE target_schema = %s AND target_table = %s",
+                    (spec.schema, spec.table),
+                )
+            state.reset_segments(conn, spec, total_segments)
+            state.set_state(
+                conn,
+                spec,
+                state.TableState.LOADING,
+                total_segments=total_segments,
+                items_loaded=0,
+                load_started_at=_now(conn),
+                load_finished_at=None,
+            )
+            return state.read_segments(conn, spec)
+
+        return self.run("starting the load", begin, table=spec.source)
+
+    def finish_load(self, spec: TableSpec) -> int:
+        def finish(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                """SELECT coalesce(sum(items_loaded), 0)::bigint FROM podyn.segments
+                   WHERE target_schema = %s AND target_table = %s""",
+                (spec.schema, spec.table),
+            ).fetchone()
+            items = int(row[0]) if row else 0
+            state.set_state(conn, spec, state.TableState.LOADED, items_loaded=items, load_finished_at=_now(conn))
+            return items
+
+        return self.run("finishing the load", finish, table=spec.source)
+
+    # -- rows -----------------------------------------------------------------------------------------------------
+
+    def write_page(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+        segment: int,
+        expected_key: dict[str, Any] | None,
+        new_key: dict[str, Any] | None,
+    ) -> bool:
+        """Commit a scanned page's rows with its segment's new position. False if the page was already applied."""
+        try:
+            with conn.transaction():
+                if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
+                    raise _AlreadyApplied
+                for item in rejected:
+                    state.reject_item(conn, schema.spec, item.key, item.attribute, item.error, item.item)
+                if rows:
+                    try:
+                        with conn.transaction():
+                            copy_rows(conn, schema, rows)
+                    except psycopg.errors.UniqueViolation:
+                        # Rows already there (a table loaded before, or written by an application): upsert instead.
+                        upsert_rows(conn, schema, rows)
+        except _AlreadyApplied:
+            return False
+        except psycopg.Error as exc:
+            raise classify(exc, "writing a page", table=schema.spec.source) from exc
+        return True
+
+
+def _now(conn: psycopg.Connection[Any]) -> Any:
+    row = conn.execute("SELECT now()").fetchone()
+    return row[0] if row else None
+
+
+class _AlreadyApplied(Exception):
+    """Rolls back a transaction whose position had already moved on."""
+
+
+def copy_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
+    spec = schema.spec
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        ddl.qualified(spec.schema, spec.table),
+        sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
+    )
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types([c.type.value for c in schema.columns])
+        for row in rows:
+            copy.write_row(row)
+
+
+def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE every column: an item's row becomes exactly its latest image."""
+    spec = schema.spec
+    keys = [c.name for c in schema.primary_key_columns]
+    others = [n for n in schema.column_names if n not in keys]
+    action = (
+        sql.SQL("DO UPDATE SET {}").format(
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in others)
+        )
+        if others
+        else sql.SQL("DO NOTHING")  # a key-only table has nothing to update
+    )
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
+        ddl.qualified(spec.schema, spec.table),
+        sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
+        sql.SQL(", ").join(sql.Placeholder() * len(schema.columns)),
+        sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+        action,
+    )
+    jsonb = [i for i, c in enumerate(schema.columns) if c.type is PgType.JSONB]
+    with conn.cursor() as cur:
+        cur.executemany(statement, [_wrap_jsonb(row, jsonb) for row in rows])
+
+
+def delete_rows(conn: psycopg.Connection[Any], schema: TableSchema, keys: Sequence[Sequence[Any]]) -> None:
+    """Delete rows by primary key values (in primary key column order)."""
+    spec = schema.spec
+    condition = sql.SQL(" AND ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in schema.primary_key_columns
+    )
+    statement = sql.SQL("DELETE FROM {} WHERE {}").format(ddl.qualified(spec.schema, spec.table), condition)
+    with conn.cursor() as cur:
+        cur.executemany(statement, keys)
+
+
+def _wrap_jsonb(row: Sequence[Any], positions: list[int]) -> Sequence[Any]:
+    if not positions:
+        return row
+    wrapped = list(row)
+    for i in positions:
+        if wrapped[i] is not None:
+            wrapped[i] = Jsonb(wrapped[i])
+    return wrapped
+
+
+def _check_same_choices(stored: TableSpec, wanted: TableSpec) -> None:
+    if stored.mode is not wanted.mode or stored.lower_case != wanted.lower_case:
+        raise ConfigError(
+            f"{stored.schema}.{stored.table} was created with --conversion-mode {stored.mode.value}"
+            f"{' and --lower-case-column-names' if stored.lower_case else ''}; run with the same choices, or drop"
+            " the table and its rows in podyn.tables to start over",
+            table=stored.source,
+        )
+
+
+def _complete_keys(schema: TableSchema) -> TableSchema:
+    """Add key columns for indexes created in DynamoDB since the table was first prepared."""
+    fresh = initial_schema(schema.spec)
+    missing = [c for c in fresh.columns if c.attribute is not None and schema.position(c.attribute, c.type) is None]
+    if not missing:
+        return schema
+    taken = set(schema.column_names)
+    added = []
+    for column in missing:
+        assert column.attribute is not None
+        name = naming.column_name(column.attribute, taken, lower_case=schema.spec.lower_case)
+        taken.add(name)
+        added.append(Column(name, column.type, column.attribute))
+    return schema.with_columns(added)
+
+
+def _adopt_existing(conn: psycopg.Connection[Any], schema: TableSchema, existing: dict[str, str]) -> TableSchema:
+    """Reuse a table that already exists: same key, compatible columns; add what is missing, drop nothing."""
+    spec = schema.spec
+    for column in schema.columns:
+        found = existing.get(column.name)
+        if found is not None and found != column.type.value:
+            raise SchemaError(
+                f"existing column {column.name!r} is {found}, podyn needs {column.type.value}",
+                table=spec.source,
+                attribute=column.attribute,
+            )
+    wanted_key = [c.name for c in schema.primary_key_columns]
+    actual_key = primary_key_columns(conn, spec)
+    if actual_key != wanted_key:
+        raise SchemaError(
+            f"existing table {spec.schema}.{spec.table} has primary key ({', '.join(actual_key) or 'none'}),"
+            f" podyn needs ({', '.join(wanted_key)})",
+            table=spec.source,
+        )
+    missing = [c for c in schema.columns if c.name not in existing]
+    if missing:
+        conn.execute(ddl.add_columns(schema, missing))
+    return schema

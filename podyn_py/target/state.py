@@ -1,0 +1,334 @@
+"""The ``podyn`` metadata schema in the target database: what restarts, other processes, status and verify share.
+
+- ``podyn.tables``: one row per replicated table: source, conversion mode, keys, state, stream, last error.
+- ``podyn.columns``: the attribute → column mapping, one row per (attribute, type).
+- ``podyn.segments``: per parallel-scan segment, the last evaluated key and items loaded; done or not.
+- ``podyn.shards``: per stream shard, the last applied sequence number; finished or not.
+- ``podyn.rejected``: items podyn could not convert, kept whole with the error, so that nothing is lost silently.
+
+Segment and shard positions are written in the same transaction as the rows they cover (see ``postgres.py``):
+that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the caller's
+transaction; none commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from podyn_py.core.schema import Column, ConversionMode, IndexSpec, KeyAttribute, TableSchema, TableSpec
+from podyn_py.core.values import PgType
+
+log = logging.getLogger(__name__)
+
+METADATA_SCHEMA = "podyn"
+
+# Metadata DDL is idempotent; the advisory lock keeps two processes from racing on CREATE ... IF NOT EXISTS.
+_METADATA_LOCK = 0x706F64796E  # "podyn"
+
+_METADATA_DDL = """
+CREATE SCHEMA IF NOT EXISTS podyn;
+CREATE TABLE IF NOT EXISTS podyn.tables (
+    target_schema text NOT NULL,
+    target_table text NOT NULL,
+    source_table text NOT NULL,
+    conversion_mode text NOT NULL,
+    lower_case boolean NOT NULL,
+    spec jsonb NOT NULL,
+    state text NOT NULL DEFAULT 'created',
+    total_segments integer,
+    items_loaded bigint NOT NULL DEFAULT 0,
+    load_started_at timestamptz,
+    load_finished_at timestamptz,
+    stream_arn text,
+    stream_view_type text,
+    replay_from timestamptz,
+    last_error text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, target_table)
+);
+CREATE TABLE IF NOT EXISTS podyn.columns (
+    target_schema text NOT NULL,
+    target_table text NOT NULL,
+    column_name text NOT NULL,
+    attribute_name text,
+    attribute_type text NOT NULL,
+    variant boolean NOT NULL DEFAULT false,
+    ordinal integer NOT NULL,
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, target_table, column_name),
+    UNIQUE (target_schema, target_table, attribute_name, attribute_type)
+);
+CREATE TABLE IF NOT EXISTS podyn.segments (
+    target_schema text NOT NULL,
+    target_table text NOT NULL,
+    segment integer NOT NULL,
+    total_segments integer NOT NULL,
+    last_key jsonb,
+    items_loaded bigint NOT NULL DEFAULT 0,
+    done boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, target_table, segment)
+);
+CREATE TABLE IF NOT EXISTS podyn.shards (
+    target_schema text NOT NULL,
+    target_table text NOT NULL,
+    stream_arn text NOT NULL,
+    shard_id text NOT NULL,
+    parent_shard_id text,
+    sequence_number numeric,
+    finished boolean NOT NULL DEFAULT false,
+    records_applied bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, target_table, stream_arn, shard_id)
+);
+CREATE TABLE IF NOT EXISTS podyn.rejected (
+    id bigserial PRIMARY KEY,
+    target_schema text NOT NULL,
+    target_table text NOT NULL,
+    item_key text,
+    attribute_name text,
+    error text NOT NULL,
+    item jsonb,
+    rejected_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+class TableState(StrEnum):
+    CREATED = "created"
+    LOADING = "loading"
+    LOADED = "loaded"
+    CATCHING_UP = "catching up"
+    LIVE = "live"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class TableRecord:
+    """A row of ``podyn.tables``."""
+
+    spec: TableSpec
+    state: TableState
+    total_segments: int | None
+    items_loaded: int
+    load_started_at: datetime | None
+    load_finished_at: datetime | None
+    stream_arn: str | None
+    stream_view_type: str | None
+    replay_from: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    segment: int
+    total_segments: int
+    last_key: dict[str, Any] | None
+    items_loaded: int
+    done: bool
+
+
+def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_METADATA_LOCK,))
+    conn.execute(_METADATA_DDL)
+
+
+def spec_to_json(spec: TableSpec) -> dict[str, Any]:
+    def key(attribute: KeyAttribute | None) -> list[str] | None:
+        return None if attribute is None else [attribute.name, attribute.tag]
+
+    return {
+        "source": spec.source,
+        "partition_key": key(spec.partition_key),
+        "sort_key": key(spec.sort_key),
+        "indexes": [
+            {"name": ix.name, "global": ix.is_global, "attributes": [key(a) for a in ix.attributes]}
+            for ix in spec.indexes
+        ],
+    }
+
+
+def spec_from_json(data: dict[str, Any], schema: str, table: str, mode: str, lower_case: bool) -> TableSpec:
+    def key(pair: list[str] | None) -> KeyAttribute | None:
+        return None if pair is None else KeyAttribute(pair[0], pair[1])
+
+    partition_key = key(data["partition_key"])
+    assert partition_key is not None
+    return TableSpec(
+        source=data["source"],
+        schema=schema,
+        table=table,
+        partition_key=partition_key,
+        sort_key=key(data["sort_key"]),
+        indexes=tuple(
+            IndexSpec(ix["name"], tuple(KeyAttribute(a[0], a[1]) for a in ix["attributes"]), ix["global"])
+            for ix in data["indexes"]
+        ),
+        mode=ConversionMode(mode),
+        lower_case=lower_case,
+    )
+
+
+def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableRecord | None:
+    row = conn.execute(
+        """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
+                  load_finished_at, stream_arn, stream_view_type, replay_from, last_error
+           FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
+        (schema, table),
+    ).fetchone()
+    if row is None:
+        return None
+    spec = spec_from_json(row[0], schema, table, row[1], row[2])
+    return TableRecord(spec, TableState(row[3]), *row[4:])
+
+
+def list_tables(conn: psycopg.Connection[Any]) -> list[TableRecord]:
+    rows = conn.execute("SELECT target_schema, target_table FROM podyn.tables ORDER BY 1, 2").fetchall()
+    return [record for s, t in rows if (record := read_table(conn, s, t)) is not None]
+
+
+def save_table(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Record a table (or refresh its spec), keeping its state and positions."""
+    conn.execute(
+        """INSERT INTO podyn.tables (target_schema, target_table, source_table, conversion_mode, lower_case, spec)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (target_schema, target_table) DO UPDATE
+           SET spec = excluded.spec, source_table = excluded.source_table, updated_at = now()""",
+        (spec.schema, spec.table, spec.source, spec.mode.value, spec.lower_case, _jsonb(spec_to_json(spec))),
+    )
+
+
+def set_state(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    state: TableState,
+    *,
+    error: str | None = None,
+    **fields: Any,
+) -> None:
+    """Set a table's state (and any other ``podyn.tables`` columns given as keywords); log the change."""
+    assignments: list[sql.Composable] = [
+        sql.SQL("state = %s"),
+        sql.SQL("last_error = %s"),
+        sql.SQL("updated_at = now()"),
+    ]
+    values: list[Any] = [state.value, error]
+    for name, value in fields.items():
+        assignments.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+        values.append(value)
+    conn.execute(
+        sql.SQL("UPDATE podyn.tables SET {} WHERE target_schema = %s AND target_table = %s").format(
+            sql.SQL(", ").join(assignments)
+        ),
+        (*values, spec.schema, spec.table),
+    )
+    log.info("table %s: %s%s", spec.source, state.value, f" ({error})" if error else "")
+
+
+def read_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[Column, ...]:
+    rows = conn.execute(
+        """SELECT column_name, attribute_type, attribute_name, variant FROM podyn.columns
+           WHERE target_schema = %s AND target_table = %s ORDER BY ordinal""",
+        (spec.schema, spec.table),
+    ).fetchall()
+    return tuple(Column(name, PgType(type_), attribute, variant) for name, type_, attribute, variant in rows)
+
+
+def save_columns(conn: psycopg.Connection[Any], schema: TableSchema, start: int = 0) -> None:
+    """Record the mapping of ``schema.columns[start:]``."""
+    spec = schema.spec
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO podyn.columns
+                   (target_schema, target_table, column_name, attribute_name, attribute_type, variant, ordinal)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            [
+                (spec.schema, spec.table, c.name, c.attribute, c.type.value, c.variant, ordinal)
+                for ordinal, c in enumerate(schema.columns[start:], start)
+            ],
+        )
+
+
+def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[SegmentRecord]:
+    rows = conn.execute(
+        """SELECT segment, total_segments, last_key, items_loaded, done FROM podyn.segments
+           WHERE target_schema = %s AND target_table = %s ORDER BY segment""",
+        (spec.schema, spec.table),
+    ).fetchall()
+    return [SegmentRecord(*row) for row in rows]
+
+
+def reset_segments(conn: psycopg.Connection[Any], spec: TableSpec, total_segments: int) -> None:
+    conn.execute("DELETE FROM podyn.segments WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO podyn.segments (target_schema, target_table, segment, total_segments)
+               VALUES (%s, %s, %s, %s)""",
+            [(spec.schema, spec.table, segment, total_segments) for segment in range(total_segments)],
+        )
+
+
+def advance_segment(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    segment: int,
+    expected_key: dict[str, Any] | None,
+    new_key: dict[str, Any] | None,
+    items: int,
+) -> bool:
+    """Move a segment from ``expected_key`` to ``new_key`` (None: done). False if it was not at ``expected_key``.
+
+    The compare-and-set makes a page applied twice (a commit whose answer was lost, a second process) a no-op.
+    """
+    cur = conn.execute(
+        """UPDATE podyn.segments
+           SET last_key = %s, done = %s, items_loaded = items_loaded + %s, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s AND segment = %s
+             AND NOT done AND last_key IS NOT DISTINCT FROM %s""",
+        (
+            _jsonb(new_key),
+            new_key is None,
+            items,
+            spec.schema,
+            spec.table,
+            segment,
+            _jsonb(expected_key),
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def reject_item(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    key: str | None,
+    attribute: str | None,
+    error: str,
+    item: Any,
+) -> None:
+    conn.execute(
+        """INSERT INTO podyn.rejected (target_schema, target_table, item_key, attribute_name, error, item)
+           VALUES (%s, %s, %s, %s, %s, %s)""",
+        (spec.schema, spec.table, key, attribute, error, _jsonb(item)),
+    )
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    """A parameter for a jsonb column (our connections' JSON dumper takes serialised bytes; see postgres.py)."""
+    return None if value is None else Jsonb(orjson.dumps(value, default=_wire_default))
+
+
+def _wire_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot store {type(value).__name__} in metadata")

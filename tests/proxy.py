@@ -1,0 +1,180 @@
+"""An HTTP forwarding proxy in front of DynamoDB Local that counts requests and injects errors.
+
+DynamoDB Local never throttles, so retry behaviour is tested by putting this proxy between the real boto3
+client and the real server: ``throttle("Scan", 2)`` answers the next two Scan requests the way DynamoDB does
+when it throttles; everything else is relayed unchanged. Test code only, stdlib only; plain HTTP with a
+Content-Length body, which is what botocore sends.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+THROTTLING_TYPE = "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
+THROTTLING_MESSAGE = (
+    "The level of configured provisioned throughput for the table was exceeded. "
+    "Consider increasing your provisioning level with the UpdateTable API."
+)
+JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+# Headers that describe one connection, not the message; http.client and the server set their own.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+
+def operation_of(target: str | None) -> str:
+    """``DynamoDB_20120810.Scan`` -> ``Scan``; requests without a target count as ``""``."""
+    return (target or "").rpartition(".")[2]
+
+
+class ThrottlingProxy:
+    def __init__(self, upstream_url: str) -> None:
+        upstream = urlsplit(upstream_url)
+        if upstream.scheme != "http" or upstream.hostname is None:
+            raise ValueError(f"upstream must be http://host:port, not {upstream_url!r}")
+        self._upstream = (upstream.hostname, upstream.port or 80)
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._faults: dict[str, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("proxy is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def throttle(self, operation: str, times: int = 1) -> None:
+        """Answer the next ``times`` requests of ``operation`` with DynamoDB's throttling error."""
+        self.fail(operation, times, status=400, type=THROTTLING_TYPE, message=THROTTLING_MESSAGE)
+
+    def fail(
+        self,
+        operation: str,
+        times: int = 1,
+        *,
+        status: int = 500,
+        type: str = "InternalServerError",
+        message: str = "Internal server error (injected by the test proxy)",
+    ) -> None:
+        """Answer the next ``times`` requests of ``operation`` with an error; they never reach DynamoDB."""
+        body = json.dumps({"__type": type, "message": message}, separators=(",", ":")).encode()
+        with self._lock:
+            self._faults[operation].extend([(status, body)] * times)
+
+    def count(self, operation: str) -> int:
+        """Requests of ``operation`` received so far, including the ones answered with an injected error."""
+        with self._lock:
+            return self._counts[operation]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def pending_faults(self, operation: str) -> int:
+        with self._lock:
+            return len(self._faults[operation])
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._faults.clear()
+
+    def _take(self, operation: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            self._counts[operation] += 1
+            queue = self._faults.get(operation)
+            return queue.popleft() if queue else None
+
+    def start(self) -> Self:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 lets botocore keep its pooled connections open, as it would against AWS.
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self._relay()
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in HOP_BY_HOP and name.lower() not in ("server", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._take(operation_of(self.headers.get("X-Amz-Target")))
+                if fault is not None:
+                    status, fault_body = fault
+                    self._reply(status, [("Content-Type", JSON_CONTENT_TYPE)], fault_body)
+                    return
+                upstream = http.client.HTTPConnection(*proxy._upstream, timeout=60)
+                try:
+                    # Host is part of the SigV4 signature, so it is forwarded as the client sent it.
+                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        if name.lower() not in HOP_BY_HOP:
+                            upstream.putheader(name, value)
+                    upstream.putheader("Content-Length", str(len(body)))
+                    upstream.endheaders(body)
+                    response = upstream.getresponse()
+                    self._reply(response.status, response.getheaders(), response.read())
+                except OSError as exc:
+                    self._reply(502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode())
+                finally:
+                    upstream.close()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="throttling-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
