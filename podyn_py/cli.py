@@ -96,6 +96,15 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 100),
+    default=10,
+    show_default=True,
+    envvar="AWS_MAX_ATTEMPTS",
+    help="Attempts per DynamoDB request in botocore's standard retry mode (env AWS_MAX_ATTEMPTS); throttling"
+    " that outlasts them is waited out, never fatal.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug and tracebacks).")
 @click.option(
@@ -121,6 +130,7 @@ def main(
     endpoint_url: str | None,
     region: str | None,
     profile: str | None,
+    max_attempts: int,
     progress: bool | None,
     verbose: int,
     log_level: str | None,
@@ -151,7 +161,7 @@ def main(
             pg_schema=pg_schema,
             reload=reload,
             progress=sys.stderr.isatty() if progress is None else progress,
-            aws=AwsSettings(endpoint_url=endpoint_url, region=region, profile=profile),
+            aws=AwsSettings(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=max_attempts),
         )
         sys.exit(run(config, debug=bool(verbose)))
     except PodynError as exc:

@@ -98,10 +98,8 @@ class _TableLoad:
         rows, rejected, pending = self._build(builder, items)
         if pending:
             with self._lock:
-                if self.builder is builder:
-                    self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
-                    self.builder = RowBuilder(self.schema)
-                builder = self.builder
+                self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
+                self.builder = builder = RowBuilder(self.schema)
             rows, rejected, pending = self._build(builder, items)
             if pending:  # pragma: no cover - evolve covers every valid attribute value
                 raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
@@ -155,13 +153,19 @@ def load_table(
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
         return LoadResult(spec.source, 0, 0, True, 0.0)
     remaining = [s for s in segments if not s.done]
-    if len(remaining) < len(segments):
-        log.info("table %s: resuming, %d of %d segments left", spec.source, len(remaining), len(segments))
+    if any(s.done or s.last_key is not None for s in segments):
+        log.info(
+            "table %s: resuming an interrupted load, %d of %d segments unfinished",
+            spec.source,
+            len(remaining),
+            len(segments),
+        )
     progress = LoadProgress(
         spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
     )
     load = _TableLoad(schema, target, options, progress)
-    stop = stop or threading.Event()
+    requested = stop or threading.Event()
+    stop = _Either(requested)
     try:
         workers = max(1, min(options.connections, len(remaining)))
         with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
@@ -174,7 +178,7 @@ def load_table(
                 raise failed[0]  # type: ignore[misc]
     finally:
         progress.close()
-    if stop.is_set():
+    if requested.is_set():
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
     total = target.finish_load(spec)
     seconds = time.monotonic() - started
@@ -189,7 +193,21 @@ def load_table(
     return LoadResult(spec.source, total, load.rejected, False, seconds)
 
 
-def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: threading.Event) -> None:
+class _Either:
+    """Stop when the run is asked to stop, or when another segment of this table failed (not other tables)."""
+
+    def __init__(self, requested: threading.Event) -> None:
+        self.requested = requested
+        self.failed = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.requested.is_set() or self.failed.is_set()
+
+    def set(self) -> None:
+        self.failed.set()
+
+
+def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _Either) -> None:
     spec = load.schema.spec
     sizer = PageSizer(
         load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))

@@ -123,6 +123,7 @@ def client_error(operation: str, code: str, message: str, status: int = 400) -> 
                 "HTTPStatusCode": status,
                 "HTTPHeaders": {"x-amzn-requestid": "4KBNVRGD25RG4ERFB8Q1U9JG0BVV4KQNSO5AEMVJF66Q9ASUAAJG"},
                 "RetryAttempts": 0,
+                "HostId": "",
             },
         },
         operation,

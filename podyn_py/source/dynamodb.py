@@ -211,7 +211,7 @@ def call_waiting_out_throttling(
             is_throttling = isinstance(cause, botocore.exceptions.ClientError) and error_code(cause) in THROTTLING_CODES
             if is_throttling:
                 throttled += 1
-                delay = min(max_wait, 0.5 * 2 ** min(throttled, 6))
+                delay = min(max_wait, 0.2 * 2 ** min(throttled, 8))
                 if throttled == 1 or throttled % 10 == 0:
                     log.warning(
                         "%s: throttled by DynamoDB (%d times); waiting %.1f s",

@@ -504,7 +504,7 @@ class StreamReader:
             description = response["StreamDescription"]
             status = description["StreamStatus"]
             shards.extend(description.get("Shards") or [])
-            start = None
+            start = description.get("LastEvaluatedShardId")
             if start is None:
                 return status, shards
 
