@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from podyn_py import metrics
 from podyn_py.core.rows import MissingColumn, RowBuilder
 from podyn_py.core.schema import Column, TableSchema, TableSpec, evolve
 from podyn_py.errors import DataError, Interrupted, PodynError
@@ -83,7 +85,8 @@ class _TableLoad:
 
     def __init__(self, schema: TableSchema, target: LoadTarget, options: LoadOptions, progress: LoadProgress):
         self.schema = schema
-        self.builder = RowBuilder(schema)
+        self.nul_counts: Counter[str] = Counter()
+        self.builder = RowBuilder(schema, self.nul_counts)
         self.target = target
         self.options = options
         self.progress = progress
@@ -99,11 +102,11 @@ class _TableLoad:
         if pending:
             with self._lock:
                 self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
-                self.builder = builder = RowBuilder(self.schema)
+                self.builder = builder = RowBuilder(self.schema, self.nul_counts)
             rows, rejected, pending = self._build(builder, items)
             if pending:  # pragma: no cover - evolve covers every valid attribute value
                 raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
-        self._log_nuls(builder)
+        self._log_nuls()
         return builder.schema, rows, rejected
 
     def _build(
@@ -122,8 +125,8 @@ class _TableLoad:
                 log.error("rejected an item, kept in podyn.rejected: %s", exc)
         return rows, rejected, pending
 
-    def _log_nuls(self, builder: RowBuilder) -> None:
-        for column in builder.nul_counts.keys() - self._nuls_logged:
+    def _log_nuls(self) -> None:
+        for column in self.nul_counts.keys() - self._nuls_logged:
             with self._lock:
                 if column in self._nuls_logged:
                     continue
@@ -165,15 +168,15 @@ def load_table(
     )
     load = _TableLoad(schema, target, options, progress)
     requested = stop or threading.Event()
-    stop = _Either(requested)
+    stopping = _Either(requested)
     try:
         workers = max(1, min(options.connections, len(remaining)))
         with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
-            futures = [pool.submit(_load_segment, load, client, s, stop) for s in remaining]
+            futures = [pool.submit(_load_segment, load, client, s, stopping) for s in remaining]
             wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if failed:
-                stop.set()  # the other segments stop at their next page; their committed pages stay
+                stopping.set()  # the other segments stop at their next page; their committed pages stay
                 wait(futures)
                 raise failed[0]  # type: ignore[misc]
     finally:
@@ -182,7 +185,7 @@ def load_table(
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
     total = target.finish_load(spec)
     seconds = time.monotonic() - started
-    nuls = sum(load.builder.nul_counts.values())
+    nuls = sum(load.nul_counts.values())
     log.info(
         "table %s: loaded, %s%s%s",
         spec.source,
@@ -237,6 +240,11 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
             with load._lock:
                 load.rejected += len(rejected)
             load.progress.add(len(page.items), page.consumed)
+            metrics.ITEMS_LOADED.labels(spec.source).inc(len(rows))
+            metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected))
+            metrics.CAPACITY_CONSUMED.labels(spec.source).inc(page.consumed)
+            metrics.THROTTLES.labels(spec.source).inc(page.throttled)
+            metrics.BATCHES.labels(spec.source).inc()
             key = new_key
             if key is None:
                 return
@@ -273,6 +281,7 @@ def _write_with_reconnect(
             if not exc.transient or time.monotonic() > deadline:
                 raise
             log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
+            metrics.ERRORS.labels(schema.spec.source).inc()
             if conn is not None:
                 conn.close()
             conn = None

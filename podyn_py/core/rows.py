@@ -25,11 +25,11 @@ class MissingColumn(Exception):
 class RowBuilder:
     """Builds rows for one schema version. Build a new one when the schema gains columns."""
 
-    def __init__(self, schema: TableSchema) -> None:
+    def __init__(self, schema: TableSchema, nul_counts: Counter[str] | None = None) -> None:
         self.schema = schema
         self.width = len(schema.columns)
-        #: Per column name, how many values lost a U+0000 since this builder was made.
-        self.nul_counts: Counter[str] = Counter()
+        #: Per column name, how many values lost a U+0000 (pass one Counter to successive builders to add up).
+        self.nul_counts: Counter[str] = Counter() if nul_counts is None else nul_counts
         spec = schema.spec
         self._keys = tuple((k.name, schema.columns.index(schema.key_column(k))) for k in spec.key_columns_attributes)
         self._required = spec.key_names

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py import metrics
 from podyn_py.core.schema import Column, ConversionMode, IndexSpec, KeyAttribute, TableSchema, TableSpec
 from podyn_py.core.values import PgType
 
@@ -233,6 +234,8 @@ def set_state(
         (*values, spec.schema, spec.table),
     )
     log.info("table %s: %s%s", spec.source, state.value, f" ({error})" if error else "")
+    for each in TableState:
+        metrics.TABLE_STATE.labels(spec.source, each.value).set(1 if each is state else 0)
 
 
 def read_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[Column, ...]:

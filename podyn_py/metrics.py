@@ -1,0 +1,45 @@
+"""Prometheus metrics (prometheus-client), updated by the load and the change replication.
+
+The metrics live in their own registry, so importing podyn never touches the process-wide default one; the CLI
+serves it on ``--metrics-port`` when asked.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ITEMS_LOADED = Counter("podyn_items_loaded", "Items copied by the initial load", ["table"], registry=REGISTRY)
+ITEMS_REJECTED = Counter(
+    "podyn_items_rejected",
+    "Items kept in podyn.rejected because they could not be converted",
+    ["table"],
+    registry=REGISTRY,
+)
+CHANGES_APPLIED = Counter(
+    "podyn_changes_applied", "Stream records applied, by kind (upsert, delete)", ["table", "kind"], registry=REGISTRY
+)
+BATCHES = Counter(
+    "podyn_batches", "Transactions committed (scan pages and change batches)", ["table"], registry=REGISTRY
+)
+ERRORS = Counter("podyn_errors", "Errors, retried or not", ["table"], registry=REGISTRY)
+THROTTLES = Counter("podyn_throttles", "Requests DynamoDB throttled", ["table"], registry=REGISTRY)
+CAPACITY_CONSUMED = Counter(
+    "podyn_read_capacity_consumed", "Read capacity units consumed by scans", ["table"], registry=REGISTRY
+)
+LAG_SECONDS = Gauge(
+    "podyn_replication_lag_seconds",
+    "Age of the newest applied stream record when applied",
+    ["table"],
+    registry=REGISTRY,
+)
+ACTIVE_SHARDS = Gauge("podyn_active_shards", "Stream shards being read", ["table"], registry=REGISTRY)
+TABLE_STATE = Gauge(
+    "podyn_table_state", "1 for the table's current state, 0 for the others", ["table", "state"], registry=REGISTRY
+)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    """Serve /metrics on ``port`` from a daemon thread."""
+    start_http_server(port, addr=address, registry=REGISTRY)
