@@ -13,16 +13,14 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ITEMS_LOADED = Counter("podyn_items_loaded", "Items copied by the initial load", ["table"], registry=REGISTRY)
 ITEMS_REJECTED = Counter(
     "podyn_items_rejected",
-    "Items kept in podyn.rejected because they could not be converted",
+    "Items kept in podyn.rejected, not convertible",
     ["table"],
     registry=REGISTRY,
 )
 CHANGES_APPLIED = Counter(
     "podyn_changes_applied", "Stream records applied, by kind (upsert, delete)", ["table", "kind"], registry=REGISTRY
 )
-BATCHES = Counter(
-    "podyn_batches", "Transactions committed (scan pages and change batches)", ["table"], registry=REGISTRY
-)
+BATCHES = Counter("podyn_batches", "Transactions committed (pages, batches)", ["table"], registry=REGISTRY)
 ERRORS = Counter("podyn_errors", "Errors, retried or not", ["table"], registry=REGISTRY)
 THROTTLES = Counter("podyn_throttles", "Requests DynamoDB throttled", ["table"], registry=REGISTRY)
 CAPACITY_CONSUMED = Counter(
@@ -30,7 +28,7 @@ CAPACITY_CONSUMED = Counter(
 )
 LAG_SECONDS = Gauge(
     "podyn_replication_lag_seconds",
-    "Age of the newest applied stream record when applied",
+    "Age of the newest applied stream record",
     ["table"],
     registry=REGISTRY,
 )
