@@ -149,8 +149,8 @@ def test_core_works_with_connections_forbidden() -> None:
         """
     )
     assert (
-        result[1]
-        == 'CREATE TABLE IF NOT EXISTS "s"."t" ("id" text, "ts" numeric, "x" text, "m" jsonb, "b" bytea, PRIMARY KEY ("id", "ts"))'
+        result[1] == 'CREATE TABLE IF NOT EXISTS "s"."t" '
+        '("id" text, "ts" numeric, "x" text, "m" jsonb, "b" bytea, PRIMARY KEY ("id", "ts"))'
     )
     assert result[2] == "SELECT create_distributed_table('\"s\".\"t\"', 'id')"
     assert result[-2] == "1.50"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from podyn_py.core import ddl
+from podyn_py.core import ddl, naming
 from podyn_py.core.schema import (
     Column,
     ConversionMode,
@@ -247,7 +247,7 @@ def test_every_identifier_is_quoted(name: str, citus: bool) -> None:
         identifiers, literals, rest = lex(statement.as_string())
         # Nothing of the name leaks out of its quotes: what is left is keywords, types and punctuation.
         assert "DROP" not in rest and "--" not in rest and ";" not in rest and "'" not in rest
-        allowed = {name, name + "4", *schema.column_names, ddl.naming.index_name(name, name)}
+        allowed = {name, name + "4", *schema.column_names, naming.index_name(name, name)}
         assert set(identifiers) <= allowed, statement.as_string()
         if not literals:
             assert name in identifiers

@@ -107,28 +107,20 @@ def test_initial_schema(spec: TableSpec, expected: list[tuple[str, PgType, str |
     assert [c.attribute for c in schema.primary_key_columns] == list(spec.key_names)
 
 
+@pytest.mark.parametrize("lower_case", [False, True])
 @pytest.mark.parametrize("key_name", ["data", "DATA"])
-def test_jsonb_key_named_data_is_renamed(key_name: str) -> None:
-    spec = make_spec(partition=KeyAttribute(key_name, "S"), sort=None, indexes=(), mode=ConversionMode.JSONB)
+def test_jsonb_key_named_data_is_renamed(key_name: str, lower_case: bool) -> None:
+    key = KeyAttribute(key_name, "S")
+    spec = make_spec(partition=key, sort=None, indexes=(), mode=ConversionMode.JSONB, lower_case=lower_case)
     schema = initial_schema(spec)
-    for lower_case in (False, True):
-        schema = initial_schema(
-            make_spec(
-                partition=KeyAttribute(key_name, "S"),
-                sort=None,
-                indexes=(),
-                mode=ConversionMode.JSONB,
-                lower_case=lower_case,
-            )
-        )
-        names = schema.column_names
-        assert names.count(DATA_COLUMN) == 1
-        assert len(set(names)) == len(names) == 2
-        key_column = schema.key_column(spec.partition_key)
-        assert key_column.name != DATA_COLUMN
-        assert key_column.type is PgType.TEXT
-        data = [c for c in schema.columns if c.name == DATA_COLUMN]
-        assert data == [Column(DATA_COLUMN, PgType.JSONB, None)]
+    names = schema.column_names
+    assert len(set(names)) == len(names) == 2
+    key_column = schema.key_column(key)
+    assert key_column.name != DATA_COLUMN
+    assert (key_column.type, key_column.attribute) == (PgType.TEXT, key_name)
+    if key_name == "DATA" and not lower_case:
+        assert key_column.name == "DATA"  # quoted identifiers are case-sensitive: no clash
+    assert [c for c in schema.columns if c.name == DATA_COLUMN] == [Column(DATA_COLUMN, PgType.JSONB, None)]
 
 
 def test_index_attributes_once() -> None:
@@ -142,7 +134,7 @@ def test_index_attributes_once() -> None:
 def test_evolve_returns_only_new_columns_in_first_seen_order() -> None:
     schema = initial_schema(make_spec())
     before = schema.columns
-    items = [
+    items: list[dict[str, Any]] = [
         {"id": {"S": "1"}, "ts": {"N": "1"}, "zeta": {"S": "z"}, "alpha": {"N": "1"}},
         {"id": {"S": "2"}, "ts": {"N": "2"}, "customer": {"S": "c"}, "mid": {"BOOL": True}, "zeta": {"S": "y"}},
         {"blob": {"B": b"\x00"}, "doc": {"M": {}}, "tags": {"SS": ["a"]}},

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS podyn.tables (
     stream_arn text,
     stream_view_type text,
     replay_from timestamptz,
+    changes_applied bigint NOT NULL DEFAULT 0,
+    last_change_at timestamptz,
+    replication_lag_seconds double precision,
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (target_schema, target_table)
