@@ -10,30 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podyn_py import metrics
-from podyn_py.core.rows import MissingColumn, RowBuilder
-from podyn_py.core.schema import Column, TableSchema, TableSpec, evolve
-from podyn_py.errors import DataError, Interrupted, PodynError
+from podyn_py.conversion import Rejected, RowConverter
+from podyn_py.core.schema import Column, TableSchema, TableSpec
+from podyn_py.errors import Interrupted, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
 from podyn_py.target.state import SegmentRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    item: dict[str, Any]
-    key: str
-    attribute: str | None
-    error: str
 
 
 class LoadTarget(Protocol):
@@ -84,59 +75,17 @@ class _TableLoad:
     """State shared by a table's segment workers: the growing schema, the capacity budget, progress."""
 
     def __init__(self, schema: TableSchema, target: LoadTarget, options: LoadOptions, progress: LoadProgress):
-        self.schema = schema
-        self.nul_counts: Counter[str] = Counter()
-        self.builder = RowBuilder(schema, self.nul_counts)
-        self.target = target
+        self.rows = RowConverter(schema, target)
         self.options = options
         self.progress = progress
+        self.target = target
         self.limiter = ReadCapacityLimiter(options.scan_rate)
         self.rejected = 0
-        self._lock = threading.Lock()
-        self._nuls_logged: set[str] = set()
+        self.lock = threading.Lock()
 
-    def convert(self, items: list[dict[str, Any]]) -> tuple[TableSchema, list[list[Any]], list[Rejected]]:
-        """Rows for a page under a schema that holds them all, growing the schema first when needed."""
-        builder = self.builder
-        rows, rejected, pending = self._build(builder, items)
-        if pending:
-            with self._lock:
-                self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
-                self.builder = builder = RowBuilder(self.schema, self.nul_counts)
-            rows, rejected, pending = self._build(builder, items)
-            if pending:  # pragma: no cover - evolve covers every valid attribute value
-                raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
-        self._log_nuls()
-        return builder.schema, rows, rejected
-
-    def _build(
-        self, builder: RowBuilder, items: list[dict[str, Any]]
-    ) -> tuple[list[list[Any]], list[Rejected], list[dict[str, Any]]]:
-        rows: list[list[Any]] = []
-        rejected: list[Rejected] = []
-        pending: list[dict[str, Any]] = []
-        for item in items:
-            try:
-                rows.append(builder.build(item))
-            except MissingColumn:
-                pending.append(item)
-            except DataError as exc:
-                rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
-                log.error("rejected an item, kept in podyn.rejected: %s", exc)
-        return rows, rejected, pending
-
-    def _log_nuls(self) -> None:
-        for column in self.nul_counts.keys() - self._nuls_logged:
-            with self._lock:
-                if column in self._nuls_logged:
-                    continue
-                self._nuls_logged.add(column)
-            log.warning(
-                "table %s: removed U+0000 from values of column %s (PostgreSQL cannot store it); counted in the"
-                " load summary",
-                self.schema.spec.source,
-                column,
-            )
+    @property
+    def schema(self) -> TableSchema:
+        return self.rows.schema
 
 
 def load_table(
@@ -185,7 +134,7 @@ def load_table(
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
     total = target.finish_load(spec)
     seconds = time.monotonic() - started
-    nuls = sum(load.nul_counts.values())
+    nuls = sum(load.rows.nul_counts.values())
     log.info(
         "table %s: loaded, %s%s%s",
         spec.source,
@@ -234,10 +183,10 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
             )
             load.limiter.charge(page.consumed)
             sizer.observe(len(page.items), page.consumed)
-            schema, rows, rejected = load.convert(page.items)
+            schema, rows, rejected = load.rows.convert(page.items)
             new_key = dynamodb.key_to_json(page.last_key)
             conn = _write_with_reconnect(load, conn, schema, rows, rejected, record.segment, key, new_key)
-            with load._lock:
+            with load.lock:
                 load.rejected += len(rejected)
             load.progress.add(len(page.items), page.consumed)
             metrics.ITEMS_LOADED.labels(spec.source).inc(len(rows))

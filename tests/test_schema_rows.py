@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -483,3 +484,14 @@ def test_nul_counts_jsonb_mode() -> None:
     assert builder.nul_counts["data"] == 2
     builder.build({"id": {"S": "k"}, "ts": {"N": "1"}})
     assert builder.nul_counts["data"] == 2
+
+
+def test_nul_counts_shared_across_builders() -> None:
+    counts: Counter[str] = Counter()
+    schema = full_schema()
+    RowBuilder(schema, counts).build({"id": {"S": "k"}, "ts": {"N": "1"}, "name": {"S": "\x00"}})
+    grown_schema = grown(schema, {"extra": {"S": "x"}})
+    builder = RowBuilder(grown_schema, counts)
+    builder.build({"id": {"S": "k"}, "ts": {"N": "1"}, "name": {"S": "\x00"}, "extra": {"S": "a\x00"}})
+    assert builder.nul_counts is counts
+    assert dict(counts) == {"name": 2, "extra": 1}

@@ -1,0 +1,91 @@
+"""Items → rows for one table, growing the table's schema when items bring new attributes or types.
+
+Shared by the load and the change replication. Building a row is one pass over the item; only when an item needs
+a column the schema lacks is the schema evolved (under a lock, through the target, which agrees with other
+processes) and the rows built again. Items that cannot be converted come back as :class:`Rejected`, to be kept
+in ``podyn.rejected`` with the rows' transaction: never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from podyn_py.core.rows import MissingColumn, RowBuilder
+from podyn_py.core.schema import Column, TableSchema, evolve
+from podyn_py.errors import DataError, PodynError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    item: dict[str, Any]
+    key: str
+    attribute: str | None
+    error: str
+
+
+class SchemaTarget(Protocol):
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema: ...
+
+
+class RowConverter:
+    """Thread-safe: segment workers of one table share one converter."""
+
+    def __init__(self, schema: TableSchema, target: SchemaTarget) -> None:
+        self.schema = schema
+        self.target = target
+        #: Per column, how many values lost a U+0000, over the converter's life.
+        self.nul_counts: Counter[str] = Counter()
+        self.builder = RowBuilder(schema, self.nul_counts)
+        self._lock = threading.Lock()
+        self._nuls_logged: set[str] = set()
+
+    def convert(self, items: list[dict[str, Any]]) -> tuple[TableSchema, list[list[Any]], list[Rejected]]:
+        """Rows for ``items`` under a schema that holds them all (returned with them), growing it first if needed."""
+        builder = self.builder
+        rows, rejected, pending = self._build(builder, items)
+        if pending:
+            with self._lock:
+                self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
+                self.builder = builder = RowBuilder(self.schema, self.nul_counts)
+            rows, rejected, pending = self._build(builder, items)
+            if pending:  # pragma: no cover - evolve covers every valid attribute value
+                raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
+        self._log_nuls()
+        for each in rejected:
+            log.error("rejected an item, kept in podyn.rejected: %s", each.error)
+        return builder.schema, rows, rejected
+
+    def _build(
+        self, builder: RowBuilder, items: list[dict[str, Any]]
+    ) -> tuple[list[list[Any]], list[Rejected], list[dict[str, Any]]]:
+        rows: list[list[Any]] = []
+        rejected: list[Rejected] = []
+        pending: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                rows.append(builder.build(item))
+            except MissingColumn:
+                pending.append(item)
+            except DataError as exc:
+                rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
+        return rows, rejected, pending
+
+    def _log_nuls(self) -> None:
+        for column in self.nul_counts.keys() - self._nuls_logged:
+            with self._lock:
+                if column in self._nuls_logged:
+                    continue
+                self._nuls_logged.add(column)
+            log.warning(
+                "table %s: removed U+0000 from values of column %s (PostgreSQL cannot store it); further ones are"
+                " counted, not logged",
+                self.schema.spec.source,
+                column,
+            )

@@ -1,0 +1,97 @@
+"""Stream records → changes: :class:`Upsert`, :class:`Delete`, or :class:`Refetch` when the record has no new image.
+
+INSERT and MODIFY carry the item's full new image on NEW_IMAGE and NEW_AND_OLD_IMAGES streams: the row becomes that
+image exactly (attributes absent from it become NULL). KEYS_ONLY and OLD_IMAGE streams only name the key, so the
+current item must be read (:class:`Refetch`). REMOVE deletes by key.
+
+Within a batch only each key's last change matters, since every change states the key's whole state:
+:func:`compact` keeps that one, so a batch never writes a row twice and deletes and upserts never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from podyn_py.core.values import key_text, split_value
+from podyn_py.errors import DataError
+
+Item = dict[str, Any]
+KeyIdentity = tuple[tuple[str, Any], ...]
+
+#: View types whose INSERT/MODIFY records carry the new image.
+VIEW_TYPES_WITH_NEW_IMAGE = frozenset({"NEW_IMAGE", "NEW_AND_OLD_IMAGES"})
+
+
+@dataclass(frozen=True)
+class Upsert:
+    key: Item
+    item: Item
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: Item
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Refetch:
+    """An INSERT or MODIFY whose record lacks the new image: apply the item as it is now (or delete it if gone)."""
+
+    key: Item
+    created_at: datetime | None = None
+
+
+Change = Upsert | Delete | Refetch
+
+
+def to_change(record: Mapping[str, Any], key_names: Sequence[str], *, table: str | None = None) -> Change:
+    """One stream record as a change. DataError (naming table and key) for a record that does not parse."""
+    body = record.get("dynamodb")
+    if not isinstance(body, Mapping):
+        raise DataError("stream record without its 'dynamodb' part", table=table, key=record.get("eventID"))
+    keys = body.get("Keys")
+    if not isinstance(keys, Mapping) or not all(name in keys for name in key_names):
+        raise DataError("stream record without the table's key", table=table, key=str(keys)[:100])
+    key = {name: keys[name] for name in key_names}
+    for name, value in key.items():
+        try:
+            split_value(value)
+        except DataError as exc:
+            raise DataError(exc.message, table=table, key=key_text(keys, tuple(key_names)), attribute=name) from exc
+    created_at = body.get("ApproximateCreationDateTime")
+    created = created_at if isinstance(created_at, datetime) else None
+    event = record.get("eventName")
+    if event == "REMOVE":
+        return Delete(key, created)
+    if event in ("INSERT", "MODIFY"):
+        image = body.get("NewImage")
+        if image is None:
+            return Refetch(key, created)
+        if not isinstance(image, Mapping):
+            raise DataError("stream record's NewImage is not a map", table=table, key=key_text(keys, tuple(key_names)))
+        return Upsert(key, dict(image), created)
+    raise DataError(f"unknown stream event {event!r}", table=table, key=key_text(keys, tuple(key_names)))
+
+
+def key_identity(key: Mapping[str, Any]) -> KeyIdentity:
+    """A hashable form of a key (its attribute values), to tell changes to the same item apart."""
+    parts = []
+    for name in sorted(key):
+        tag, raw = split_value(key[name])
+        parts.append((tag, bytes(raw) if isinstance(raw, bytes | bytearray) else raw))
+    return tuple(parts)
+
+
+def compact(changes: Iterable[Change]) -> list[Change]:
+    """Each key's last change, in the order of those last changes."""
+    last: dict[KeyIdentity, Change] = {}
+    for change in changes:
+        identity = key_identity(change.key)
+        last.pop(identity, None)  # re-insert so that order follows the last change
+        last[identity] = change
+    return list(last.values())
