@@ -32,21 +32,24 @@ class RowBuilder:
         self.nul_counts: Counter[str] = Counter() if nul_counts is None else nul_counts
         spec = schema.spec
         self._keys = tuple((k.name, schema.columns.index(schema.key_column(k))) for k in spec.key_columns_attributes)
-        self._required = spec.key_names
+        self._required = tuple((k.name, k.tag) for k in spec.primary_key)
         self._jsonb = spec.mode is ConversionMode.JSONB
         self._data_position = schema.column_names.index("data") if self._jsonb else -1
 
     def build(self, item: Item) -> list[Any]:
         try:
-            for name in self._required:
-                if name not in item:
+            for name, tag in self._required:
+                value = item.get(name)
+                if value is None:
                     raise DataError("item lacks a key attribute", attribute=name)
+                if not isinstance(value, dict) or tag not in value or len(value) != 1:
+                    raise DataError(f"key attribute is not of type {tag}: {value!r:.80}", attribute=name)
             return self._build_jsonb(item) if self._jsonb else self._build_columns(item)
         except DataError as exc:
             raise DataError(
                 exc.message,
                 table=self.schema.spec.source,
-                key=key_text(item, self._required),
+                key=key_text(item, self.schema.spec.key_names),
                 attribute=exc.attribute,
             ) from exc
 
@@ -60,6 +63,8 @@ class RowBuilder:
             except (AttributeError, ValueError):
                 raise DataError(f"not a DynamoDB attribute value: {value!r:.80}", attribute=attribute) from None
             if tag == NULL_TAG:
+                if raw is not True:
+                    raise DataError(f"NULL value is not true: {raw!r:.40}", attribute=attribute)
                 continue
             pg_type = PG_TYPE_OF_TAG.get(tag)
             if pg_type is None:

@@ -52,7 +52,7 @@ NULL_TAG = "NULL"
 
 # What DynamoDB accepts as a number: optional sign, digits with an optional point, optional exponent.
 # Decimal() alone would also take "1_000", " 1", "NaN" and "Infinity".
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def decode_number(text: Any) -> Decimal:
@@ -124,7 +124,7 @@ def to_json(value: Any, nuls: list[int] | None = None) -> Any:
     if tag == "BOOL":
         return _boolean(raw)
     if tag == "NULL":
-        return None
+        return check_null(raw)
     if tag == "B":
         return encode_binary(raw)
     if tag == "SS":
@@ -137,7 +137,16 @@ def to_json(value: Any, nuls: list[int] | None = None) -> Any:
 
 
 def dump_json(tree: Any) -> bytes:
-    return orjson.dumps(tree)
+    try:
+        return orjson.dumps(tree)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate, possible only in hand-made JSON
+        raise DataError(f"value cannot be written as JSON: {exc}") from exc
+
+
+def check_null(raw: Any) -> None:
+    """DynamoDB writes NULL only as ``{"NULL": true}``; anything else is malformed input."""
+    if raw is not True:
+        raise DataError(f"NULL value is not true: {_preview(raw)}")
 
 
 def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None) -> Any:
@@ -154,7 +163,7 @@ def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None) -> Any:
     if tag == "BOOL":
         return _boolean(raw)
     if tag == "NULL":
-        return None
+        return check_null(raw)
     return dump_json(to_json({tag: raw}, nuls))
 
 
