@@ -124,6 +124,8 @@ class Config:
     pg_schema: str = "public"
     reload: bool = False
     progress: bool = False
+    #: How often a standing-by service tries to take over a table another process holds.
+    standby_seconds: float = 10.0
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

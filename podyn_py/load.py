@@ -32,7 +32,15 @@ class LoadTarget(Protocol):
 
     def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema: ...
 
-    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[SegmentRecord] | None: ...
+    def begin_load(
+        self,
+        spec: TableSpec,
+        total_segments: int,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[SegmentRecord] | None: ...
 
     def finish_load(self, spec: TableSpec) -> int: ...
 
@@ -100,7 +108,13 @@ def load_table(
     """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one."""
     spec = schema.spec
     started = time.monotonic()
-    segments = target.begin_load(spec, options.segments, reload=options.reload)
+    segments = target.begin_load(
+        spec,
+        options.segments,
+        reload=options.reload,
+        stream_arn=description.stream_arn,
+        stream_view_type=description.stream_view_type,
+    )
     if segments is None:
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
         return LoadResult(spec.source, 0, 0, True, 0.0)

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from podyn_py.changes import TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.schema import ConversionMode, TableSpec
 from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
@@ -45,21 +46,28 @@ def make_target(config: Config, out: TextIO) -> PostgresTarget | DryRunTarget:
 
 
 def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Event | None = None) -> RunSummary:
-    """Run the steps the config asks for over its tables (every table when none is named)."""
+    """Run the steps the config asks for over its tables (every table when none is named).
+
+    Schema and data go table by table; then, with ``changes``, every table replicates its stream in a thread of
+    its own until ``stop`` is set (or all of them stopped with errors).
+    """
     out = out or sys.stdout
     stop = stop or threading.Event()
+    if config.changes and config.dry_run:
+        raise ConfigError("--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream")
     client = dynamodb.make_client(config.aws, pool_size=config.connections)
     names = list(config.tables) or dynamodb.list_tables(client)
     if not names:
         log.warning("no DynamoDB tables found")
     target = make_target(config, out)
     summary = RunSummary()
+    ready: list[dynamodb.TableDescription] = []
     for name in names:
         if stop.is_set():
             summary.interrupted = True
             break
         try:
-            _replicate_table(config, client, target, name, summary, stop)
+            ready.append(_prepare_and_load(config, client, target, name, summary, stop))
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
@@ -67,23 +75,32 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             log.warning("%s", exc)
             summary.held_elsewhere.append(name)
         except PodynError as exc:
-            log.error("table %s stopped: %s", name, exc)
-            summary.failed[name] = exc
-            _record_failure(target, config, name, exc)
+            _fail_table(summary, target, config, name, exc)
+    if config.changes and not stop.is_set() and isinstance(target, PostgresTarget):
+        for name in summary.held_elsewhere:  # the service stands by for these instead
+            ready.append(_describe(config, client, target, name))
+        summary.held_elsewhere.clear()
+        _replicate_changes(config, client, target, ready, summary, stop)
     return summary
 
 
-def _replicate_table(
+def _describe(
+    config: Config, client: Any, target: PostgresTarget | DryRunTarget, name: str
+) -> dynamodb.TableDescription:
+    description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
+    mode, lower_case = _choices(config, target, description.spec)
+    return replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
+
+
+def _prepare_and_load(
     config: Config,
     client: Any,
     target: PostgresTarget | DryRunTarget,
     name: str,
     summary: RunSummary,
     stop: threading.Event,
-) -> None:
-    description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
-    mode, lower_case = _choices(config, target, description.spec)
-    description = replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
+) -> dynamodb.TableDescription:
+    description = _describe(config, client, target, name)
     with target.hold(description.spec):
         schema = target.prepare_table(description.spec, create=config.schema, citus=config.citus)
         if config.data:
@@ -96,6 +113,81 @@ def _replicate_table(
                 progress_bar=config.progress,
             )
             summary.loaded.append(load_table(description, schema, target, client, options, stop=stop))
+    return description
+
+
+def _replicate_changes(
+    config: Config,
+    client: Any,
+    target: PostgresTarget,
+    descriptions: list[dynamodb.TableDescription],
+    summary: RunSummary,
+    stop: threading.Event,
+) -> None:
+    streams_client = dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=len(descriptions))
+    threads = [
+        threading.Thread(
+            target=_follow_table,
+            args=(config, client, streams_client, target, description, summary, stop),
+            name=f"changes-{description.spec.source}",
+            daemon=True,
+        )
+        for description in descriptions
+    ]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    if stop.is_set():
+        summary.interrupted = True
+
+
+def _follow_table(
+    config: Config,
+    client: Any,
+    streams_client: Any,
+    target: PostgresTarget,
+    description: dynamodb.TableDescription,
+    summary: RunSummary,
+    stop: threading.Event,
+) -> None:
+    """One table's change replication, standing by while another process holds the table."""
+    name = description.spec.source
+    standing_by = False
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            with target.hold(description.spec):
+                if standing_by:
+                    log.info("table %s: the other process let go; taking over", name)
+                schema = target.prepare_table(description.spec, create=False, citus=False)
+                TableReplicator(description, schema, target, client, streams_client, stop).run()
+            return
+        except TableHeldElsewhere:
+            if not standing_by:
+                log.warning("table %s is replicated by another podyn process; standing by to take over", name)
+                standing_by = True
+            stop.wait(config.standby_seconds)
+        except PodynError as exc:
+            if not exc.transient:
+                _fail_table(summary, target, config, name, exc)
+                return
+            log.warning("table %s: %s; retrying in %.0f s", name, exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+        except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
+            log.exception("table %s: unexpected error", name)
+            _fail_table(summary, target, config, name, PodynError(f"unexpected error: {exc!r}", table=name))
+            return
+
+
+def _fail_table(
+    summary: RunSummary, target: PostgresTarget | DryRunTarget, config: Config, name: str, exc: PodynError
+) -> None:
+    log.error("table %s stopped: %s", name, exc)
+    summary.failed[name] = exc
+    _record_failure(target, config, name, exc)
 
 
 def _choices(config: Config, target: PostgresTarget | DryRunTarget, spec: TableSpec) -> tuple[ConversionMode, bool]:

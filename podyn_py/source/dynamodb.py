@@ -171,6 +171,30 @@ def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | N
     return item
 
 
+def batch_get_items(
+    client: Any, table: str, keys: list[dict[str, Any]], *, sleep: Callable[[float], None] = time.sleep
+) -> list[dict[str, Any]]:
+    """The current items for ``keys`` (consistent reads, 100 keys a request); items that no longer exist are absent."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), 100):
+        pending: list[dict[str, Any]] = keys[start : start + 100]
+        attempt = 0
+        while pending:
+            request = {table: {"Keys": pending, "ConsistentRead": True}}
+            response, _ = call_waiting_out_throttling(
+                lambda request=request: client.batch_get_item(RequestItems=request),  # type: ignore[misc]
+                "reading items",
+                table=table,
+                sleep=sleep,
+            )
+            found.extend(response.get("Responses", {}).get(table, []))
+            pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+            if pending:  # unprocessed keys mean the table is busy: back off like throttling
+                attempt += 1
+                sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+    return found
+
+
 def call(fn: Callable[[], Any], what: str, *, table: str | None = None) -> Any:
     """Call boto3, mapping its errors into podyn's tree."""
     try:

@@ -52,7 +52,7 @@ class DryRunTarget:
         self._print(ddl.add_columns(schema, added))
         return schema.with_columns(added)
 
-    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[SegmentRecord]:
+    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool, **stream: Any) -> list[SegmentRecord]:
         return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
 
     def finish_load(self, spec: TableSpec) -> int:

@@ -31,6 +31,7 @@ from podyn_py.errors import (
     TargetError,
     TransientTargetError,
 )
+from podyn_py.source.streams import ShardPosition
 from podyn_py.target import state
 
 log = logging.getLogger(__name__)
@@ -224,11 +225,20 @@ class PostgresTarget:
 
     # -- load -----------------------------------------------------------------------------------------------------
 
-    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool) -> list[state.SegmentRecord] | None:
+    def begin_load(
+        self,
+        spec: TableSpec,
+        total_segments: int,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[state.SegmentRecord] | None:
         """The segments left to scan: all of them for a new load (or ``reload``), the unfinished ones to resume.
 
         None when the table is already loaded. ``reload`` empties the table in the same transaction that resets its
-        segments, so a reload interrupted at any point resumes as a reload.
+        segments, so a reload interrupted at any point resumes as a reload. The stream's ARN and view type at the
+        start are recorded: change replication starts from this moment and must find the same stream.
         """
 
         def begin(conn: psycopg.Connection[Any]) -> list[state.SegmentRecord] | None:
@@ -257,6 +267,9 @@ class PostgresTarget:
                 items_loaded=0,
                 load_started_at=_now(conn),
                 load_finished_at=None,
+                stream_arn=stream_arn,
+                stream_view_type=stream_view_type,
+                replay_from=None,
             )
             return state.read_segments(conn, spec)
 
@@ -274,6 +287,66 @@ class PostgresTarget:
             return items
 
         return self.run("finishing the load", finish, table=spec.source)
+
+    # -- changes --------------------------------------------------------------------------------------------------
+
+    def read_table(self, spec: TableSpec) -> state.TableRecord | None:
+        return self.run("reading podyn.tables", lambda conn: state.read_table(conn, spec.schema, spec.table))
+
+    def update_table(self, spec: TableSpec, table_state: state.TableState, **fields: Any) -> None:
+        self.run(
+            "updating podyn.tables",
+            lambda conn: state.set_state(conn, spec, table_state, **fields),
+            table=spec.source,
+        )
+
+    def record_lag(self, spec: TableSpec, lag_seconds: float) -> None:
+        self.run("updating podyn.tables", lambda conn: state.record_changes(conn, spec, 0, lag_seconds))
+
+    def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]:
+        rows = self.run("reading shard checkpoints", lambda conn: state.read_shards(conn, spec, stream_arn))
+        return {shard: ShardPosition(shard, parent, sequence, finished) for shard, parent, sequence, finished in rows}
+
+    def apply_changes(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        stream_arn: str,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        lag_seconds: float | None,
+    ) -> bool:
+        """Apply a batch of changes and move its shards' checkpoints, in one transaction.
+
+        ``moves`` are (checkpoint before, checkpoint after, records) per shard. False, with nothing written, when a
+        checkpoint had already moved: these records were applied before (by another process, or by an attempt
+        whose commit answer was lost).
+        """
+        spec = schema.spec
+        try:
+            with conn.transaction():
+                for old, new, records in moves:
+                    before = None if old is None else (old.sequence_number, old.finished)
+                    after = (new.sequence_number, new.finished)
+                    if not state.move_shard(
+                        conn, spec, stream_arn, (new.shard_id, new.parent_shard_id), before, after, records
+                    ):
+                        raise _AlreadyApplied
+                if delete_keys:
+                    delete_rows(conn, schema, delete_keys)
+                if rows:
+                    upsert_rows(conn, schema, rows)
+                for item in rejected:
+                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+                state.record_changes(conn, spec, len(rows) + len(delete_keys), lag_seconds)
+        except _AlreadyApplied:
+            return False
+        except psycopg.Error as exc:
+            raise classify(exc, "applying changes", table=spec.source) from exc
+        return True
 
     # -- rows -----------------------------------------------------------------------------------------------------
 

@@ -338,3 +338,60 @@ def _wire_default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode("ascii")
     raise TypeError(f"cannot store {type(value).__name__} in metadata")
+
+
+def read_shards(
+    conn: psycopg.Connection[Any], spec: TableSpec, stream_arn: str
+) -> list[tuple[str, str | None, str | None, bool]]:
+    """(shard id, parent id, last applied sequence number, finished) of every shard checkpointed for the stream."""
+    rows = conn.execute(
+        """SELECT shard_id, parent_shard_id, sequence_number::text, finished FROM podyn.shards
+           WHERE target_schema = %s AND target_table = %s AND stream_arn = %s ORDER BY shard_id""",
+        (spec.schema, spec.table, stream_arn),
+    ).fetchall()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def move_shard(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    stream_arn: str,
+    shard: tuple[str, str | None],
+    old: tuple[str | None, bool] | None,
+    new: tuple[str | None, bool],
+    records: int,
+) -> bool:
+    """Compare-and-set a shard's checkpoint from ``old`` (None: no checkpoint yet) to ``new`` (sequence, finished).
+
+    False when the checkpoint was not at ``old``: another process (or an earlier attempt whose commit answer was
+    lost) already applied these records, and the caller must not apply them again.
+    """
+    shard_id, parent = shard
+    if old is None:
+        cur = conn.execute(
+            """INSERT INTO podyn.shards (target_schema, target_table, stream_arn, shard_id, parent_shard_id,
+                                         sequence_number, finished, records_applied)
+               VALUES (%s, %s, %s, %s, %s, %s::numeric, %s, %s) ON CONFLICT DO NOTHING""",
+            (spec.schema, spec.table, stream_arn, shard_id, parent, new[0], new[1], records),
+        )
+    else:
+        cur = conn.execute(
+            """UPDATE podyn.shards
+               SET sequence_number = %s::numeric, finished = %s, records_applied = records_applied + %s,
+                   updated_at = now()
+               WHERE target_schema = %s AND target_table = %s AND stream_arn = %s AND shard_id = %s
+                 AND sequence_number IS NOT DISTINCT FROM %s::numeric AND finished = %s""",
+            (new[0], new[1], records, spec.schema, spec.table, stream_arn, shard_id, old[0], old[1]),
+        )
+    return cur.rowcount == 1
+
+
+def record_changes(conn: psycopg.Connection[Any], spec: TableSpec, applied: int, lag_seconds: float | None) -> None:
+    conn.execute(
+        """UPDATE podyn.tables
+           SET changes_applied = changes_applied + %s,
+               last_change_at = CASE WHEN %s > 0 THEN now() ELSE last_change_at END,
+               replication_lag_seconds = coalesce(%s, replication_lag_seconds), updated_at = now()
+           WHERE target_schema = %s AND target_table = %s""",
+        (applied, applied, lag_seconds, spec.schema, spec.table),
+    )

@@ -1,0 +1,326 @@
+"""Continuous change replication for one table: stream batches → changes → one transaction with the checkpoints.
+
+Exactly-once effect: each batch's rows and its shards' new checkpoints commit together, and each checkpoint moves
+by compare-and-set from the position this process last committed. A crash loses nothing (the next run re-reads
+from the checkpoint) and doubles nothing (a batch whose checkpoint already moved is not applied again), even with
+two processes on one table.
+
+Where replication starts:
+- after a load: from the moment the load started, minus a safety margin (records older than that are skipped,
+  their effect is in the scanned data); replaying further back would also be correct, only slower;
+- on a table never loaded: from the oldest record the stream still holds (TRIM_HORIZON), with a warning;
+- after a restart: from each shard's checkpoint.
+A stream re-created since the load, or a load that started longer ago than the stream keeps records, means a gap:
+the table stops with StreamGapError, telling the user to reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from podyn_py import metrics
+from podyn_py.conversion import Rejected, RowConverter
+from podyn_py.core.changes import (
+    Change,
+    Delete,
+    Refetch,
+    Upsert,
+    compact,
+    key_identity,
+    to_change,
+)
+from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.values import split_value, to_column_value
+from podyn_py.errors import ConfigError, DataError, PodynError, StreamGapError
+from podyn_py.source import dynamodb
+from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
+from podyn_py.target.postgres import PostgresTarget
+from podyn_py.target.state import TableState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChangeOptions:
+    #: How long one read waits for records before the loop checks for a stop request.
+    max_wait: float = 1.0
+    #: A table is "live" once the newest applied record is younger than this (or the stream has nothing new).
+    live_lag_seconds: float = 5.0
+    #: Replay starts this long before the load started, for clock differences between DynamoDB and PostgreSQL.
+    replay_margin_seconds: float = 120.0
+    #: DynamoDB Streams keeps records for 24 hours.
+    retention_seconds: float = 24 * 3600.0
+    #: Longest wait between attempts after a transient failure (PostgreSQL restarting, DynamoDB throttling).
+    max_backoff_seconds: float = 30.0
+
+
+class _CheckpointMoved(PodynError):
+    """A checkpoint was no longer where this process left it: re-read checkpoints and continue from there."""
+
+    transient = True
+
+
+ReaderFactory = Callable[[Any, str, dict[str, ShardPosition]], StreamReader]
+
+
+def _default_reader(client: Any, stream_arn: str, positions: dict[str, ShardPosition]) -> StreamReader:
+    return StreamReader(client, stream_arn, positions)
+
+
+class TableReplicator:
+    """Applies one table's stream to its PostgreSQL table until ``stop`` is set or an error retries cannot fix."""
+
+    def __init__(
+        self,
+        description: dynamodb.TableDescription,
+        schema: TableSchema,
+        target: PostgresTarget,
+        client: Any,
+        streams_client: Any,
+        stop: threading.Event,
+        options: ChangeOptions | None = None,
+        reader_factory: ReaderFactory = _default_reader,
+    ) -> None:
+        self.description = description
+        self.spec: TableSpec = schema.spec
+        self.rows = RowConverter(schema, target)
+        self.target = target
+        self.client = client
+        self.streams_client = streams_client
+        self.stop = stop
+        self.options = options or ChangeOptions()
+        self.reader_factory = reader_factory
+        self.positions: dict[str, ShardPosition] = {}
+        self.replay_from: datetime | None = None
+        self.state = TableState.CATCHING_UP
+        self.applied = 0
+        self._last_idle_update = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        stream_arn = self._start()
+        reader: StreamReader | None = None
+        conn: Any = None
+        delay = 0.5
+        try:
+            while not self.stop.is_set():
+                try:
+                    if reader is None:
+                        self.positions = self.target.read_positions(self.spec, stream_arn)
+                        reader = self.reader_factory(self.streams_client, stream_arn, dict(self.positions))
+                    if conn is None:
+                        conn = self.target.connect()
+                    batches = reader.read(self.options.max_wait)
+                    if batches:
+                        self._apply(conn, stream_arn, batches)
+                    elif reader.ended:
+                        raise StreamGapError(
+                            "the table's stream was disabled: changes made from now on cannot be read; enable the"
+                            " stream and re-run with --data --reload",
+                            table=self.spec.source,
+                        )
+                    else:
+                        self._idle()
+                    delay = 0.5
+                except PodynError as exc:
+                    if not exc.transient:
+                        raise
+                    metrics.ERRORS.labels(self.spec.source).inc()
+                    if isinstance(exc, _CheckpointMoved):
+                        log.warning("table %s: %s", self.spec.source, exc.message)
+                    else:
+                        log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
+                        self.stop.wait(delay)
+                        delay = min(delay * 2, self.options.max_backoff_seconds)
+                    reader = None  # its in-memory positions may be ahead of what was committed
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+        log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+
+    def _start(self) -> str:
+        """Check that replication can start without a gap; return the stream ARN; mark the table catching up."""
+        spec = self.spec
+        stream_arn = self.description.stream_arn
+        if stream_arn is None:
+            raise ConfigError(
+                "the table has no stream: enable DynamoDB Streams on it (NEW_AND_OLD_IMAGES is cheapest for podyn)",
+                table=spec.source,
+            )
+        record = self.target.read_table(spec)
+        if record is None:
+            raise ConfigError("the table has not been created by podyn: run with --schema", table=spec.source)
+        if record.load_started_at is not None and record.load_finished_at is None:
+            raise ConfigError("the table's load has not finished: run with --data (it resumes)", table=spec.source)
+        positions = self.target.read_positions(spec, stream_arn)
+        if record.stream_arn != stream_arn and (record.stream_arn is not None or record.load_started_at is not None):
+            raise StreamGapError(
+                f"the table's stream changed since podyn started from it (was {record.stream_arn or 'no stream'},"
+                f" now {stream_arn}); changes in between cannot be read: re-run with --data --reload",
+                table=spec.source,
+            )
+        if record.load_started_at is None:
+            if not positions:
+                log.warning(
+                    "table %s was never loaded: replicating from the oldest record the stream holds; a stream holds"
+                    " only the last 24 hours, run with --data to copy older items",
+                    spec.source,
+                )
+        else:
+            self.replay_from = record.load_started_at - timedelta(seconds=self.options.replay_margin_seconds)
+            age = (datetime.now(UTC) - record.load_started_at).total_seconds()
+            if not positions and age > self.options.retention_seconds - self.options.replay_margin_seconds:
+                raise StreamGapError(
+                    f"the load started {age / 3600:.1f} hours ago, longer than the stream keeps records: changes"
+                    " made during the load are gone; re-run with --data --reload --changes",
+                    table=spec.source,
+                )
+        self.target.update_table(
+            spec,
+            TableState.CATCHING_UP,
+            stream_arn=stream_arn,
+            stream_view_type=self.description.stream_view_type,
+            replay_from=self.replay_from,
+        )
+        return stream_arn
+
+    # -- one batch ------------------------------------------------------------------------------------------------
+
+    def _apply(self, conn: Any, stream_arn: str, batches: Sequence[ShardBatch]) -> None:
+        spec = self.spec
+        changes: list[Change] = []
+        bad: list[Rejected] = []
+        newest: datetime | None = None
+        skipped = 0
+        for batch in batches:
+            for record in batch.records:
+                try:
+                    change = to_change(record, spec.key_names, table=spec.source)
+                except DataError as exc:
+                    bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
+                    log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
+                    continue
+                created = change.created_at
+                if created is not None:
+                    newest = created if newest is None or created > newest else newest
+                    if self.replay_from is not None and created < self.replay_from:
+                        skipped += 1  # its effect is already in the loaded data
+                        continue
+                changes.append(change)
+        changes = self._resolve(compact(changes))
+        upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        schema, rows, rejected = self.rows.convert(upserts)
+        delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
+        lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
+        moves = self._moves(batches)
+        if not self.target.apply_changes(
+            conn,
+            schema,
+            stream_arn,
+            rows=rows,
+            delete_keys=delete_keys,
+            rejected=rejected + bad,
+            moves=moves,
+            lag_seconds=lag,
+        ):
+            raise _CheckpointMoved(
+                "a shard checkpoint moved under this process (another podyn applied these records); continuing"
+                " from the stored checkpoints",
+                table=spec.source,
+            )
+        for _, new, _ in moves:
+            self.positions[new.shard_id] = new
+        self.applied += len(rows) + len(delete_keys)
+        records = sum(len(b.records) for b in batches)
+        metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(rows))
+        metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
+        metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected) + len(bad))
+        metrics.BATCHES.labels(spec.source).inc()
+        metrics.ACTIVE_SHARDS.labels(spec.source).set(sum(1 for p in self.positions.values() if not p.finished))
+        if lag is not None:
+            metrics.LAG_SECONDS.labels(spec.source).set(lag)
+        if records or bad:
+            log.info(
+                "table %s: applied %d records (%d upserts, %d deletes%s%s), lag %s",
+                spec.source,
+                records,
+                len(rows),
+                len(delete_keys),
+                f", {skipped} older than the load skipped" if skipped else "",
+                f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
+                "n/a" if lag is None else f"{lag:.1f} s",
+            )
+        if lag is not None and lag < self.options.live_lag_seconds:
+            self._become_live(lag)
+
+    def _moves(self, batches: Sequence[ShardBatch]) -> list[tuple[ShardPosition | None, ShardPosition, int]]:
+        """Per shard: the checkpoint this process last committed, the new one, and the records in between."""
+        last: dict[str, ShardPosition] = {}
+        counts: dict[str, int] = {}
+        for batch in batches:
+            last[batch.shard_id] = batch.position
+            counts[batch.shard_id] = counts.get(batch.shard_id, 0) + len(batch.records)
+        return [(self.positions.get(shard), position, counts[shard]) for shard, position in last.items()]
+
+    def _resolve(self, changes: list[Change]) -> list[Change]:
+        """Replace each Refetch (KEYS_ONLY and OLD_IMAGE streams) by the item as it is now, or a Delete if gone."""
+        refetch = [c for c in changes if isinstance(c, Refetch)]
+        if not refetch:
+            return changes
+        items = dynamodb.batch_get_items(self.client, self.spec.source, [c.key for c in refetch])
+        current = {key_identity({k: item[k] for k in self.spec.key_names}): item for item in items}
+        resolved: list[Change] = []
+        for change in changes:
+            if isinstance(change, Refetch):
+                item = current.get(key_identity(change.key))
+                resolved.append(
+                    Upsert(change.key, item, change.created_at)
+                    if item is not None
+                    else Delete(change.key, change.created_at)
+                )
+            else:
+                resolved.append(change)
+        return resolved
+
+    def _key_values(self, schema: TableSchema, key: dict[str, Any]) -> list[Any]:
+        values = []
+        for attribute in schema.spec.primary_key:
+            tag, raw = split_value(key[attribute.name])
+            values.append(to_column_value(tag, raw))
+        return values
+
+    # -- states ---------------------------------------------------------------------------------------------------
+
+    def _idle(self) -> None:
+        """Nothing new in the stream: the copy is caught up. Record it now and then, not on every empty poll."""
+        metrics.LAG_SECONDS.labels(self.spec.source).set(0.0)
+        if self.state is not TableState.LIVE:
+            self._become_live(0.0)
+            return
+        now = time.monotonic()
+        if now - self._last_idle_update >= 10.0:
+            self._last_idle_update = now
+            self.target.record_lag(self.spec, 0.0)
+
+    def _become_live(self, lag: float) -> None:
+        if self.state is TableState.LIVE:
+            return
+        log.info(
+            "table %s: live (lag %.1f s): PostgreSQL follows DynamoDB; once writes to DynamoDB stop and the lag"
+            " stays at 0, the copy is complete",
+            self.spec.source,
+            lag,
+        )
+        self.state = TableState.LIVE
+        self._last_idle_update = time.monotonic()
+        self.target.update_table(self.spec, TableState.LIVE, replication_lag_seconds=lag)

@@ -1,0 +1,606 @@
+"""``podyn --verify``: does each PostgreSQL table hold exactly its DynamoDB table, under podyn's own mapping?
+
+DynamoDB is scanned in parallel segments paced by ``--scan-rate``, and each item is compared with its row. The
+expected row is what :class:`RowBuilder` makes of the item under the stored mapping and conversion mode, so what
+podyn changes on purpose (U+0000 removed) is no difference. Rows are fetched by key, one scan page at a time; the
+scanned keys go to a temporary table, and an anti-join at the end finds rows that have no item (not in sampled mode).
+
+Changes may still be flowing (``--changes`` running elsewhere), so a key that looks wrong is read again, a consistent
+GetItem and its row, a few times with growing pauses; only keys still wrong after that are reported.
+
+Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
+not repair: ``--data --reload`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
+
+from podyn_py.config import Config
+from podyn_py.core import ddl
+from podyn_py.core.rows import MissingColumn, RowBuilder
+from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema, TableSpec
+from podyn_py.core.values import PgType, key_text, split_value, to_column_value
+from podyn_py.errors import ConfigError, DataError, PodynError
+from podyn_py.progress import LoadProgress
+from podyn_py.source import dynamodb
+from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
+from podyn_py.target import postgres, state
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+_KEYS_TABLE = sql.Identifier("pg_temp", "podyn_verify_keys")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    #: How many differences per table are listed (all are counted).
+    max_differences: int = 20
+    #: The fraction of scan segments to scan; below 1, rows that have no item cannot be found.
+    sample: float = 1.0
+    #: How often a suspect key is read again before it is reported, and the first pause (doubling each time).
+    rechecks: int = 3
+    recheck_delay: float = 0.5
+    #: Suspect keys re-checked per table; beyond, they are counted as first seen, so that a table far off does not
+    #: cost a GetItem and several pauses per row.
+    recheck_limit: int = 1000
+
+
+class Kind(StrEnum):
+    MISSING = "missing"  # an item without its row
+    EXTRA = "extra"  # a row without its item
+    VALUE = "differs"  # a column whose value is not the item's
+    UNMAPPED = "unmapped"  # an attribute (of this type) that no column holds
+    INVALID = "invalid"  # an item podyn cannot convert (the load keeps it in podyn.rejected)
+    COLUMN = "column"  # a mapped column the table lacks
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: Kind
+    key: str | None
+    column: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+
+@dataclass
+class TableReport:
+    source: str
+    target: str
+    items: int = 0
+    segments_scanned: int = 0
+    total_segments: int = 0
+    missing: int = 0
+    extra: int = 0
+    differing: int = 0
+    invalid: int = 0
+    missing_columns: list[str] = field(default_factory=list)
+    #: The first ``max_differences``, in the order found; ``difference_count`` counts them all.
+    differences: list[Difference] = field(default_factory=list)
+    difference_count: int = 0
+    not_rechecked: int = 0
+    error: str | None = None
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def sampled(self) -> bool:
+        return self.segments_scanned < self.total_segments
+
+    @property
+    def equal(self) -> bool:
+        return self.error is None and not self.interrupted and self.difference_count == 0
+
+
+def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | None = None) -> list[TableReport]:
+    """Verify the config's tables (default: every table podyn loaded into ``config.pg_schema``)."""
+    if config.postgres is None:
+        raise ConfigError("--verify needs a PostgreSQL URL (-u)")
+    stop = stop or threading.Event()
+    client = dynamodb.make_client(config.aws, pool_size=config.connections)
+    names = list(config.tables) or _replicated_tables(config.postgres, config.pg_schema)
+    reports = []
+    for name in names:
+        report = TableReport(name, f"{config.pg_schema}.{dynamodb.table_name(name)}")
+        if stop.is_set():
+            report.interrupted = True
+        else:
+            _verify_table(config, options, client, report, stop)
+        reports.append(report)
+    return reports
+
+
+def _replicated_tables(conninfo: str, pg_schema: str) -> list[str]:
+    with _connect(conninfo) as conn:
+        if not _has_metadata(conn):
+            raise ConfigError("no podyn metadata in this database (schema podyn): nothing was loaded here")
+        rows = conn.execute(
+            "SELECT source_table FROM podyn.tables WHERE target_schema = %s ORDER BY 1", (pg_schema,)
+        ).fetchall()
+    if not rows:
+        raise ConfigError(f"podyn has loaded no table into schema {pg_schema!r}; nothing to verify")
+    return [r[0] for r in rows]
+
+
+def _verify_table(
+    config: Config, options: VerifyOptions, client: Any, report: TableReport, stop: threading.Event
+) -> None:
+    started = time.monotonic()
+    assert config.postgres is not None
+    try:
+        with _connect(config.postgres) as conn:
+            view = _read_view(conn, _loaded_spec(conn, config.pg_schema, report.source))
+        check = _TableCheck(config, options, client, view, report, stop)
+        try:
+            check.run(config.segments or config.connections)
+        finally:
+            check.close()
+    except psycopg.Error as exc:
+        report.error = str(postgres.classify(exc, "verifying", table=report.source))
+    except PodynError as exc:
+        report.error = str(exc)
+    report.seconds = time.monotonic() - started
+    if report.error:
+        log.error("table %s: not verified: %s", report.source, report.error)
+    else:
+        log.info("table %s: %s", report.source, summary(report))
+
+
+def _loaded_spec(conn: psycopg.Connection[Any], pg_schema: str, source: str) -> TableSpec:
+    name = dynamodb.table_name(source)
+    record = state.read_table(conn, pg_schema, name) if _has_metadata(conn) else None
+    if record is None:
+        raise ConfigError(
+            f"{pg_schema}.{name} was never loaded by podyn (not in podyn.tables): run podyn --schema --data first",
+            table=source,
+        )
+    if record.load_finished_at is None:
+        raise ConfigError(
+            f"the load of {pg_schema}.{name} has not finished (state {record.state.value}): verify after the load",
+            table=source,
+        )
+    return record.spec
+
+
+def _has_metadata(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _exact_loads(data: bytes | str) -> Any:
+    return json.loads(data, parse_float=Decimal, parse_int=Decimal)
+
+
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    conn = postgres.connect(conninfo, autocommit=True)
+    set_json_loads(_exact_loads, conn)
+    return conn
+
+
+@dataclass(frozen=True)
+class _View:
+    """One version of a table's mapping: the builder of expected rows and the query for actual ones."""
+
+    schema: TableSchema
+    builder: RowBuilder
+    select: sql.Composed
+    missing_columns: tuple[str, ...]
+
+    @property
+    def spec(self) -> TableSpec:
+        return self.schema.spec
+
+    def fetch(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+        """The rows of these keys (in primary key order), by key."""
+        if not keys:
+            return {}
+        positions = [self.schema.columns.index(c) for c in self.schema.primary_key_columns]
+        rows = conn.execute(self.select, [list(values) for values in zip(*keys, strict=True)]).fetchall()
+        return {tuple(row[p] for p in positions): row for row in rows}
+
+
+def _read_view(conn: psycopg.Connection[Any], spec: TableSpec) -> _View:
+    schema = TableSchema(spec, state.read_columns(conn, spec))
+    existing = postgres.existing_columns(conn, spec)
+    if existing is None:
+        raise ConfigError(f"table {spec.schema}.{spec.table} does not exist", table=spec.source)
+    missing = tuple(c.name for c in schema.columns if c.name not in existing)
+    keys = schema.primary_key_columns
+    names = [sql.Identifier(f"k{i}") for i in range(len(keys))]
+    select = sql.SQL("SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("NULL::{}").format(sql.SQL(c.type.value))
+            if c.name in missing
+            else sql.SQL("t.{}").format(sql.Identifier(c.name))
+            for c in schema.columns
+        ),
+        ddl.qualified(spec.schema, spec.table),
+        sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(c.type.value)) for c in keys),
+        sql.SQL(", ").join(names),
+        sql.SQL(" AND ").join(
+            sql.SQL("t.{} = k.{}").format(sql.Identifier(c.name), n) for c, n in zip(keys, names, strict=True)
+        ),
+    )
+    return _View(schema, RowBuilder(schema), select, missing)
+
+
+def pg_key(spec: TableSpec, item: Item) -> tuple[Any, ...]:
+    """An item's (or a DynamoDB key's) primary key as the row holds it."""
+    return tuple(to_column_value(*split_value(item[k.name])) for k in spec.primary_key)
+
+
+def ddb_key(spec: TableSpec, values: Sequence[Any]) -> Item:
+    """A row's primary key values as a DynamoDB key."""
+    return {
+        k.name: {k.tag: str(v) if k.tag == "N" else bytes(v) if k.tag == "B" else v}
+        for k, v in zip(spec.primary_key, values, strict=True)
+    }
+
+
+class _TableCheck:
+    """One table's verification, shared by its segment workers."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: VerifyOptions,
+        client: Any,
+        view: _View,
+        report: TableReport,
+        stop: threading.Event,
+    ) -> None:
+        assert config.postgres is not None
+        self.conninfo = config.postgres
+        self.config = config
+        self.options = options
+        self.client = client
+        self.view = view
+        self.report = report
+        self.stop = stop
+        self.failed = threading.Event()
+        self.limiter = ReadCapacityLimiter(config.scan_rate)
+        self.progress = LoadProgress(report.source, None, bar=config.progress)
+        self.lock = threading.Lock()
+        self.rechecked = 0
+        self.keys_conn: psycopg.Connection[Any] | None = None
+        self.keys_lock = threading.Lock()
+        report.source = view.spec.source
+        for name in view.missing_columns:
+            self._record([[Difference(Kind.COLUMN, None, name, found="missing from the table")]])
+            report.missing_columns.append(name)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.keys_conn is not None:
+            self.keys_conn.close()
+
+    def stopped(self) -> bool:
+        return self.stop.is_set() or self.failed.is_set()
+
+    def run(self, total: int) -> None:
+        count = total if self.options.sample >= 1 else max(1, math.ceil(total * self.options.sample))
+        segments = sorted(random.sample(range(total), count))
+        self.report.segments_scanned, self.report.total_segments = count, total
+        if count == total:
+            self._create_keys_table()
+        with ThreadPoolExecutor(min(self.config.connections, count), thread_name_prefix="verify") as pool:
+            futures = [pool.submit(self._scan_segment, segment, total) for segment in segments]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if errors:
+                self.failed.set()
+                wait(futures)
+                raise errors[0]  # type: ignore[misc]
+        if self.stop.is_set():
+            self.report.interrupted = True
+        elif self.keys_conn is not None:
+            self._find_extra_rows()
+
+    def _scan_segment(self, segment: int, total: int) -> None:
+        rate = self.config.scan_rate / max(1, min(self.config.connections, total)) if self.config.scan_rate else None
+        sizer = PageSizer(rate, consistent_read=self.config.consistent_read)
+        start: Item | None = None
+        with _connect(self.conninfo) as conn:
+            conn.read_only = True
+            while not self.stopped():
+                self.limiter.wait()
+                page = dynamodb.scan_page(
+                    self.client,
+                    self.view.spec.source,
+                    segment=segment,
+                    total_segments=total,
+                    start_key=start,
+                    limit=sizer.limit(),
+                    consistent_read=self.config.consistent_read,
+                )
+                self.limiter.charge(page.consumed)
+                sizer.observe(len(page.items), page.consumed)
+                self._check_page(conn, page.items)
+                self.progress.add(len(page.items), page.consumed)
+                with self.lock:
+                    self.report.items += len(page.items)
+                start = page.last_key
+                if start is None:
+                    return
+
+    def _check_page(self, conn: psycopg.Connection[Any], items: list[Item]) -> None:
+        spec = self.view.spec
+        keys = [pg_key(spec, item) for item in items]
+        if self.keys_conn is not None:
+            self._save_keys(keys)
+        for attempt in range(2):
+            view = self.view
+            rows = view.fetch(conn, keys)
+            suspects = [
+                (item, found)
+                for item, key in zip(items, keys, strict=True)
+                if (found := compare(view, item, rows.get(key), key_text(item, spec.key_names)))
+            ]
+            if attempt or not any(d.kind is Kind.UNMAPPED for _, found in suspects for d in found):
+                break
+            self._refresh(conn)  # podyn may have added columns since the mapping was read
+        self._confirm(conn, [({k: item[k] for k in spec.key_names}, found) for item, found in suspects])
+
+    def _refresh(self, conn: psycopg.Connection[Any]) -> None:
+        view = _read_view(conn, self.view.spec)
+        with self.lock:
+            self.view = view
+
+    def _confirm(self, conn: psycopg.Connection[Any], suspects: list[tuple[Item, list[Difference]]]) -> None:
+        """Read suspect keys again until they look right or the re-checks run out; record the rest."""
+        if not suspects:
+            return
+        with self.lock:
+            budget = max(0, self.options.recheck_limit - self.rechecked)
+            self.rechecked += min(budget, len(suspects))
+            self.report.not_rechecked += max(0, len(suspects) - budget)
+        unchecked, suspects = suspects[budget:], suspects[:budget]
+        delay = self.options.recheck_delay
+        names = self.view.spec.key_names
+        for _ in range(self.options.rechecks):
+            if not suspects:
+                break
+            time.sleep(delay)
+            delay *= 2
+            view = self.view
+            rows = view.fetch(conn, [pg_key(view.spec, key) for key, _ in suspects])
+            suspects = [
+                (key, found)
+                for key, _ in suspects
+                if (
+                    found := compare(
+                        view,
+                        dynamodb.get_item(self.client, view.spec.source, key),
+                        rows.get(pg_key(view.spec, key)),
+                        key_text(key, names),
+                    )
+                )
+            ]
+        self._record([found for _, found in suspects + unchecked])
+
+    def _record(self, confirmed: list[list[Difference]]) -> None:
+        report = self.report
+        with self.lock:
+            for found in confirmed:
+                kind = found[0].kind
+                if kind is Kind.MISSING:
+                    report.missing += 1
+                elif kind is Kind.EXTRA:
+                    report.extra += 1
+                elif kind is Kind.INVALID:
+                    report.invalid += 1
+                elif kind is not Kind.COLUMN:
+                    report.differing += 1
+                room = max(0, self.options.max_differences - len(report.differences))
+                report.differences.extend(found[:room])
+                report.difference_count += len(found)
+
+    def _create_keys_table(self) -> None:
+        columns = self.view.schema.primary_key_columns
+        self.keys_conn = _connect(self.conninfo)
+        self.keys_conn.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(
+                _KEYS_TABLE,
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(f"k{i}"), sql.SQL(c.type.value))
+                    for i, c in enumerate(columns)
+                ),
+            )
+        )
+
+    def _save_keys(self, keys: list[tuple[Any, ...]]) -> None:
+        assert self.keys_conn is not None
+        types = [c.type.value for c in self.view.schema.primary_key_columns]
+        with self.keys_lock, self.keys_conn.cursor() as cur:
+            with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_KEYS_TABLE)) as copy:
+                copy.set_types(types)
+                for key in keys:
+                    copy.write_row(key)
+
+    def _find_extra_rows(self) -> None:
+        """Rows whose key no scanned item had: an anti-join against the keys table, read with a cursor."""
+        assert self.keys_conn is not None
+        spec = self.view.spec
+        columns = self.view.schema.primary_key_columns
+        statement = sql.SQL("SELECT {} FROM {} t WHERE NOT EXISTS (SELECT FROM {} k WHERE {})").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c.name)) for c in columns),
+            ddl.qualified(spec.schema, spec.table),
+            _KEYS_TABLE,
+            sql.SQL(" AND ").join(
+                sql.SQL("k.{} = t.{}").format(sql.Identifier(f"k{i}"), sql.Identifier(c.name))
+                for i, c in enumerate(columns)
+            ),
+        )
+        self.keys_conn.execute(sql.SQL("ANALYZE {}").format(_KEYS_TABLE))
+        with _connect(self.conninfo) as recheck, self.keys_conn.transaction():
+            recheck.read_only = True
+            with self.keys_conn.cursor(name="podyn_verify_extra") as cur:
+                cur.execute(statement)
+                while batch := cur.fetchmany(1000):
+                    keys = [ddb_key(spec, row) for row in batch]
+                    self._confirm(recheck, [(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
+
+
+def compare(view: _View, item: Item | None, row: Sequence[Any] | None, key: str) -> list[Difference]:
+    """How a row (None: no row) differs from what podyn makes of the item (None: no item); empty when equal."""
+    if item is None:
+        return [] if row is None else [Difference(Kind.EXTRA, key)]
+    try:
+        expected = view.builder.build(item)
+    except MissingColumn as exc:
+        return [Difference(Kind.UNMAPPED, key, f"(attribute {exc.args[0]!r})", found="no column holds it")]
+    except DataError as exc:
+        return [Difference(Kind.INVALID, key, exc.attribute, expected=exc.message)]
+    if row is None:
+        return [Difference(Kind.MISSING, key)]
+    found: list[Difference] = []
+    jsonb_mode = view.spec.mode is ConversionMode.JSONB
+    for column, want, have in zip(view.schema.columns, expected, row, strict=True):
+        if column.type is not PgType.JSONB:
+            if not _same(want, have):
+                found.append(Difference(Kind.VALUE, key, column.name, show(want), show(have)))
+            continue
+        want = None if want is None else _exact_loads(want)
+        if jsonb_mode and column.name == DATA_COLUMN and isinstance(want, dict) and isinstance(have, dict):
+            found.extend(_data_differences(item, want, have, key))
+        elif not _same_json(item.get(column.attribute) if column.attribute else {"M": item}, want, have):
+            found.append(Difference(Kind.VALUE, key, column.name, show(want), show(have)))
+    return found
+
+
+def _data_differences(item: Item, want: dict[str, Any], have: dict[str, Any], key: str) -> list[Difference]:
+    """jsonb mode: name the top-level attributes that differ inside ``data``."""
+    shapes = {name.replace("\x00", ""): value for name, value in item.items()}
+    return [
+        Difference(
+            Kind.VALUE,
+            key,
+            f"{DATA_COLUMN}.{name}",
+            show(want[name]) if name in want else "(absent)",
+            show(have[name]) if name in have else "(absent)",
+        )
+        for name in sorted(want.keys() | have.keys())
+        if name not in want or name not in have or not _same_json(shapes.get(name), want[name], have[name])
+    ]
+
+
+def _same(want: Any, have: Any) -> bool:
+    """Equal values of the same type: JSON's true is not 1, 1.50 is 1.5."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and want.keys() == have.keys() and all(_same(want[k], have[k]) for k in want)
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(_same, want, have))
+    return type(want) is type(have) and want == have
+
+
+def _same_json(shape: Any, want: Any, have: Any) -> bool:
+    """Like :func:`_same`, except that DynamoDB sets (found through the attribute value ``shape``) have no order."""
+    tag, raw = next(iter(shape.items())) if isinstance(shape, dict) and len(shape) == 1 else (None, None)
+    if tag == "M" and isinstance(want, dict) and isinstance(have, dict) and want.keys() == have.keys():
+        shapes = {name.replace("\x00", ""): value for name, value in raw.items()}
+        return all(_same_json(shapes.get(k), want[k], have[k]) for k in want)
+    if tag == "L" and isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        return all(map(_same_json, raw, want, have))
+    if tag in ("SS", "NS", "BS") and isinstance(want, list) and isinstance(have, list):
+        try:
+            return _same(sorted(want, key=_order), sorted(have, key=_order))
+        except TypeError:  # members that do not sort together are not the same set
+            return False
+    return _same(want, have)
+
+
+def _order(value: Any) -> tuple[str, Any]:
+    return type(value).__name__, value
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A value, short: bytea as hex, the rest as JSON with exact numbers."""
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, bytes):
+        text = "\\x" + value.hex()
+    else:
+        text = orjson.dumps(value, default=_exact_number).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _exact_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError
+
+
+def summary(report: TableReport) -> str:
+    """One line about a table's result."""
+    if report.error:
+        return f"not verified: {report.error}"
+    scope = (
+        f"{report.items:,} items, {report.segments_scanned} of {report.total_segments} segments (sampled)"
+        if report.sampled
+        else f"{report.items:,} items"
+    )
+    if report.interrupted:
+        return f"interrupted after {scope}: not verified"
+    if report.equal:
+        return f"equal ({scope}, {report.seconds:.1f} s)"
+    counts = [
+        f"{n:,} {what}"
+        for n, what in (
+            (report.missing, "missing rows"),
+            (report.extra, "extra rows"),
+            (report.differing, "differing rows"),
+            (report.invalid, "unconvertible items"),
+            (len(report.missing_columns), "missing columns"),
+        )
+        if n
+    ]
+    return f"DIFFERENT: {', '.join(counts)} ({scope}, {report.seconds:.1f} s)"
+
+
+def render(reports: list[TableReport]) -> str:
+    """The human-readable report: a line per table, then its listed differences."""
+    lines = []
+    for report in reports:
+        lines.append(f"{report.source} → {report.target}: {summary(report)}")
+        for d in report.differences:
+            where = "  ".join(x for x in (d.key, f"column {d.column}" if d.column else None) if x)
+            values = (
+                f": expected {d.expected}, found {d.found}"
+                if d.kind is Kind.VALUE
+                else f": {d.expected or d.found}"
+                if d.expected or d.found
+                else ""
+            )
+            lines.append(f"  {d.kind.value:<8} {where}{values}")
+        if report.difference_count > len(report.differences):
+            lines.append(
+                f"  … {report.difference_count - len(report.differences):,} more differences"
+                " (--verify-max-differences)"
+            )
+        if report.not_rechecked:
+            lines.append(f"  ({report.not_rechecked:,} suspect keys beyond the first ones were not re-checked)")
+        if report.sampled and not report.error:
+            lines.append("  (sampled: rows that have no item in DynamoDB cannot be found in sampled mode)")
+    return "\n".join(lines)
+
+
+def to_json(reports: list[TableReport]) -> list[dict[str, Any]]:
+    return [asdict(r) | {"equal": r.equal, "sampled": r.sampled} for r in reports]
