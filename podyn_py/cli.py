@@ -2,11 +2,14 @@
 
 Exit codes: 0 done (or stopped on request, resumable); 1 error before any table was replicated (settings,
 connections); 2 wrong usage; 3 one or more tables stopped with an error or were held by another process.
+``--verify``: 0 every table equal; 4 differences found; 3 a table could not be verified (never loaded, an error,
+interrupted), which wins over 4. ``--status``: 0, or 3 when a table is stopped or unknown to podyn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -16,17 +19,21 @@ from types import FrameType
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from podyn_py import metrics
 from podyn_py.config import Config, parse_postgres_url, redact
 from podyn_py.core.schema import ConversionMode
-from podyn_py.errors import PodynError
+from podyn_py.errors import ConfigError, PodynError
 from podyn_py.source.dynamodb import AwsSettings
+from podyn_py.verify import VerifyOptions
 
 log = logging.getLogger("podyn_py")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TABLES_FAILED = 3
+EXIT_DIFFERENCES = 4
 
 EPILOG = """\b
 Examples:
@@ -39,7 +46,18 @@ Examples:
   # podyn's JDBC form, two tables, jsonb mode, lowercase column names
   podyn -u 'jdbc:postgresql://db:5432/app?user=app&password=secret' -t Orders,Users -s -d -m jsonb -lc
 \b
-Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage; 3 a table stopped with an error.
+  # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
+  podyn -u postgresql://app@db/app --verify
+  podyn -u postgresql://app@db/app --verify --verify-sample 0.25 --segments 16
+\b
+  # where each table stands, from the podyn schema alone (also while the service runs elsewhere)
+  podyn -u postgresql://app@db/app --status [--json]
+\b
+  # serve Prometheus metrics while the changes are replicated
+  podyn -u postgresql://app@db/app --changes --metrics-port 9464
+\b
+Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage; 3 a table stopped with an error
+(--verify: could not be verified; --status: is stopped or unknown); 4 --verify found differences.
 """
 
 
@@ -105,6 +123,37 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
     help="Attempts per DynamoDB request in botocore's standard retry mode (env AWS_MAX_ATTEMPTS); throttling"
     " that outlasts them is waited out, never fatal.",
 )
+@click.option(
+    "--verify", is_flag=True, help="Compare every DynamoDB item with its PostgreSQL row; exit 4 on differences."
+)
+@click.option(
+    "--verify-sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="FRACTION",
+    help="--verify: scan only this fraction of the segments (then rows without an item cannot be found).",
+)
+@click.option(
+    "--verify-max-differences",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="--verify: list at most this many differences per table (all are counted).",
+)
+@click.option("--status", is_flag=True, help="Show each table's state and progress from the podyn schema; no AWS.")
+@click.option("--json", "as_json", is_flag=True, help="--status, --verify: print JSON instead of text.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port at /metrics while podyn runs.",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --metrics-port (0.0.0.0: every interface).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug and tracebacks).")
 @click.option(
@@ -131,6 +180,13 @@ def main(
     region: str | None,
     profile: str | None,
     max_attempts: int,
+    verify: bool,
+    verify_sample: float,
+    verify_max_differences: int,
+    status: bool,
+    as_json: bool,
+    metrics_port: int | None,
+    metrics_address: str,
     progress: bool | None,
     verbose: int,
     log_level: str | None,
@@ -138,12 +194,19 @@ def main(
     """Replicate Amazon DynamoDB tables into PostgreSQL (or Citus).
 
     Run --schema --data once to create the tables and copy the items, then --changes as a service to apply every
-    later change from DynamoDB Streams.
+    later change from DynamoDB Streams. --verify compares the copy with DynamoDB; --status shows where each table
+    stands.
     """
     level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper())
     _configure_logging(level)
-    if not (schema or data or changes):
-        raise click.UsageError("nothing to do: give --schema, --data and/or --changes")
+    checks = [flag for flag, on in (("--verify", verify), ("--status", status)) if on]
+    if len(checks) > 1 or (checks and (schema or data or changes)):
+        raise click.UsageError("--verify and --status run alone: not with --schema, --data, --changes or each other")
+    if not (schema or data or changes or checks):
+        raise click.UsageError("nothing to do: give --schema, --data, --changes, --verify or --status")
+    if checks and not postgres_url:
+        raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
+    schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
     try:
         config = Config(
             tables=tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else (),
@@ -163,6 +226,13 @@ def main(
             progress=sys.stderr.isatty() if progress is None else progress,
             aws=AwsSettings(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=max_attempts),
         )
+        if metrics_port is not None:
+            serve_metrics(metrics_port, metrics_address)
+        if verify:
+            options = VerifyOptions(max_differences=verify_max_differences, sample=verify_sample)
+            sys.exit(run_verify(config, options, as_json=as_json))
+        if status:
+            sys.exit(run_status(config, config.pg_schema if schema_given else None, as_json=as_json))
         sys.exit(run(config, debug=bool(verbose)))
     except PodynError as exc:
         _fail(exc, debug=bool(verbose))
@@ -185,6 +255,37 @@ def run(config: Config, *, debug: bool = False) -> int:
             click.echo(f"podyn: table {name} stopped: {exc}", err=True)
         return EXIT_TABLES_FAILED
     return EXIT_OK
+
+
+def run_verify(config: Config, options: VerifyOptions, *, as_json: bool = False) -> int:
+    from podyn_py import verify
+
+    stop = threading.Event()
+    with _stop_on_signals(stop), _quiet_progress(config.progress):
+        reports = verify.verify(config, options, stop=stop)
+    click.echo(json.dumps(verify.to_json(reports), indent=2) if as_json else verify.render(reports))
+    if any(r.error or r.interrupted for r in reports):
+        return EXIT_TABLES_FAILED
+    return EXIT_OK if all(r.equal for r in reports) else EXIT_DIFFERENCES
+
+
+def run_status(config: Config, pg_schema: str | None, *, as_json: bool = False) -> int:
+    from podyn_py import status
+
+    assert config.postgres is not None
+    result = status.read_status(config.postgres, config.tables, pg_schema)
+    click.echo(json.dumps(status.to_json(result), indent=2) if as_json else status.render(result))
+    for name in result.unknown:
+        click.echo(f"podyn: table {name} is not known to podyn in this database", err=True)
+    return EXIT_OK if result.ok else EXIT_TABLES_FAILED
+
+
+def serve_metrics(port: int, address: str) -> None:
+    try:
+        server = metrics.serve(port, address)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+    log.info("serving Prometheus metrics at http://%s:%d/metrics", address, server.server_port)
 
 
 def _fail(exc: PodynError, *, debug: bool) -> None:

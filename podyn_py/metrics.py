@@ -1,10 +1,13 @@
 """Prometheus metrics (prometheus-client), updated by the load and the change replication.
 
 The metrics live in their own registry, so importing podyn never touches the process-wide default one; the CLI
-serves it on ``--metrics-port`` when asked.
+serves it on ``--metrics-port`` when asked, on 127.0.0.1 unless ``--metrics-address`` says otherwise (table names
+and progress are nobody else's business by default).
 """
 
 from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -38,6 +41,7 @@ TABLE_STATE = Gauge(
 )
 
 
-def serve(port: int, address: str = "0.0.0.0") -> None:
-    """Serve /metrics on ``port`` from a daemon thread."""
-    start_http_server(port, addr=address, registry=REGISTRY)
+def serve(port: int, address: str = "127.0.0.1") -> WSGIServer:
+    """Serve /metrics on ``port`` (0: any free port, see ``server_port``) from a daemon thread until ``shutdown()``."""
+    server, _ = start_http_server(port, addr=address, registry=REGISTRY)
+    return server

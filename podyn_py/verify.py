@@ -5,8 +5,9 @@ expected row is what :class:`RowBuilder` makes of the item under the stored mapp
 podyn changes on purpose (U+0000 removed) is no difference. Rows are fetched by key, one scan page at a time; the
 scanned keys go to a temporary table, and an anti-join at the end finds rows that have no item (not in sampled mode).
 
-Changes may still be flowing (``--changes`` running elsewhere), so a key that looks wrong is read again, a consistent
-GetItem and its row, a few times with growing pauses; only keys still wrong after that are reported.
+Changes may still be flowing (``--changes`` running elsewhere), so a key that looks wrong is read again, the item
+with a consistent read (BatchGetItem) and its row, a few times with growing pauses; only keys still wrong after
+that are reported.
 
 Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
 not repair: ``--data --reload`` does.
@@ -282,7 +283,6 @@ class _TableCheck:
         self.rechecked = 0
         self.keys_conn: psycopg.Connection[Any] | None = None
         self.keys_lock = threading.Lock()
-        report.source = view.spec.source
         for name in view.missing_columns:
             self._record([[Difference(Kind.COLUMN, None, name, found="missing from the table")]])
             report.missing_columns.append(name)
@@ -319,7 +319,6 @@ class _TableCheck:
         sizer = PageSizer(rate, consistent_read=self.config.consistent_read)
         start: Item | None = None
         with _connect(self.conninfo) as conn:
-            conn.read_only = True
             while not self.stopped():
                 self.limiter.wait()
                 page = dynamodb.scan_page(
@@ -373,6 +372,12 @@ class _TableCheck:
             self.rechecked += min(budget, len(suspects))
             self.report.not_rechecked += max(0, len(suspects) - budget)
         unchecked, suspects = suspects[budget:], suspects[:budget]
+        if suspects:
+            log.info(
+                "table %s: %d keys look different; reading them again (changes may be in flight)",
+                self.view.spec.source,
+                len(suspects),
+            )
         delay = self.options.recheck_delay
         names = self.view.spec.key_names
         for _ in range(self.options.rechecks):
@@ -381,18 +386,16 @@ class _TableCheck:
             time.sleep(delay)
             delay *= 2
             view = self.view
-            rows = view.fetch(conn, [pg_key(view.spec, key) for key, _ in suspects])
+            keys = [pg_key(view.spec, key) for key, _ in suspects]
+            rows = view.fetch(conn, keys)
+            items = {
+                pg_key(view.spec, item): item
+                for item in dynamodb.batch_get_items(self.client, view.spec.source, [k for k, _ in suspects])
+            }
             suspects = [
                 (key, found)
-                for key, _ in suspects
-                if (
-                    found := compare(
-                        view,
-                        dynamodb.get_item(self.client, view.spec.source, key),
-                        rows.get(pg_key(view.spec, key)),
-                        key_text(key, names),
-                    )
-                )
+                for (key, _), k in zip(suspects, keys, strict=True)
+                if (found := compare(view, items.get(k), rows.get(k), key_text(key, names)))
             ]
         self._record([found for _, found in suspects + unchecked])
 
@@ -429,11 +432,11 @@ class _TableCheck:
     def _save_keys(self, keys: list[tuple[Any, ...]]) -> None:
         assert self.keys_conn is not None
         types = [c.type.value for c in self.view.schema.primary_key_columns]
-        with self.keys_lock, self.keys_conn.cursor() as cur:
-            with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_KEYS_TABLE)) as copy:
-                copy.set_types(types)
-                for key in keys:
-                    copy.write_row(key)
+        statement = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_KEYS_TABLE)
+        with self.keys_lock, self.keys_conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types(types)
+            for key in keys:
+                copy.write_row(key)
 
     def _find_extra_rows(self) -> None:
         """Rows whose key no scanned item had: an anti-join against the keys table, read with a cursor."""
@@ -450,13 +453,15 @@ class _TableCheck:
             ),
         )
         self.keys_conn.execute(sql.SQL("ANALYZE {}").format(_KEYS_TABLE))
-        with _connect(self.conninfo) as recheck, self.keys_conn.transaction():
-            recheck.read_only = True
-            with self.keys_conn.cursor(name="podyn_verify_extra") as cur:
-                cur.execute(statement)
-                while batch := cur.fetchmany(1000):
-                    keys = [ddb_key(spec, row) for row in batch]
-                    self._confirm(recheck, [(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
+        with (
+            _connect(self.conninfo) as recheck,
+            self.keys_conn.transaction(),
+            self.keys_conn.cursor(name="podyn_verify_extra") as cur,
+        ):
+            cur.execute(statement)
+            while batch := cur.fetchmany(1000):
+                keys = [ddb_key(spec, row) for row in batch]
+                self._confirm(recheck, [(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
 
 
 def compare(view: _View, item: Item | None, row: Sequence[Any] | None, key: str) -> list[Difference]:
@@ -513,7 +518,10 @@ def _same(want: Any, have: Any) -> bool:
 
 def _same_json(shape: Any, want: Any, have: Any) -> bool:
     """Like :func:`_same`, except that DynamoDB sets (found through the attribute value ``shape``) have no order."""
-    tag, raw = next(iter(shape.items())) if isinstance(shape, dict) and len(shape) == 1 else (None, None)
+    tag: str | None = None
+    raw: Any = None
+    if isinstance(shape, dict) and len(shape) == 1:
+        ((tag, raw),) = shape.items()
     if tag == "M" and isinstance(want, dict) and isinstance(have, dict) and want.keys() == have.keys():
         shapes = {name.replace("\x00", ""): value for name, value in raw.items()}
         return all(_same_json(shapes.get(k), want[k], have[k]) for k in want)
@@ -592,8 +600,7 @@ def render(reports: list[TableReport]) -> str:
             lines.append(f"  {d.kind.value:<8} {where}{values}")
         if report.difference_count > len(report.differences):
             lines.append(
-                f"  … {report.difference_count - len(report.differences):,} more differences"
-                " (--verify-max-differences)"
+                f"  … {report.difference_count - len(report.differences):,} more differences (--verify-max-differences)"
             )
         if report.not_rechecked:
             lines.append(f"  ({report.not_rechecked:,} suspect keys beyond the first ones were not re-checked)")

@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS podyn.shards (
     stream_arn text NOT NULL,
     shard_id text NOT NULL,
     parent_shard_id text,
-    sequence_number numeric,
+    sequence_number text,
     finished boolean NOT NULL DEFAULT false,
     records_applied bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now(),
@@ -345,7 +345,7 @@ def read_shards(
 ) -> list[tuple[str, str | None, str | None, bool]]:
     """(shard id, parent id, last applied sequence number, finished) of every shard checkpointed for the stream."""
     rows = conn.execute(
-        """SELECT shard_id, parent_shard_id, sequence_number::text, finished FROM podyn.shards
+        """SELECT shard_id, parent_shard_id, sequence_number, finished FROM podyn.shards
            WHERE target_schema = %s AND target_table = %s AND stream_arn = %s ORDER BY shard_id""",
         (spec.schema, spec.table, stream_arn),
     ).fetchall()
@@ -371,16 +371,16 @@ def move_shard(
         cur = conn.execute(
             """INSERT INTO podyn.shards (target_schema, target_table, stream_arn, shard_id, parent_shard_id,
                                          sequence_number, finished, records_applied)
-               VALUES (%s, %s, %s, %s, %s, %s::numeric, %s, %s) ON CONFLICT DO NOTHING""",
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
             (spec.schema, spec.table, stream_arn, shard_id, parent, new[0], new[1], records),
         )
     else:
         cur = conn.execute(
             """UPDATE podyn.shards
-               SET sequence_number = %s::numeric, finished = %s, records_applied = records_applied + %s,
+               SET sequence_number = %s, finished = %s, records_applied = records_applied + %s,
                    updated_at = now()
                WHERE target_schema = %s AND target_table = %s AND stream_arn = %s AND shard_id = %s
-                 AND sequence_number IS NOT DISTINCT FROM %s::numeric AND finished = %s""",
+                 AND sequence_number IS NOT DISTINCT FROM %s AND finished = %s""",
             (new[0], new[1], records, spec.schema, spec.table, stream_arn, shard_id, old[0], old[1]),
         )
     return cur.rowcount == 1

@@ -1,0 +1,307 @@
+"""``podyn --changes`` as a service against DynamoDB Local and PostgreSQL: the real CLI in a subprocess.
+
+No change applied twice is proven with more than the final state: a trigger on the target table logs every row
+version PostgreSQL receives, and each write to DynamoDB increments a counter attribute, so a change applied twice
+(or out of order) shows as a counter that does not increase.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import REPO_ROOT, run_podyn
+from oracle import connect, table_differences
+from psycopg import sql
+
+from podyn_py.local import LocalPostgres
+
+STREAM = "NEW_AND_OLD_IMAGES"
+
+
+class Service:
+    """``podyn --changes`` (and whatever else is asked) running in the background, its log in a file."""
+
+    def __init__(self, endpoint: str, url: str, table: str, log: Path, *args: str) -> None:
+        self.log = log
+        command = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", url, "-t", table]
+        command += ["--no-progress", *args]
+        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self._log_file)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_log(self, needle: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert self.process.poll() is None, f"service exited early:\n{self.text()}"
+            assert time.monotonic() < deadline, f"{needle!r} not logged in {timeout} s:\n{self.text()}"
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log_file.close()
+
+
+@pytest.fixture
+def services(ddb_server: Any, tmp_path: Path) -> Iterator[Any]:
+    started: list[Service] = []
+
+    def start(url: str, table: str, *args: str) -> Service:
+        service = Service(ddb_server.endpoint_url, url, table, tmp_path / f"service{len(started)}.log", *args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+
+
+def podyn_ok(ddb_server: Any, url: str, *args: str) -> str:
+    result = run_podyn("--endpoint-url", ddb_server.endpoint_url, "-u", url, "--no-progress", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def wait_equal(ddb: Any, url: str, table: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = table_differences(ddb, url, table)
+        if not problems:
+            return
+        assert time.monotonic() < deadline, f"not equal after {timeout} s: {problems[:5]}"
+        time.sleep(0.3)
+
+
+def add_audit(url: str, table: str) -> None:
+    """Log every row version PostgreSQL receives for ``table``: key, counter, operation."""
+    with connect(url) as conn:
+        conn.execute(
+            sql.SQL(
+                """CREATE TABLE audit (pk text, counter numeric, op text, n bigserial);
+                   CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN INSERT INTO audit (pk, counter, op) VALUES (NEW.pk, NEW.counter, TG_OP); RETURN NEW; END $$;
+                   CREATE TRIGGER audit AFTER INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION audit_row();"""
+            ).format(sql.Identifier(table))
+        )
+
+
+def assert_counters_strictly_increase(url: str) -> int:
+    with connect(url) as conn:
+        rows = conn.execute("SELECT pk, counter FROM audit ORDER BY n").fetchall()
+    last: dict[str, Any] = {}
+    for pk, counter in rows:
+        assert counter is not None
+        assert pk not in last or counter > last[pk], f"{pk}: counter {counter} applied after {last[pk]}"
+        last[pk] = counter
+    return len(rows)
+
+
+def increment(ddb: Any, table: str, key: str) -> None:
+    ddb.update_item(
+        TableName=table,
+        Key={"pk": {"S": key}},
+        UpdateExpression="ADD #c :one SET touched = :now",
+        ExpressionAttributeNames={"#c": "counter"},
+        ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(time.time())}},
+    )
+
+
+def test_puts_updates_deletes_replicate_and_sigterm_is_clean(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    table = create_table(
+        stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}, "amount": {"N": str(i)}} for i in range(10)]
+    )
+    service = services(pg_url, table, "-s", "-d", "-c")
+    service.wait_for_log(f"table {table}: live")
+    ddb.put_item(
+        TableName=table, Item={"pk": {"S": "new"}, "amount": {"S": "ten"}, "flag": {"BOOL": True}}
+    )  # type conflict, new attribute
+    ddb.update_item(
+        TableName=table,
+        Key={"pk": {"S": "k1"}},
+        UpdateExpression="REMOVE amount SET tags = :t",
+        ExpressionAttributeValues={":t": {"SS": ["a", "b"]}},
+    )
+    ddb.update_item(
+        TableName=table,
+        Key={"pk": {"S": "k2"}},
+        UpdateExpression="SET amount = :v",
+        ExpressionAttributeValues={":v": {"N": "12345678901234567890123456789012345678"}},
+    )
+    ddb.delete_item(TableName=table, Key={"pk": {"S": "k3"}})
+    ddb.put_item(TableName=table, Item={"pk": {"S": "k4"}, "blob": {"B": b"\x00\xff"}})  # replaced whole: amount gone
+    wait_equal(ddb, pg_url, table)
+    with connect(pg_url) as conn:
+        state = conn.execute("SELECT state, changes_applied FROM podyn.tables").fetchone()
+        columns = {r[0] for r in conn.execute("SELECT column_name FROM podyn.columns")}
+    assert state is not None and state[0] == "live" and state[1] >= 15
+    assert {"amount_text", "flag", "tags", "blob"} <= columns
+    started = time.monotonic()
+    assert service.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    assert "stopped on request" in service.text()
+
+
+def test_data_and_changes_in_one_run_with_writes_during_the_scan(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    table = create_table(
+        stream_view_type=STREAM,
+        items=[{"pk": {"S": f"k{i:04d}"}, "pad": {"S": "x" * 1000}, "counter": {"N": "0"}} for i in range(3000)],
+    )
+    service = services(pg_url, table, "-s", "-d", "-c", "--scan-rate", "50", "-n", "2")
+    service.wait_for_log("loading")
+    rng = random.Random(7)
+    writes = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # while the (slowed) scan runs
+        key = f"k{rng.randrange(3000):04d}"
+        action = rng.random()
+        if action < 0.6:
+            increment(ddb, table, key)
+        elif action < 0.8:
+            ddb.delete_item(TableName=table, Key={"pk": {"S": key}})
+        else:
+            ddb.put_item(TableName=table, Item={"pk": {"S": f"new{writes}"}, "counter": {"N": "1"}})
+        writes += 1
+    with connect(pg_url) as conn:
+        loading = conn.execute("SELECT state FROM podyn.tables").fetchone()
+    assert loading == ("loading",), "the writes were meant to happen during the scan"
+    service.wait_for_log(f"table {table}: live", timeout=90)
+    wait_equal(ddb, pg_url, table, timeout=60)
+    assert service.stop() == 0
+
+
+def test_kill_9_mid_stream_then_restart_applies_every_change_once(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    keys = [f"k{i}" for i in range(20)]
+    table = create_table(
+        name=f"kill9_{os.urandom(4).hex()}",
+        stream_view_type=STREAM,
+        items=[{"pk": {"S": k}, "counter": {"N": "0"}} for k in keys],
+    )
+    podyn_ok(ddb_server, pg_url, "-s", "-d", "-t", table)
+    add_audit(pg_url, table)
+    stop_writing = threading.Event()
+
+    def writer() -> None:
+        rng = random.Random(1)
+        while not stop_writing.is_set():
+            increment(ddb, table, rng.choice(keys))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        first = services(pg_url, table, "-c")
+        first.wait_for_log("applied")
+        time.sleep(1.5)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        time.sleep(0.5)
+        second = services(pg_url, table, "-c")
+        second.wait_for_log("applied")
+        time.sleep(1.0)
+    finally:
+        stop_writing.set()
+        thread.join()
+    wait_equal(ddb, pg_url, table)
+    assert assert_counters_strictly_increase(pg_url) > 20
+    assert second.stop() == 0
+
+
+def test_postgres_restart_mid_stream_is_survived(ddb_server: Any, ddb: Any, create_table: Any, services: Any) -> None:
+    # A PostgreSQL of its own: killing the shared one would disturb other tests.
+    with LocalPostgres() as pg:
+        url = pg.create_database("restart")
+        table = create_table(
+            stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}, "counter": {"N": "0"}} for i in range(5)]
+        )
+        service = services(url, table, "-s", "-d", "-c")
+        service.wait_for_log(f"table {table}: live")
+        for i in range(5):
+            increment(ddb, table, f"k{i}")
+        wait_equal(ddb, url, table)
+        pg.kill()
+        for i in range(5):
+            increment(ddb, table, f"k{i}")
+        ddb.put_item(TableName=table, Item={"pk": {"S": "during-outage"}, "counter": {"N": "1"}})
+        time.sleep(2)
+        assert service.process.poll() is None, "the service died with PostgreSQL"
+        pg.restart()
+        wait_equal(ddb, url, table, timeout=60)
+        assert "retrying" in service.text()
+        assert service.stop() == 0
+
+
+def test_keys_only_stream_reads_current_items(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    table = create_table(
+        stream_view_type="KEYS_ONLY", items=[{"pk": {"S": f"k{i}"}, "v": {"N": str(i)}} for i in range(5)]
+    )
+    service = services(pg_url, table, "-s", "-d", "-c")
+    service.wait_for_log(f"table {table}: live")
+    ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "v": {"S": "text"}})
+    ddb.update_item(
+        TableName=table,
+        Key={"pk": {"S": "k1"}},
+        UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"N": "100"}},
+    )
+    ddb.delete_item(TableName=table, Key={"pk": {"S": "k2"}})
+    ddb.put_item(TableName=table, Item={"pk": {"S": "gone"}})
+    ddb.delete_item(TableName=table, Key={"pk": {"S": "gone"}})
+    wait_equal(ddb, pg_url, table)
+    assert service.stop() == 0
+
+
+def test_two_processes_on_one_table_do_not_double_apply(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    keys = [f"k{i}" for i in range(10)]
+    table = create_table(
+        name=f"twoproc_{os.urandom(4).hex()}",
+        stream_view_type=STREAM,
+        items=[{"pk": {"S": k}, "counter": {"N": "0"}} for k in keys],
+    )
+    podyn_ok(ddb_server, pg_url, "-s", "-d", "-t", table)
+    add_audit(pg_url, table)
+    first = services(pg_url, table, "-c")
+    first.wait_for_log(f"table {table}: live")
+    second = services(pg_url, table, "-c")
+    second.wait_for_log("standing by")
+    for round_ in range(5):
+        for key in keys:
+            increment(ddb, table, key)
+        if round_ == 2:
+            assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # the one standing by takes over
+    wait_equal(ddb, pg_url, table, timeout=60)
+    assert assert_counters_strictly_increase(pg_url) >= 10
+    assert "taking over" in second.text()
+    assert second.stop() == 0
+
+
+def test_changes_on_a_table_without_stream_is_a_clear_error(ddb_server: Any, pg_url: str, create_table: Any) -> None:
+    table = create_table(items=[{"pk": {"S": "a"}}])
+    result = run_podyn(
+        "--endpoint-url", ddb_server.endpoint_url, "-u", pg_url, "-s", "-c", "-t", table, "--no-progress"
+    )
+    assert result.returncode == 3
+    assert "has no stream" in result.stderr and table in result.stderr
