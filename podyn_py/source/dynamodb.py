@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -42,11 +42,19 @@ class AwsSettings:
     region: str | None = None
     profile: str | None = None
     max_attempts: int = 10
+    #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
 
 
 def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10) -> Any:
     """A boto3 client with botocore's standard retry mode; credentials from the standard AWS chain."""
-    session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+    session = boto3.session.Session(
+        profile_name=settings.profile,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+    )
     region = session.region_name or ("us-east-1" if settings.endpoint_url else None)
     if region is None:
         raise ConfigError("no AWS region: pass --region, set AWS_REGION, or configure a profile")
