@@ -6,8 +6,8 @@ podyn changes on purpose (U+0000 removed) is no difference. Rows are fetched by 
 scanned keys go to a temporary table, and an anti-join at the end finds rows that have no item (not in sampled mode).
 
 Changes may still be flowing (``--changes`` running elsewhere), so a key that looks wrong is read again, the item
-with a consistent read (BatchGetItem) and its row, a few times with growing pauses; only keys still wrong after
-that are reported.
+with a consistent read (BatchGetItem) and its row, a few times with growing pauses, by a thread of its own so that
+the scan goes on meanwhile; only keys still wrong after that are reported.
 
 Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
 not repair: ``--data --reload`` does.
@@ -56,8 +56,10 @@ class VerifyOptions:
     max_differences: int = 20
     #: The fraction of scan segments to scan; below 1, rows that have no item cannot be found.
     sample: float = 1.0
-    #: How often a suspect key is read again before it is reported, and the first pause (doubling each time).
-    rechecks: int = 3
+    #: How often a suspect key is read again before it is reported, and the first pause (doubling each time): 0.5,
+    #: 1, 2 and 4 s, so a key is re-read 7.5 s after it first looked wrong, longer than an idle stream's polling
+    #: back-off (5 s) plus a batch's apply.
+    rechecks: int = 4
     recheck_delay: float = 0.5
     #: Suspect keys re-checked per table; beyond, they are counted as first seen, so that a table far off does not
     #: cost a GetItem and several pauses per row.
@@ -281,10 +283,12 @@ class _TableCheck:
         self.progress = LoadProgress(report.source, None, bar=config.progress)
         self.lock = threading.Lock()
         self.rechecked = 0
+        self.logged_suspects = False
+        self.rechecker: _Rechecker | None = None
         self.keys_conn: psycopg.Connection[Any] | None = None
         self.keys_lock = threading.Lock()
         for name in view.missing_columns:
-            self._record([[Difference(Kind.COLUMN, None, name, found="missing from the table")]])
+            self.record([[Difference(Kind.COLUMN, None, name, found="missing from the table")]])
             report.missing_columns.append(name)
 
     def close(self) -> None:
@@ -301,18 +305,21 @@ class _TableCheck:
         self.report.segments_scanned, self.report.total_segments = count, total
         if count == total:
             self._create_keys_table()
-        with ThreadPoolExecutor(min(self.config.connections, count), thread_name_prefix="verify") as pool:
-            futures = [pool.submit(self._scan_segment, segment, total) for segment in segments]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
-            if errors:
-                self.failed.set()
-                wait(futures)
-                raise errors[0]  # type: ignore[misc]
-        if self.stop.is_set():
-            self.report.interrupted = True
-        elif self.keys_conn is not None:
-            self._find_extra_rows()
+        self.rechecker = _Rechecker(self)
+        try:
+            with ThreadPoolExecutor(min(self.config.connections, count), thread_name_prefix="verify") as pool:
+                futures = [pool.submit(self._scan_segment, segment, total) for segment in segments]
+                wait(futures, return_when=FIRST_EXCEPTION)
+                errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+                if errors:
+                    self.failed.set()
+                    wait(futures)
+                    raise errors[0]  # type: ignore[misc]
+            if self.keys_conn is not None and not self.stopped():
+                self._find_extra_rows()
+        finally:
+            self.rechecker.close(drop=self.stopped())
+        self.report.interrupted = self.stop.is_set()
 
     def _scan_segment(self, segment: int, total: int) -> None:
         rate = self.config.scan_rate / max(1, min(self.config.connections, total)) if self.config.scan_rate else None
@@ -356,50 +363,49 @@ class _TableCheck:
             if attempt or not any(d.kind is Kind.UNMAPPED for _, found in suspects for d in found):
                 break
             self._refresh(conn)  # podyn may have added columns since the mapping was read
-        self._confirm(conn, [({k: item[k] for k in spec.key_names}, found) for item, found in suspects])
+        self._suspect([({k: item[k] for k in spec.key_names}, found) for item, found in suspects])
 
     def _refresh(self, conn: psycopg.Connection[Any]) -> None:
         view = _read_view(conn, self.view.spec)
         with self.lock:
             self.view = view
 
-    def _confirm(self, conn: psycopg.Connection[Any], suspects: list[tuple[Item, list[Difference]]]) -> None:
-        """Read suspect keys again until they look right or the re-checks run out; record the rest."""
+    def _suspect(self, suspects: list[tuple[Item, list[Difference]]]) -> None:
+        """Hand keys that look wrong to the re-checker; beyond the re-check budget, record them as they are."""
         if not suspects:
             return
         with self.lock:
-            budget = max(0, self.options.recheck_limit - self.rechecked)
+            budget = max(0, self.options.recheck_limit - self.rechecked) if self.options.rechecks else 0
             self.rechecked += min(budget, len(suspects))
-            self.report.not_rechecked += max(0, len(suspects) - budget)
-        unchecked, suspects = suspects[budget:], suspects[:budget]
-        if suspects:
-            log.info(
+            self.report.not_rechecked += max(0, len(suspects) - budget) if self.options.rechecks else 0
+            first = not self.logged_suspects
+            self.logged_suspects = True
+        if self.rechecker is not None and budget:
+            log.log(
+                logging.INFO if first else logging.DEBUG,
                 "table %s: %d keys look different; reading them again (changes may be in flight)",
                 self.view.spec.source,
-                len(suspects),
+                min(budget, len(suspects)),
             )
-        delay = self.options.recheck_delay
-        names = self.view.spec.key_names
-        for _ in range(self.options.rechecks):
-            if not suspects:
-                break
-            time.sleep(delay)
-            delay *= 2
-            view = self.view
-            keys = [pg_key(view.spec, key) for key, _ in suspects]
-            rows = view.fetch(conn, keys)
-            items = {
-                pg_key(view.spec, item): item
-                for item in dynamodb.batch_get_items(self.client, view.spec.source, [k for k, _ in suspects])
-            }
-            suspects = [
-                (key, found)
-                for (key, _), k in zip(suspects, keys, strict=True)
-                if (found := compare(view, items.get(k), rows.get(k), key_text(key, names)))
-            ]
-        self._record([found for _, found in suspects + unchecked])
+            self.rechecker.add(suspects[:budget])
+            suspects = suspects[budget:]
+        self.record([found for _, found in suspects])
 
-    def _record(self, confirmed: list[list[Difference]]) -> None:
+    def recheck(self, conn: psycopg.Connection[Any], keys: list[Item]) -> list[list[Difference]]:
+        """Compare these keys again: the item read consistently, the row read again."""
+        view = self.view
+        pks = [pg_key(view.spec, key) for key in keys]
+        rows = view.fetch(conn, pks)
+        unique = list({pk: key for pk, key in zip(pks, keys, strict=True)}.values())
+        items = {
+            pg_key(view.spec, item): item for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
+        }
+        return [
+            compare(view, items.get(pk), rows.get(pk), key_text(key, view.spec.key_names))
+            for key, pk in zip(keys, pks, strict=True)
+        ]
+
+    def record(self, confirmed: list[list[Difference]]) -> None:
         report = self.report
         with self.lock:
             for found in confirmed:
@@ -453,15 +459,90 @@ class _TableCheck:
             ),
         )
         self.keys_conn.execute(sql.SQL("ANALYZE {}").format(_KEYS_TABLE))
-        with (
-            _connect(self.conninfo) as recheck,
-            self.keys_conn.transaction(),
-            self.keys_conn.cursor(name="podyn_verify_extra") as cur,
-        ):
+        with self.keys_conn.transaction(), self.keys_conn.cursor(name="podyn_verify_extra") as cur:
             cur.execute(statement)
             while batch := cur.fetchmany(1000):
                 keys = [ddb_key(spec, row) for row in batch]
-                self._confirm(recheck, [(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
+                self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    key: Item
+    found: list[Difference]
+    due: float
+    attempt: int = 0
+
+
+class _Rechecker:
+    """Reads suspect keys again after growing pauses, in a thread of its own, so that the scan never waits for it.
+
+    A key is settled when it reads right (dropped) or when its re-checks run out (recorded as last seen).
+    """
+
+    def __init__(self, check: _TableCheck) -> None:
+        self.check = check
+        self.pending: list[_Suspect] = []
+        self.closing = False
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="verify-recheck", daemon=True)
+        self.thread.start()
+
+    def add(self, suspects: list[tuple[Item, list[Difference]]]) -> None:
+        due = time.monotonic() + self.check.options.recheck_delay
+        with self.cond:
+            self.pending.extend(_Suspect(key, found, due) for key, found in suspects)
+            self.cond.notify()
+
+    def close(self, *, drop: bool = False) -> None:
+        """Wait until every suspect is settled (``drop``: forget those not yet); raise what the thread raised."""
+        with self.cond:
+            self.closing = True
+            if drop:
+                self.pending.clear()
+            self.cond.notify()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            with _connect(self.check.conninfo) as conn:
+                while (due := self._wait_for_due()) is not None:
+                    for start in range(0, len(due), 100):
+                        self._settle(conn, due[start : start + 100])
+        except BaseException as exc:  # raised again by close(); the scan stops meanwhile
+            self.error = exc
+            self.check.failed.set()
+
+    def _wait_for_due(self) -> list[_Suspect] | None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                due = [s for s in self.pending if s.due <= now]
+                if due:
+                    self.pending = [s for s in self.pending if s.due > now]
+                    return due
+                if self.closing and not self.pending:
+                    return None
+                self.cond.wait(min(s.due for s in self.pending) - now if self.pending else None)
+
+    def _settle(self, conn: psycopg.Connection[Any], suspects: list[_Suspect]) -> None:
+        options = self.check.options
+        settled, again = [], []
+        for suspect, found in zip(suspects, self.check.recheck(conn, [s.key for s in suspects]), strict=True):
+            if not found:
+                continue
+            attempt = suspect.attempt + 1
+            if attempt >= options.rechecks:
+                settled.append(found)
+            else:
+                due = time.monotonic() + options.recheck_delay * 2**attempt
+                again.append(_Suspect(suspect.key, found, due, attempt))
+        self.check.record(settled)
+        with self.cond:
+            self.pending.extend(again)
 
 
 def compare(view: _View, item: Item | None, row: Sequence[Any] | None, key: str) -> list[Difference]:
@@ -570,13 +651,13 @@ def summary(report: TableReport) -> str:
     if report.equal:
         return f"equal ({scope}, {report.seconds:.1f} s)"
     counts = [
-        f"{n:,} {what}"
+        f"{n:,} {what}{'' if n == 1 else 's'}"
         for n, what in (
-            (report.missing, "missing rows"),
-            (report.extra, "extra rows"),
-            (report.differing, "differing rows"),
-            (report.invalid, "unconvertible items"),
-            (len(report.missing_columns), "missing columns"),
+            (report.missing, "missing row"),
+            (report.extra, "extra row"),
+            (report.differing, "differing row"),
+            (report.invalid, "unconvertible item"),
+            (len(report.missing_columns), "missing column"),
         )
         if n
     ]

@@ -455,3 +455,29 @@ def test_kill_9_mid_load_then_resume_loses_and_doubles_nothing(
         state = conn.execute("SELECT state, items_loaded FROM podyn.tables").fetchone()
     assert counted == (len(items), True)  # every item counted exactly once across the two runs
     assert state == ("loaded", len(items))
+
+
+def test_more_attributes_than_postgres_columns_overflow_into_jsonb(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    # PostgreSQL allows 1,600 columns; podyn stops at MAX_COLUMNS and keeps the rest in one jsonb column.
+    from podyn_py.core.schema import MAX_COLUMNS
+
+    attributes = [f"attribute_{i:04d}" for i in range(MAX_COLUMNS + 300)]
+    items = [
+        {"pk": {"S": f"item{part}"}} | {name: {"N": str(i)} for i, name in enumerate(attributes[part::4])}
+        for part in range(4)
+    ]
+    items[1]["attribute_0000"] = {"S": "a type conflict"}  # numeric in items[0]: a variant, or the overflow
+    table = create_table(name=f"wide_{os.urandom(4).hex()}", items=items)
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-n", "1"))
+    assert table_differences(ddb, pg_url, table) == []
+    with connect(pg_url) as conn:
+        count = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = %s", (table,)
+        ).fetchone()
+        overflow = conn.execute(
+            sql_text("SELECT sum((SELECT count(*) FROM jsonb_object_keys(podyn_overflow))) FROM {}", table)
+        ).fetchone()
+    assert count is not None and count[0] == MAX_COLUMNS
+    assert overflow is not None and overflow[0] > 300

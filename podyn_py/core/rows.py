@@ -35,6 +35,7 @@ class RowBuilder:
         self._required = tuple((k.name, k.tag) for k in spec.primary_key)
         self._jsonb = spec.mode is ConversionMode.JSONB
         self._data_position = schema.column_names.index("data") if self._jsonb else -1
+        self._overflow = schema.overflow_position
 
     def build(self, item: Item) -> list[Any]:
         try:
@@ -57,6 +58,7 @@ class RowBuilder:
         row: list[Any] = [None] * self.width
         nuls: list[int] = []
         position = self.schema.position
+        overflow: dict[str, Any] | None = None
         for attribute, value in item.items():
             try:
                 ((tag, raw),) = value.items()
@@ -71,7 +73,15 @@ class RowBuilder:
                 raise DataError(f"unknown DynamoDB type tag {tag!r}", attribute=attribute)
             index = position(attribute, pg_type)
             if index is None:
-                raise MissingColumn(attribute)
+                if self._overflow is None:
+                    raise MissingColumn(attribute)
+                if overflow is None:
+                    overflow = {}
+                try:
+                    overflow[attribute.replace("\x00", "")] = to_json(value, nuls)
+                except DataError as exc:
+                    raise DataError(exc.message, attribute=attribute) from exc
+                continue
             try:
                 row[index] = to_column_value(tag, raw, nuls)
             except DataError as exc:
@@ -79,6 +89,11 @@ class RowBuilder:
             if nuls:
                 self.nul_counts[self.schema.columns[index].name] += 1
                 nuls.clear()
+        if overflow is not None:
+            assert self._overflow is not None
+            row[self._overflow] = dump_json(overflow)
+            if nuls:
+                self.nul_counts[self.schema.columns[self._overflow].name] += 1
         return row
 
     def _build_jsonb(self, item: Item) -> list[Any]:

@@ -8,6 +8,9 @@ delta), leaving the schema itself unchanged; the caller adds them to the databas
 In ``columns`` mode an attribute's first type seen gets the plain column; a later different type goes to a variant
 column ``<column>_<type>``, so a row is never rejected for a type conflict. A NULL never decides a type. In ``jsonb``
 mode the columns are fixed: the key and index-key attributes, and ``data`` with the whole item.
+
+A table cannot have more than 1,600 columns. Once a columns-mode table reaches :data:`MAX_COLUMNS`, attributes (and
+types) without a column of their own go into one jsonb column, ``podyn_overflow``, as ``{attribute: value}``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from podyn_py.errors import DataError
 
 #: The column that holds the whole item in jsonb mode.
 DATA_COLUMN = "data"
+#: PostgreSQL allows 1,600 columns a table, dropped ones included; podyn stops adding columns below that, leaving
+#: room for columns added by hand, and puts further attributes into one jsonb column (columns mode).
+MAX_COLUMNS = 1500
+OVERFLOW_COLUMN = "podyn_overflow"
 
 
 class ConversionMode(StrEnum):
@@ -113,6 +120,13 @@ class TableSchema:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @property
+    def overflow_position(self) -> int | None:
+        """Where attributes without a column of their own go, once the table is full (columns mode)."""
+        if self.spec.mode is ConversionMode.JSONB:
+            return None
+        return next((i for i, c in enumerate(self.columns) if c.attribute is None), None)
+
     def position(self, attribute: str, pg_type: PgType) -> int | None:
         """Where values of this attribute and type go in a row, or None if there is no such column."""
         return self._by_value.get((attribute, pg_type))
@@ -156,6 +170,7 @@ def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Colu
     added_by_value: set[tuple[str, PgType]] = set()
     added_primary: dict[str, Column] = {}
     taken = set(schema.column_names) | schema.reserved
+    full = schema.overflow_position is not None
     for item in items:
         for attribute, value in item.items():
             try:
@@ -165,7 +180,13 @@ def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Colu
             pg_type = PG_TYPE_OF_TAG.get(tag)
             if pg_type is None:
                 continue
-            if schema.position(attribute, pg_type) is not None or (attribute, pg_type) in added_by_value:
+            if full or schema.position(attribute, pg_type) is not None or (attribute, pg_type) in added_by_value:
+                continue
+            if len(taken) + 1 >= MAX_COLUMNS:
+                overflow = Column(naming.unique_name(OVERFLOW_COLUMN, taken, OVERFLOW_COLUMN), PgType.JSONB, None)
+                taken.add(overflow.name)
+                added.append(overflow)
+                full = True
                 continue
             primary = schema.primary_column(attribute) or added_primary.get(attribute)
             if primary is None:

@@ -11,6 +11,7 @@ serialises each value once, with exact numbers, and nothing here serialises it a
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -116,8 +117,13 @@ def citus_available(conn: psycopg.Connection[Any]) -> bool:
 class PostgresTarget:
     """Writes to one PostgreSQL database. Thread-safe: each caller uses its own connection from :meth:`connect`."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, retry_seconds: float = 600.0, lock_timeout_ms: int = 10_000) -> None:
         self.conninfo = conninfo
+        #: How long transient failures (PostgreSQL restarting, a lock held elsewhere) are retried before giving up.
+        self.retry_seconds = retry_seconds
+        #: DDL waits this long for a table lock held by another session, then backs off and tries again, so that a
+        #: long-running query elsewhere cannot block podyn forever, nor podyn's queued lock block everyone else.
+        self.lock_timeout_ms = lock_timeout_ms
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         return connect(self.conninfo, autocommit=autocommit)
@@ -152,12 +158,29 @@ class PostgresTarget:
         return self.run("reading podyn.tables", read, table=table)
 
     def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T], *, table: str | None = None) -> T:
-        """Run ``fn`` in one transaction on a short-lived connection, mapping errors into podyn's tree."""
-        try:
-            with self.connect() as conn, conn.transaction():
-                return fn(conn)
-        except psycopg.Error as exc:
-            raise classify(exc, what, table=table) from exc
+        """Run ``fn`` in one transaction on a short-lived connection, mapping errors into podyn's tree.
+
+        Transient failures are retried with back-off for up to ``retry_seconds``: ``fn`` must be safe to run again
+        (every caller's is: a rolled-back transaction left nothing behind).
+        """
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                with self.connect() as conn, conn.transaction():
+                    conn.execute(
+                        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
+                    )
+                    return fn(conn)
+            except psycopg.Error as exc:
+                error = classify(exc, what, table=table)
+            except TransientTargetError as exc:
+                error = exc
+            if not error.transient or time.monotonic() + delay > deadline:
+                raise error
+            log.warning("%s%s; retrying in %.1f s", f"table {table}: " if table else "", error.message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     # -- tables ---------------------------------------------------------------------------------------------------
 
