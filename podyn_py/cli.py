@@ -62,7 +62,12 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-t", "--table", "tables", help="DynamoDB tables, comma-separated (default: every table).")
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    help="DynamoDB tables, comma-separated (default: every table; --verify, --status: every table podyn recorded).",
+)
 @click.option(
     "-u",
     "--postgres-jdbc-url",
@@ -204,6 +209,8 @@ def main(
         raise click.UsageError("--verify and --status run alone: not with --schema, --data, --changes or each other")
     if not (schema or data or changes or checks):
         raise click.UsageError("nothing to do: give --schema, --data, --changes, --verify or --status")
+    if as_json and not checks:
+        raise click.UsageError("--json goes with --verify or --status")
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
     schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT

@@ -1,4 +1,4 @@
-"""Prometheus metrics (prometheus-client), updated by the load and the change replication.
+"""Prometheus metrics (prometheus-client), updated by the load, the change replication and verify (its scan).
 
 The metrics live in their own registry, so importing podyn never touches the process-wide default one; the CLI
 serves it on ``--metrics-port`` when asked, on 127.0.0.1 unless ``--metrics-address`` says otherwise (table names

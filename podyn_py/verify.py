@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
+from podyn_py import metrics
 from podyn_py.config import Config
 from podyn_py.core import ddl
 from podyn_py.core.rows import MissingColumn, RowBuilder
@@ -339,6 +340,8 @@ class _TableCheck:
                 )
                 self.limiter.charge(page.consumed)
                 sizer.observe(len(page.items), page.consumed)
+                metrics.CAPACITY_CONSUMED.labels(self.view.spec.source).inc(page.consumed)
+                metrics.THROTTLES.labels(self.view.spec.source).inc(page.throttled)
                 self._check_page(conn, page.items)
                 self.progress.add(len(page.items), page.consumed)
                 with self.lock:

@@ -22,6 +22,12 @@ from podyn_py import metrics
 from podyn_py.local import free_port
 
 BIG = "12345678901234567890123456789012345678"  # 38 significant digits, DynamoDB's most
+BIG_CHANGED = BIG[:-1] + "9"  # differs in the 38th digit only
+
+
+def short(prefix: str) -> str:
+    """A table name that fits PostgreSQL's 63 bytes, so the target table has the same name."""
+    return f"{prefix}_{os.urandom(4).hex()}"
 
 
 def podyn(ddb_server: Any, url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +75,7 @@ def items(count: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("mode", ["columns", "jsonb"])
 def test_verify_passes_on_an_equal_copy(ddb_server: Any, pg_url: str, create_table: Any, mode: str) -> None:
-    table = create_table(items=items(30))
+    table = create_table(name=short("t"), items=items(30))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode, "--segments", "3"))
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "4", code=0)
     assert report["equal"] and report["items"] == 30 and report["differences"] == []
@@ -79,22 +85,21 @@ def test_verify_passes_on_an_equal_copy(ddb_server: Any, pg_url: str, create_tab
 
 
 def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg_url: str, create_table: Any) -> None:
-    table = create_table(items=items(12))
+    table = create_table(name=short("t"), items=items(12))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
-    for statement, key in [
+    for statement, *params in [
         ("DELETE FROM {t} WHERE pk = %s", "k0"),
         ("UPDATE {t} SET t = 'changed' WHERE pk = %s", "k1"),
         ("UPDATE {t} SET n = n + 1 WHERE pk = %s", "k2"),
         ("UPDATE {t} SET b = '\\x00'::bytea WHERE pk = %s", "k3"),
         ("UPDATE {t} SET f = NOT f WHERE pk = %s", "k4"),
-        (f"UPDATE {{t}} SET m = jsonb_set(m, '{{deep,0}}', '{BIG[:-1]}9') WHERE pk = %s", "k5"),
+        ("UPDATE {t} SET m = jsonb_set(m, %s::text[], %s::jsonb) WHERE pk = %s", ["deep", "0"], BIG_CHANGED, "k5"),
         ("UPDATE {t} SET t = NULL WHERE pk = %s", "k6"),
-        ("UPDATE {t} SET m = jsonb_set(m, '{{flag}}', '1') WHERE pk = %s", "k7"),  # true is not 1
-        ("UPDATE {t} SET ss = '[\"c\", \"b\", \"a\"]' WHERE pk = %s", "k8"),  # a set in another order: equal
-        ("UPDATE {t} SET nul = 'a' || chr(98) WHERE pk = %s", "k9"),  # the same "ab": equal
+        ("UPDATE {t} SET m = jsonb_set(m, %s::text[], '1') WHERE pk = %s", ["flag"], "k7"),  # true is not 1
+        ("UPDATE {t} SET ss = %s::jsonb WHERE pk = %s", '["c", "b", "a"]', "k8"),  # a set in another order: equal
         ("INSERT INTO {t} (pk, t) VALUES (%s, 'no such item')", "zz"),
     ]:
-        execute(pg_url, statement, table, key)
+        execute(pg_url, statement, table, *params)
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "3", code=4)
     assert found(report) == {
         ("missing", "pk=k0", None),
@@ -110,22 +115,21 @@ def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg
     assert (report["missing"], report["extra"], report["differing"]) == (1, 1, 7) and not report["equal"]
     shown = {d["key"]: (d["expected"], d["found"]) for d in report["differences"] if d["kind"] == "differs"}
     assert shown["pk=k2"] == ("2.5", "3.5") and shown["pk=k6"] == ('"text 6"', "NULL")
-    assert BIG in shown["pk=k5"][0] and BIG[:-1] + "9" in shown["pk=k5"][1]
+    assert BIG in shown["pk=k5"][0] and BIG_CHANGED in shown["pk=k5"][1]
 
     text = ok(podyn(ddb_server, pg_url, "--verify", "-t", table, "--verify-max-differences", "2"), 4).stdout
-    assert "DIFFERENT: 1 missing rows, 1 extra rows, 7 differing rows" in text
+    assert "DIFFERENT: 1 missing row, 1 extra row, 7 differing rows" in text
     assert "… 7 more differences (--verify-max-differences)" in text
 
 
-def test_verify_in_jsonb_mode_names_the_attribute_inside_data(
-    ddb_server: Any, pg_url: str, create_table: Any
-) -> None:
-    table = create_table(items=items(6))
+def test_verify_in_jsonb_mode_names_the_attribute_inside_data(ddb_server: Any, pg_url: str, create_table: Any) -> None:
+    table = create_table(name=short("t"), items=items(6))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", "jsonb"))
-    execute(pg_url, f"UPDATE {{t}} SET data = jsonb_set(data, '{{m,deep,0}}', '{BIG[:-1]}9') WHERE pk = %s", table, "k1")
+    change = "UPDATE {t} SET data = jsonb_set(data, %s::text[], %s::jsonb) WHERE pk = %s"
+    execute(pg_url, change, table, ["m", "deep", "0"], BIG_CHANGED, "k1")
     execute(pg_url, "UPDATE {t} SET data = data - 'bs' WHERE pk = %s", table, "k2")
-    execute(pg_url, "UPDATE {t} SET data = jsonb_set(data, '{f}', '\"true\"') WHERE pk = %s", table, "k3")
-    execute(pg_url, "UPDATE {t} SET data = jsonb_set(data, '{ns}', '[100, -0.5, 1]') WHERE pk = %s", table, "k4")
+    execute(pg_url, change, table, ["f"], '"true"', "k3")  # a string, not the boolean
+    execute(pg_url, change, table, ["ns"], "[100, -0.5, 1]", "k4")  # the same set: other order, 1E+2 as 100
     (report,) = verify_json(ddb_server, pg_url, "-t", table, code=4)
     assert found(report) == {
         ("differs", "pk=k1", "data.m"),
@@ -136,7 +140,7 @@ def test_verify_in_jsonb_mode_names_the_attribute_inside_data(
 
 
 def test_verify_reports_a_dropped_column(ddb_server: Any, pg_url: str, create_table: Any) -> None:
-    table = create_table(items=items(5))
+    table = create_table(name=short("t"), items=items(5))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "ALTER TABLE {t} DROP COLUMN n", table)
     (report,) = verify_json(ddb_server, pg_url, "-t", table, code=4)
@@ -147,7 +151,7 @@ def test_verify_reports_a_dropped_column(ddb_server: Any, pg_url: str, create_ta
 def test_sampled_verify_scans_some_segments_and_says_what_it_cannot_see(
     ddb_server: Any, pg_url: str, create_table: Any
 ) -> None:
-    table = create_table(items=items(60))
+    table = create_table(name=short("t"), items=items(60))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "INSERT INTO {t} (pk) VALUES (%s)", table, "only-in-postgres")
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "4", "--verify-sample", "0.5", code=0)
@@ -160,10 +164,8 @@ def test_sampled_verify_scans_some_segments_and_says_what_it_cannot_see(
     assert found(full) == {("extra", "pk=only-in-postgres", None)}
 
 
-def test_verify_of_a_table_podyn_never_loaded_is_a_clear_error(
-    ddb_server: Any, pg_url: str, create_table: Any
-) -> None:
-    table = create_table(items=items(2))
+def test_verify_of_a_table_podyn_never_loaded_is_a_clear_error(ddb_server: Any, pg_url: str, create_table: Any) -> None:
+    table = create_table(name=short("t"), items=items(2))
     result = ok(podyn(ddb_server, pg_url, "--verify", "-t", table), 3)
     assert f"{table} → public.{table}: not verified: public.{table} was never loaded by podyn" in result.stdout
     ok(podyn(ddb_server, pg_url, "-s", "-t", table))
@@ -173,7 +175,7 @@ def test_verify_of_a_table_podyn_never_loaded_is_a_clear_error(
 
 def test_verify_rechecks_a_key_that_is_fixed_while_it_runs(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     """A row behind DynamoDB, as while changes are in flight: verify reads it again and finds it caught up."""
-    table = create_table(items=items(4))
+    table = create_table(name=short("t"), items=items(4))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "UPDATE {t} SET t = 'stale' WHERE pk = %s", table, "k2")
     command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "--no-progress"]
@@ -197,9 +199,57 @@ def test_verify_rechecks_a_key_that_is_fixed_while_it_runs(ddb_server: Any, pg_u
     assert process.returncode == 0 and b": equal" in stdout
 
 
+def test_verify_and_status_while_changes_flow(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, tmp_path: Path
+) -> None:
+    """Beside a running ``--changes`` service and writes in DynamoDB: verify finds the copy equal, status shows it
+    live with its shards and counters."""
+    table = create_table(name=short("live"), stream_view_type="NEW_AND_OLD_IMAGES", items=items(100))
+    command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "--no-progress"]
+    log_path = tmp_path / "service.log"
+    with open(log_path, "w") as log:
+        service = subprocess.Popen([*command, "-u", pg_url, "-t", table, "-s", "-d", "-c"], cwd=REPO_ROOT, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while f"table {table}: live" not in log_path.read_text():
+            assert service.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        writes = 0
+        verifier = subprocess.Popen(
+            [*command, "-u", pg_url, "--verify", "--json", "-t", table], cwd=REPO_ROOT, stdout=subprocess.PIPE
+        )
+        while verifier.poll() is None:  # keep changes in flight while verify runs
+            key = f"k{writes % 100}"
+            ddb.update_item(
+                TableName=table,
+                Key={"pk": {"S": key}},
+                UpdateExpression="SET t = :t",
+                ExpressionAttributeValues={":t": {"S": f"write {writes}"}},
+            )
+            writes += 1
+            time.sleep(0.1)
+        stdout, _ = verifier.communicate()
+        (report,) = json.loads(stdout)
+        assert verifier.returncode == 0 and report["equal"], report
+        deadline = time.monotonic() + 30
+        while True:
+            (live,) = json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json")).stdout)["tables"]
+            if live["changes_applied"] >= writes or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert live["state"] == "live" and live["changes_applied"] >= writes > 0
+        assert live["shards"] and any(s["sequence_number"] for s in live["shards"]) and live["stream_arn"]
+        assert live["last_change_at"] is not None and live["replication_lag_seconds"] is not None
+        text = ok(podyn(ddb_server, pg_url, "--status")).stdout
+        assert f"{table} → public.{table}: live" in text and "CHECKPOINT" in text
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+
+
 def test_status_after_a_load_and_of_a_stopped_table(ddb_server: Any, pg_url: str, create_table: Any) -> None:
-    table = create_table(items=items(20))
-    other = create_table(name=f"other_{os.urandom(4).hex()}", items=items(3))
+    table = create_table(name=short("t"), items=items(20))
+    other = create_table(name=short("other"), items=items(3))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{other}", "--segments", "3"))
     status = json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json")).stdout)
     tables = {t["source"]: t for t in status["tables"]}
@@ -217,7 +267,9 @@ def test_status_after_a_load_and_of_a_stopped_table(ddb_server: Any, pg_url: str
     ok(podyn(ddb_server, pg_url, "-d", "--reload", "-t", other), 3)
     result = ok(podyn(ddb_server, pg_url, "--status"), 3)
     assert f"{other} → public.{other}: stopped" in result.stdout and "last error:" in result.stdout
-    stopped = {t["source"]: t for t in json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json"), 3).stdout)["tables"]}
+    stopped = {
+        t["source"]: t for t in json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json"), 3).stdout)["tables"]
+    }
     assert stopped[other]["state"] == "stopped" and '"t"' in stopped[other]["last_error"]
     assert stopped[table]["state"] == "loaded"
     unknown = ok(podyn(ddb_server, pg_url, "--status", "-t", "no_such_table"), 3)
@@ -227,9 +279,9 @@ def test_status_after_a_load_and_of_a_stopped_table(ddb_server: Any, pg_url: str
 def test_status_and_verify_never_print_the_password(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     secret = "Sup3rSecret"
     url = pg_url.replace("postgres@", f"postgres:{secret}@", 1)  # the test server trusts local connections
-    table = create_table(items=items(2))
+    table = create_table(name=short("t"), items=items(2))
     ok(podyn(ddb_server, url, "-s", "-d", "-t", table))
-    execute(pg_url, f"UPDATE podyn.tables SET last_error = 'connecting: password={secret} refused'", table)
+    execute(pg_url, "UPDATE podyn.tables SET last_error = %s", table, f"connecting: password={secret} refused")
     outputs = [
         ok(podyn(ddb_server, url, "--status")),
         ok(podyn(ddb_server, url, "--status", "--json")),
@@ -256,13 +308,13 @@ def loaded_total(text: str, table: str) -> float:
     return values[0] if values else 0.0
 
 
-def test_metrics_and_status_during_a_slow_load(
-    ddb_server: Any, pg_url: str, create_table: Any, tmp_path: Path
-) -> None:
-    table = create_table(items=[{"pk": {"S": f"{i:05d}"}, "pad": {"S": "p" * 900}} for i in range(2000)])
+def test_metrics_and_status_during_a_slow_load(ddb_server: Any, pg_url: str, create_table: Any, tmp_path: Path) -> None:
+    table = create_table(
+        name=short("t"), items=[{"pk": {"S": f"{i:05d}"}, "pad": {"S": "p" * 900}} for i in range(2000)]
+    )
     port = free_port()
     command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "--no-progress"]
-    command += ["-u", pg_url, "-s", "-d", "-t", table, "--scan-rate", "100", "--segments", "4", "-n", "2"]
+    command += ["-u", pg_url, "-s", "-d", "-t", table, "--scan-rate", "20", "--segments", "4", "-n", "2"]
     with open(tmp_path / "load.log", "w") as log:
         process = subprocess.Popen([*command, "--metrics-port", str(port)], cwd=REPO_ROOT, stderr=log)
     try:
@@ -291,7 +343,9 @@ def test_metrics_served_in_process_and_a_busy_port_is_a_clear_error() -> None:
     server = metrics.serve(0)
     try:
         assert loaded_total(scrape(server.server_port), "in_process_table") == 3.0
-        result = run_podyn("-u", "postgresql://nobody@127.0.0.1:1/x", "--status", "--metrics-port", str(server.server_port))
+        result = run_podyn(
+            "-u", "postgresql://nobody@127.0.0.1:1/x", "--status", "--metrics-port", str(server.server_port)
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -305,6 +359,7 @@ def test_metrics_served_in_process_and_a_busy_port_is_a_clear_error() -> None:
         (("--verify", "--status"), "--verify and --status run alone"),
         (("--status",), "--status needs a PostgreSQL URL"),
         (("--verify", "--verify-sample", "0"), "0<x<=1"),
+        (("--data", "--json"), "--json goes with --verify or --status"),
     ],
 )
 def test_usage_errors(args: tuple[str, ...], message: str) -> None:
