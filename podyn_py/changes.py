@@ -97,6 +97,7 @@ class TableReplicator:
         self.options = options or ChangeOptions()
         self.reader_factory = reader_factory
         self.positions: dict[str, ShardPosition] = {}
+        self._key_tags = tuple(k.tag for k in self.spec.primary_key)
         self.replay_from: datetime | None = None
         self.state = TableState.CATCHING_UP
         self.applied = 0
@@ -205,7 +206,7 @@ class TableReplicator:
         for batch in batches:
             for record in batch.records:
                 try:
-                    change = to_change(record, spec.key_names, table=spec.source)
+                    change = to_change(record, spec.key_names, table=spec.source, key_tags=self._key_tags)
                 except DataError as exc:
                     bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
                     log.error("rejected a stream record, kept in podyn.rejected: %s", exc)

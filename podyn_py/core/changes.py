@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from podyn_py.core.values import key_text, split_value
+from podyn_py.core.values import key_text, split_value, to_column_value
 from podyn_py.errors import DataError
 
 Item = dict[str, Any]
@@ -49,22 +49,36 @@ class Refetch:
 Change = Upsert | Delete | Refetch
 
 
-def to_change(record: Mapping[str, Any], key_names: Sequence[str], *, table: str | None = None) -> Change:
-    """One stream record as a change. DataError (naming table and key) for a record that does not parse."""
+def to_change(
+    record: Mapping[str, Any],
+    key_names: Sequence[str],
+    *,
+    table: str | None = None,
+    key_tags: Sequence[str] | None = None,
+) -> Change:
+    """One stream record as a change. DataError (naming table and key) for a record that does not parse.
+
+    ``key_tags``, when given, are the key attributes' types (S, N or B, in ``key_names`` order): a key of another
+    type is an error too, since it could never be the table's key.
+    """
     body = record.get("dynamodb")
     if not isinstance(body, Mapping):
         raise DataError("stream record without its 'dynamodb' part", table=table, key=record.get("eventID"))
     keys = body.get("Keys")
     if not isinstance(keys, Mapping) or not all(name in keys for name in key_names):
-        raise DataError("stream record without the table's key", table=table, key=str(keys)[:100])
+        raise DataError(
+            "stream record without the table's key", table=table, key=str(keys)[:100] if keys else record.get("eventID")
+        )
     key = {name: keys[name] for name in key_names}
-    for name, value in key.items():
+    for index, (name, value) in enumerate(key.items()):
         try:
-            split_value(value)
+            tag, raw = split_value(value)
+            if key_tags is not None and tag != key_tags[index]:
+                raise DataError(f"key attribute is {tag}, the table's key is {key_tags[index]}")
+            to_column_value(tag, raw)  # a key value that cannot be converted cannot be deleted or written either
         except DataError as exc:
             raise DataError(exc.message, table=table, key=key_text(keys, tuple(key_names)), attribute=name) from exc
-    created_at = body.get("ApproximateCreationDateTime")
-    created = created_at if isinstance(created_at, datetime) else None
+    created = _timestamp(body.get("ApproximateCreationDateTime"))
     event = record.get("eventName")
     if event == "REMOVE":
         return Delete(key, created)
@@ -76,6 +90,15 @@ def to_change(record: Mapping[str, Any], key_names: Sequence[str], *, table: str
             raise DataError("stream record's NewImage is not a map", table=table, key=key_text(keys, tuple(key_names)))
         return Upsert(key, dict(image), created)
     raise DataError(f"unknown stream event {event!r}", table=table, key=key_text(keys, tuple(key_names)))
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """boto3 gives a datetime; raw JSON (and Lambda events) give seconds since the epoch."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
 
 
 def key_identity(key: Mapping[str, Any]) -> KeyIdentity:
