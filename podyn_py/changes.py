@@ -17,6 +17,7 @@ the table stops with StreamGapError, telling the user to reload.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,56 @@ def _default_reader(client: Any, stream_arn: str, positions: dict[str, ShardPosi
     return StreamReader(client, stream_arn, positions)
 
 
+class _ReadAhead:
+    """Reads the next batches in a thread of its own while the current ones are applied.
+
+    Reading (an HTTP call and parsing) and applying (a PostgreSQL transaction) then overlap. Batches come out in
+    the reader's order; an error in the reader comes out of :meth:`next` in its turn. After any failure the
+    caller closes this and builds a new reader from the committed checkpoints.
+    """
+
+    def __init__(self, reader: StreamReader, max_wait: float, table: str) -> None:
+        self.reader = reader
+        self.max_wait = max_wait
+        self._queue: queue.Queue[tuple[list[ShardBatch], bool, BaseException | None]] = queue.Queue(maxsize=2)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"read-{table}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                batches = self.reader.read(self.max_wait)
+                ended = self.reader.ended
+                self._put((batches, ended, None))
+                if ended and not batches:
+                    return
+        except BaseException as exc:  # handed to the applying thread, which decides
+            self._put(([], False, exc))
+
+    def _put(self, entry: tuple[list[ShardBatch], bool, BaseException | None]) -> None:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(entry, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> tuple[list[ShardBatch], bool]:
+        """The next batches (possibly none, after waiting about ``max_wait``) and whether the stream ended."""
+        try:
+            batches, ended, error = self._queue.get(timeout=self.max_wait + 1.0)
+        except queue.Empty:
+            return [], False
+        if error is not None:
+            raise error
+        return batches, ended
+
+    def close(self) -> None:
+        self._halt.set()
+        self._thread.join(timeout=self.max_wait + 5.0)
+
+
 class TableReplicator:
     """Applies one table's stream to its PostgreSQL table until ``stop`` is set or an error retries cannot fix."""
 
@@ -107,7 +158,7 @@ class TableReplicator:
 
     def run(self) -> None:
         stream_arn = self._start()
-        reader: StreamReader | None = None
+        reader: _ReadAhead | None = None
         conn: Any = None
         delay = 0.5
         try:
@@ -115,13 +166,17 @@ class TableReplicator:
                 try:
                     if reader is None:
                         self.positions = self.target.read_positions(self.spec, stream_arn)
-                        reader = self.reader_factory(self.streams_client, stream_arn, dict(self.positions))
+                        reader = _ReadAhead(
+                            self.reader_factory(self.streams_client, stream_arn, dict(self.positions)),
+                            self.options.max_wait,
+                            self.spec.source,
+                        )
                     if conn is None:
                         conn = self.target.connect()
-                    batches = reader.read(self.options.max_wait)
+                    batches, ended = reader.next()
                     if batches:
                         self._apply(conn, stream_arn, batches)
-                    elif reader.ended:
+                    elif ended:
                         raise StreamGapError(
                             "the table's stream was disabled: changes made from now on cannot be read; enable the"
                             " stream and re-run with --data --reload",
@@ -140,11 +195,15 @@ class TableReplicator:
                         log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
                         self.stop.wait(delay)
                         delay = min(delay * 2, self.options.max_backoff_seconds)
-                    reader = None  # its in-memory positions may be ahead of what was committed
+                    if reader is not None:
+                        reader.close()  # its in-memory positions may be ahead of what was committed
+                        reader = None
                     if conn is not None:
                         conn.close()
                         conn = None
         finally:
+            if reader is not None:
+                reader.close()
             if conn is not None:
                 conn.close()
         log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)

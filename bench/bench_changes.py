@@ -1,0 +1,221 @@
+"""Change replication benchmark: applied changes/s from a backlog, and write-to-visible lag at fixed write rates.
+
+    .venv/bin/python bench/bench_changes.py [--backlog 20000] [--rates 100,500,1000,max] [--seconds 60]
+
+Starts its own DynamoDB Local and PostgreSQL (nothing else should run: they share the 2 cores with podyn), creates
+a stream-enabled table, loads it with ``podyn -s -d``, then:
+
+1. backlog: with podyn stopped, makes N updates; starts ``podyn --changes`` and measures how fast the backlog drains
+   (records applied per second, from podyn.shards, between the first and the last applied batch);
+2. lag: for each write rate, a writer makes puts, updates and deletes at that rate for ``--seconds`` while
+   ``podyn --changes`` runs; every put/update carries ``written_at`` (client clock), and a trigger on the target
+   table records when PostgreSQL received the row: lag = received - written (same machine, same clock). ``max``
+   writes as fast as DynamoDB Local accepts from 8 threads.
+
+Prints one line per figure, with the machine, date and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from podyn_py.local import LocalDynamoDB, LocalPostgres, find_dynamodb_local  # noqa: E402
+
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID="podyn", AWS_SECRET_ACCESS_KEY="podyn", AWS_DEFAULT_REGION="us-east-1")
+TABLE = "bench_changes"
+KEYS = 2000
+
+
+def header(pg_url: str) -> str:
+    with psycopg.connect(pg_url) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"# {datetime.date.today()} {platform.node()} nproc={os.cpu_count()} mem={memory:.0f}GiB"
+        f" python={platform.python_version()} psycopg={psycopg.__version__} boto3={boto3.__version__}"
+        f" postgresql={server} dynamodb-local={find_dynamodb_local().name}"
+    )
+
+
+def podyn(endpoint: str, url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", url, "-t", TABLE, "--no-progress"]
+    stderr = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen([*command, *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def applied(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT coalesce(sum(records_applied), 0) FROM podyn.shards").fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_at_rate(client: Any, rate: float | None, seconds: float, rng: random.Random) -> int:
+    """Puts, updates and deletes at ``rate`` per second (None: as fast as possible) for ``seconds``."""
+    stop = time.monotonic() + seconds
+    count = 0
+    lock = threading.Lock()
+
+    def one() -> None:
+        key = {"pk": {"S": f"k{rng.randrange(KEYS)}"}}
+        now = {"N": repr(time.time())}
+        choice = rng.random()
+        if choice < 0.5:
+            client.update_item(
+                TableName=TABLE,
+                Key=key,
+                UpdateExpression="ADD n :one SET written_at = :now",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": now},
+            )
+        elif choice < 0.9:
+            client.put_item(TableName=TABLE, Item=key | {"written_at": now, "payload": {"S": "x" * 200}})
+        else:
+            client.delete_item(TableName=TABLE, Key=key)
+
+    with ThreadPoolExecutor(8) as pool:
+        started = time.monotonic()
+        futures = []
+        while time.monotonic() < stop:
+            if rate is not None:
+                due = started + count / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            futures.append(pool.submit(one))
+            with lock:
+                count += 1
+            if rate is None and len(futures) > 64:
+                futures.pop(0).result()
+        for f in futures:
+            f.result()
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backlog", type=int, default=20000)
+    parser.add_argument("--rates", default="100,500,1000,max")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    logs = Path("/tmp/podyn-bench-changes")
+    logs.mkdir(exist_ok=True)
+    with LocalDynamoDB() as ddb, LocalPostgres() as pg:
+        url = pg.url
+        print(header(url), flush=True)
+        client = ddb.client("dynamodb")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        for start in range(0, KEYS, 25):
+            client.batch_write_item(
+                RequestItems={
+                    TABLE: [
+                        {"PutRequest": {"Item": {"pk": {"S": f"k{i}"}, "n": {"N": "0"}, "written_at": {"N": "0"}}}}
+                        for i in range(start, min(start + 25, KEYS))
+                    ]
+                }
+            )
+        load = podyn(ddb.endpoint_url, url, "-s", "-d")
+        assert load.wait() == 0, "load failed"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                f"""CREATE TABLE bench_lag (written_at double precision, received_at double precision);
+                    CREATE FUNCTION bench_lag() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN
+                      IF NEW.written_at > 0 THEN
+                        INSERT INTO bench_lag VALUES (NEW.written_at, extract(epoch FROM clock_timestamp()));
+                      END IF;
+                      RETURN NEW;
+                    END $$;
+                    CREATE TRIGGER bench_lag AFTER INSERT OR UPDATE ON {TABLE}
+                    FOR EACH ROW EXECUTE FUNCTION bench_lag();"""
+            )
+        rng = random.Random(1)
+
+        # 1. Drain a backlog: records already in the stream when podyn starts.
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda i: client.update_item(
+                        TableName=TABLE,
+                        Key={"pk": {"S": f"k{i % KEYS}"}},
+                        UpdateExpression="ADD n :one",
+                        ExpressionAttributeValues={":one": {"N": "1"}},
+                    ),
+                    range(args.backlog),
+                )
+            )
+        written = args.backlog
+        before = applied(url)
+        service = podyn(ddb.endpoint_url, url, "-c", log=logs / "backlog.log")
+        samples: list[tuple[float, int]] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = applied(url) - before
+            samples.append((time.monotonic(), done))
+            if done >= written:
+                break
+            time.sleep(0.05)
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+        first = next(t for t, n in samples if n > 0)
+        last = samples[-1][0]
+        total = samples[-1][1]
+        print(
+            f"backlog: {total} records applied in {last - first:.2f} s = {total / max(last - first, 1e-9):,.0f}"
+            " changes/s (target >= 5,000)",
+            flush=True,
+        )
+
+        # 2. Lag at fixed rates.
+        for rate_text in args.rates.split(","):
+            rate = None if rate_text == "max" else float(rate_text)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("TRUNCATE bench_lag")
+            service = podyn(ddb.endpoint_url, url, "-c", log=logs / f"rate-{rate_text}.log")
+            time.sleep(3)  # let it start and go live
+            started = time.monotonic()
+            count = write_at_rate(client, rate, args.seconds, rng)
+            elapsed = time.monotonic() - started
+            time.sleep(5)  # let the tail arrive
+            service.send_signal(signal.SIGTERM)
+            service.wait(30)
+            with psycopg.connect(url) as conn:
+                lags = sorted(r[0] for r in conn.execute("SELECT received_at - written_at FROM bench_lag"))
+            if not lags:
+                print(f"rate {rate_text}: no lag samples", flush=True)
+                continue
+            p50 = statistics.median(lags)
+            p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+            print(
+                f"rate {rate_text}: {count / elapsed:,.0f} writes/s for {elapsed:.0f} s, {len(lags)} rows received,"
+                f" lag p50 {p50:.3f} s p99 {p99:.3f} s max {lags[-1]:.3f} s (target p99 < 2 s at 1,000 writes/s)",
+                flush=True,
+            )
+        client.delete_table(TableName=TABLE)
+
+
+if __name__ == "__main__":
+    main()
