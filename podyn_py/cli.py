@@ -129,6 +129,13 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
     " that outlasts them is waited out, never fatal.",
 )
 @click.option(
+    "--fast-path/--no-fast-path",
+    default=True,
+    show_default=True,
+    help="Scan and read streams with signed HTTP parsed by orjson (2-4x less CPU); --no-fast-path uses boto3's"
+    " parser (e.g. behind an HTTP proxy or with a custom CA bundle).",
+)
+@click.option(
     "--verify", is_flag=True, help="Compare every DynamoDB item with its PostgreSQL row; exit 4 on differences."
 )
 @click.option(
@@ -185,6 +192,7 @@ def main(
     region: str | None,
     profile: str | None,
     max_attempts: int,
+    fast_path: bool,
     verify: bool,
     verify_sample: float,
     verify_max_differences: int,
@@ -231,7 +239,13 @@ def main(
             pg_schema=pg_schema,
             reload=reload,
             progress=sys.stderr.isatty() if progress is None else progress,
-            aws=AwsSettings(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=max_attempts),
+            aws=AwsSettings(
+                endpoint_url=endpoint_url,
+                region=region,
+                profile=profile,
+                max_attempts=max_attempts,
+                fast_path=fast_path,
+            ),
         )
         if metrics_port is not None:
             serve_metrics(metrics_port, metrics_address)

@@ -56,6 +56,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     if config.changes and config.dry_run:
         raise ConfigError("--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream")
     client = dynamodb.make_client(config.aws, pool_size=config.connections)
+    data = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
     names = list(config.tables) or dynamodb.list_tables(client)
     if not names:
         log.warning("no DynamoDB tables found")
@@ -67,7 +68,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             summary.interrupted = True
             break
         try:
-            ready.append(_prepare_and_load(config, client, target, name, summary, stop))
+            ready.append(_prepare_and_load(config, client, data, target, name, summary, stop))
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
@@ -80,7 +81,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
         for name in summary.held_elsewhere:  # the service stands by for these instead
             ready.append(_describe(config, client, target, name))
         summary.held_elsewhere.clear()
-        _replicate_changes(config, client, target, ready, summary, stop)
+        _replicate_changes(config, data, target, ready, summary, stop)
     return summary
 
 
@@ -95,6 +96,7 @@ def _describe(
 def _prepare_and_load(
     config: Config,
     client: Any,
+    data: Any,
     target: PostgresTarget | DryRunTarget,
     name: str,
     summary: RunSummary,
@@ -112,7 +114,7 @@ def _prepare_and_load(
                 reload=config.reload,
                 progress_bar=config.progress,
             )
-            summary.loaded.append(load_table(description, schema, target, client, options, stop=stop))
+            summary.loaded.append(load_table(description, schema, target, data, options, stop=stop))
     return description
 
 
@@ -124,7 +126,7 @@ def _replicate_changes(
     summary: RunSummary,
     stop: threading.Event,
 ) -> None:
-    streams_client = dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=len(descriptions))
+    streams_client = dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True)
     threads = [
         threading.Thread(
             target=_follow_table,

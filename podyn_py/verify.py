@@ -119,7 +119,7 @@ def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | No
     if config.postgres is None:
         raise ConfigError("--verify needs a PostgreSQL URL (-u)")
     stop = stop or threading.Event()
-    client = dynamodb.make_client(config.aws, pool_size=config.connections)
+    client = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
     names = list(config.tables) or _replicated_tables(config.postgres, config.pg_schema)
     reports = []
     for name in names:

@@ -143,13 +143,14 @@ LIMIT_NUMBERS = [
 ]
 
 
-def test_every_type_and_limit_numbers(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
+@pytest.mark.parametrize("path", ["--fast-path", "--no-fast-path"])
+def test_every_type_and_limit_numbers(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, path: str) -> None:
     numbers = [
         {"pk": {"S": f"num-{i}"}, "value": {"N": n}, "nested": {"M": {"v": {"N": n}}}}
         for i, n in enumerate(LIMIT_NUMBERS)
     ]
     table = create_table(items=[EVERY_TYPE, *numbers])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, path))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         types = dict(

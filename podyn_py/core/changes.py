@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from podyn_py.core.values import key_text, split_value, to_column_value
+from podyn_py.core.values import decode_binary, key_text, split_value, to_column_value
 from podyn_py.errors import DataError
 
 Item = dict[str, Any]
@@ -106,7 +106,8 @@ def key_identity(key: Mapping[str, Any]) -> KeyIdentity:
     parts = []
     for name in sorted(key):
         tag, raw = split_value(key[name])
-        parts.append((tag, bytes(raw) if isinstance(raw, bytes | bytearray) else raw))
+        # Binary arrives as bytes from boto3 and as base64 text from the fast path: the same key either way.
+        parts.append((tag, decode_binary(raw) if tag == "B" else raw))
     return tuple(parts)
 
 

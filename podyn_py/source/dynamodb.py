@@ -22,6 +22,7 @@ from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, TableSpec
 from podyn_py.core.values import split_value
 from podyn_py.errors import ConfigError, SourceError, TransientSourceError
+from podyn_py.source.fastpath import RawJsonClient
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,21 @@ class AwsSettings:
     region: str | None = None
     profile: str | None = None
     max_attempts: int = 10
+    #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
+    fast_path: bool = True
     #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
 
 
-def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10) -> Any:
-    """A boto3 client with botocore's standard retry mode; credentials from the standard AWS chain."""
+def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10, data: bool = False) -> Any:
+    """A boto3 client with botocore's standard retry mode; credentials from the standard AWS chain.
+
+    With ``data``, the client for the calls that move items and records (Scan, BatchGetItem, the stream calls):
+    the fast path built on the boto3 client (same endpoint, credentials and retries) unless ``settings`` turn it
+    off. Both answer the same methods; the fast path gives binary values as base64 text and timestamps as epoch
+    seconds, which the core accepts.
+    """
     session = boto3.session.Session(
         profile_name=settings.profile,
         region_name=settings.region,
@@ -67,6 +76,11 @@ def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: 
     client: Any = session.client(  # type: ignore[call-overload]
         service, endpoint_url=settings.endpoint_url, region_name=region, config=config
     )
+    if data and settings.fast_path:
+        # botocore's max_attempts counts retries after the first attempt; the fast path counts every attempt.
+        return RawJsonClient(
+            client, credentials=session.get_credentials(), pool_size=pool_size, max_attempts=settings.max_attempts + 1
+        )
     return client
 
 
