@@ -101,7 +101,45 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-class LocalPostgres:
+class _LocalService:
+    """What both local services share: a temp dir, and ``with`` that starts, then stops and cleans up."""
+
+    _tmp: Path | None
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        if self._proc is not None:  # already started by hand
+            return self
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails.
+            self.stop()
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self.cleanup()
+
+
+class LocalPostgres(_LocalService):
     """A throwaway PostgreSQL server: trust authentication, user ``postgres``, no fsync (for speed)."""
 
     def __init__(self, *, bin_dir: Path | None = None, start_timeout: float = 30.0) -> None:
@@ -266,29 +304,6 @@ class LocalPostgres:
         self._launch()
         return self
 
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        if self._proc is None:
-            try:
-                self.start()
-            except BaseException:
-                # __exit__ does not run when __enter__ fails.
-                self.cleanup()
-                raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self.stop()
-        finally:
-            self.cleanup()
-
 
 def find_dynamodb_local() -> Path:
     """Return the directory holding ``DynamoDBLocal.jar`` and ``DynamoDBLocal_lib``."""
@@ -328,7 +343,7 @@ def local_client(
     )
 
 
-class LocalDynamoDB:
+class LocalDynamoDB(_LocalService):
     """DynamoDB Local in memory (``-inMemory -sharedDb``), so every client sees the same tables."""
 
     def __init__(self, *, jar_dir: Path | None = None, start_timeout: float = 60.0) -> None:
@@ -418,27 +433,3 @@ class LocalDynamoDB:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        if self._proc is None:
-            try:
-                self.start()
-            except BaseException:
-                # __exit__ does not run when __enter__ fails.
-                self.stop()
-                self.cleanup()
-                raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self.stop()
-        finally:
-            self.cleanup()

@@ -61,6 +61,14 @@ def distribute_table(schema: TableSchema) -> sql.Composed:
     )
 
 
+def copy_rows(schema: TableSchema) -> sql.Composed:
+    """Binary COPY into every column of the schema, in column order (as rows are built)."""
+    spec = schema.spec
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        qualified(spec.schema, spec.table), sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names)
+    )
+
+
 def create_statements(schema: TableSchema, *, citus: bool) -> list[sql.Composed]:
     """Everything ``--schema`` runs for one table, in order: distribution comes before any data."""
     statements = [create_schema(schema.spec.schema), create_table(schema)]

@@ -78,11 +78,7 @@ class DryRunTarget:
         with self._lock:
             self._rows[spec.source] = self._rows.get(spec.source, 0) + len(rows)
         if rows:
-            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                ddl.qualified(spec.schema, spec.table),
-                sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
-            )
-            self._print(statement, f"{len(rows)} rows, segment {segment}")
+            self._print(ddl.copy_rows(schema), f"{len(rows)} rows, segment {segment}")
         for item in rejected:
             with self._lock:
                 self.out.write(f"-- would reject item {item.key}: {item.error}\n")

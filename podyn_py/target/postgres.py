@@ -414,12 +414,7 @@ class _AlreadyApplied(Exception):
 
 
 def copy_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
-    spec = schema.spec
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        ddl.qualified(spec.schema, spec.table),
-        sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
-    )
-    with conn.cursor() as cur, cur.copy(statement) as copy:
+    with conn.cursor() as cur, cur.copy(ddl.copy_rows(schema)) as copy:
         copy.set_types([c.type.value for c in schema.columns])
         for row in rows:
             copy.write_row(row)
