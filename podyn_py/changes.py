@@ -38,10 +38,10 @@ from podyn_py.core.changes import (
 )
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.values import split_value, to_column_value
-from podyn_py.errors import ConfigError, DataError, PodynError, StreamGapError
+from podyn_py.errors import ConfigError, DataError, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
-from podyn_py.target.postgres import PostgresTarget
+from podyn_py.target.postgres import PostgresTarget, TableHold
 from podyn_py.target.state import TableState
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,13 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
-    def next(self) -> tuple[list[ShardBatch], bool]:
-        """The next batches (possibly none, after waiting about ``max_wait``) and whether the stream ended."""
+    def next(self) -> tuple[list[ShardBatch], bool] | None:
+        """The next batches (possibly none: the stream had nothing new) and whether the stream ended; None when
+        the reader has not answered within about ``max_wait`` (a slow or throttled call is still under way)."""
         try:
             batches, ended, error = self._queue.get(timeout=self.max_wait + 1.0)
         except queue.Empty:
-            return [], False
+            return None
         if error is not None:
             raise error
         return batches, ended
@@ -137,6 +138,7 @@ class TableReplicator:
         stop: threading.Event,
         options: ChangeOptions | None = None,
         reader_factory: ReaderFactory = _default_reader,
+        hold: TableHold | None = None,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
@@ -147,6 +149,9 @@ class TableReplicator:
         self.stop = stop
         self.options = options or ChangeOptions()
         self.reader_factory = reader_factory
+        #: The table's advisory lock; checked now and then, since a lost connection loses it.
+        self.hold = hold
+        self._hold_checked = time.monotonic()
         self.positions: dict[str, ShardPosition] = {}
         self._key_tags = tuple(k.tag for k in self.spec.primary_key)
         self.replay_from: datetime | None = None
@@ -173,7 +178,11 @@ class TableReplicator:
                         )
                     if conn is None:
                         conn = self.target.connect()
-                    batches, ended = reader.next()
+                    self._check_hold(force=False)
+                    answer = reader.next()
+                    if answer is None:  # no answer from the stream yet (slow or throttled): not idle
+                        continue
+                    batches, ended = answer
                     if batches:
                         self._apply(conn, stream_arn, batches)
                     elif ended:
@@ -186,7 +195,7 @@ class TableReplicator:
                         self._idle()
                     delay = 0.5
                 except PodynError as exc:
-                    if not exc.transient:
+                    if not exc.transient or isinstance(exc, TableHeldElsewhere):
                         raise
                     metrics.ERRORS.labels(self.spec.source).inc()
                     if isinstance(exc, _CheckpointMoved):
@@ -201,12 +210,21 @@ class TableReplicator:
                     if conn is not None:
                         conn.close()
                         conn = None
+                    self._hold_checked = 0.0  # check the lock's connection before the next batch
         finally:
             if reader is not None:
                 reader.close()
             if conn is not None:
                 conn.close()
         log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+
+    def _check_hold(self, *, force: bool) -> None:
+        if self.hold is None:
+            return
+        now = time.monotonic()
+        if force or now - self._hold_checked >= 10.0:
+            self.hold.ensure()
+            self._hold_checked = now
 
     def _start(self) -> str:
         """Check that replication can start without a gap; return the stream ARN; mark the table catching up."""

@@ -82,8 +82,17 @@ class LoadResult:
 class _TableLoad:
     """State shared by a table's segment workers: the growing schema, the capacity budget, progress."""
 
-    def __init__(self, schema: TableSchema, target: LoadTarget, options: LoadOptions, progress: LoadProgress):
+    def __init__(
+        self,
+        schema: TableSchema,
+        target: LoadTarget,
+        options: LoadOptions,
+        progress: LoadProgress,
+        stop: threading.Event,
+    ):
         self.rows = RowConverter(schema, target)
+        #: Set when the run is asked to stop.
+        self.stop = stop
         self.options = options
         self.progress = progress
         self.target = target
@@ -129,8 +138,8 @@ def load_table(
     progress = LoadProgress(
         spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
     )
-    load = _TableLoad(schema, target, options, progress)
     requested = stop or threading.Event()
+    load = _TableLoad(schema, target, options, progress, requested)
     stopping = _Either(requested)
     try:
         workers = max(1, min(options.connections, len(remaining)))
@@ -248,5 +257,8 @@ def _write_with_reconnect(
             if conn is not None:
                 conn.close()
             conn = None
-            time.sleep(delay)
+            if load.stop.wait(delay):
+                raise Interrupted(
+                    "stopped on request while PostgreSQL was unreachable", table=schema.spec.source
+                ) from exc
             delay = min(delay * 2, 30.0)

@@ -39,10 +39,10 @@ class RunSummary:
         return not self.failed and not self.held_elsewhere
 
 
-def make_target(config: Config, out: TextIO) -> PostgresTarget | DryRunTarget:
+def make_target(config: Config, out: TextIO, stop: threading.Event | None = None) -> PostgresTarget | DryRunTarget:
     if config.postgres is None:
         return DryRunTarget(out, citus=config.citus)
-    return PostgresTarget(config.postgres)
+    return PostgresTarget(config.postgres, stop=stop)
 
 
 def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Event | None = None) -> RunSummary:
@@ -60,7 +60,9 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     names = list(config.tables) or dynamodb.list_tables(client)
     if not names:
         log.warning("no DynamoDB tables found")
-    target = make_target(config, out)
+    target = make_target(config, out, stop)
+    if isinstance(target, PostgresTarget):
+        target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
     summary = RunSummary()
     ready: list[dynamodb.TableDescription] = []
     for name in names:
@@ -160,11 +162,14 @@ def _follow_table(
     delay = 1.0
     while not stop.is_set():
         try:
-            with target.hold(description.spec):
+            with target.hold(description.spec) as hold:
                 if standing_by:
                     log.info("table %s: the other process let go; taking over", name)
+                    standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False)
-                TableReplicator(description, schema, target, client, streams_client, stop).run()
+                TableReplicator(description, schema, target, client, streams_client, stop, hold=hold).run()
+            return
+        except Interrupted:
             return
         except TableHeldElsewhere:
             if not standing_by:

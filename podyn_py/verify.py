@@ -217,7 +217,8 @@ class _View:
         if not keys:
             return {}
         positions = [self.schema.columns.index(c) for c in self.schema.primary_key_columns]
-        rows = conn.execute(self.select, [list(values) for values in zip(*keys, strict=True)]).fetchall()
+        with psycopg.RawCursor(conn) as cur:  # $n placeholders: see postgres.positional
+            rows = cur.execute(self.select, [list(values) for values in zip(*keys, strict=True)]).fetchall()
         return {tuple(row[p] for p in positions): row for row in rows}
 
 
@@ -237,7 +238,10 @@ def _read_view(conn: psycopg.Connection[Any], spec: TableSpec) -> _View:
             for c in schema.columns
         ),
         ddl.qualified(spec.schema, spec.table),
-        sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(c.type.value)) for c in keys),
+        sql.SQL(", ").join(
+            sql.SQL("{}::{}[]").format(p, sql.SQL(c.type.value))
+            for c, p in zip(keys, postgres.positional(len(keys)), strict=True)
+        ),
         sql.SQL(", ").join(names),
         sql.SQL(" AND ").join(
             sql.SQL("t.{} = k.{}").format(sql.Identifier(c.name), n) for c, n in zip(keys, names, strict=True)

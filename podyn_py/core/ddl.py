@@ -69,9 +69,13 @@ def copy_rows(schema: TableSchema) -> sql.Composed:
     )
 
 
-def create_statements(schema: TableSchema, *, citus: bool) -> list[sql.Composed]:
-    """Everything ``--schema`` runs for one table, in order: distribution comes before any data."""
-    statements = [create_schema(schema.spec.schema), create_table(schema)]
+def create_statements(schema: TableSchema, *, citus: bool, create_schema_too: bool = True) -> list[sql.Composed]:
+    """Everything ``--schema`` runs for one table, in order: distribution comes before any data.
+
+    Leave out CREATE SCHEMA for a schema that exists: even with IF NOT EXISTS it needs CREATE on the database.
+    """
+    statements = [create_schema(schema.spec.schema)] if create_schema_too else []
+    statements.append(create_table(schema))
     if citus:
         statements.append(distribute_table(schema))
     statements.extend(create_index(schema, index) for index in schema.spec.indexes)

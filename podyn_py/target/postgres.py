@@ -10,7 +10,9 @@ serialises each value once, with exact numbers, and nothing here serialises it a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +28,7 @@ from podyn_py.core.schema import Column, ConversionMode, TableSchema, TableSpec,
 from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
+    Interrupted,
     PodynError,
     SchemaError,
     TableHeldElsewhere,
@@ -117,8 +120,17 @@ def citus_available(conn: psycopg.Connection[Any]) -> bool:
 class PostgresTarget:
     """Writes to one PostgreSQL database. Thread-safe: each caller uses its own connection from :meth:`connect`."""
 
-    def __init__(self, conninfo: str, *, retry_seconds: float = 600.0, lock_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        retry_seconds: float = 600.0,
+        lock_timeout_ms: int = 10_000,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.conninfo = conninfo
+        #: Set on SIGTERM/SIGINT: waits between retries end at once, with Interrupted.
+        self.stop = stop or threading.Event()
         #: How long transient failures (PostgreSQL restarting, a lock held elsewhere) are retried before giving up.
         self.retry_seconds = retry_seconds
         #: DDL waits this long for a table lock held by another session, then backs off and tries again, so that a
@@ -129,21 +141,14 @@ class PostgresTarget:
         return connect(self.conninfo, autocommit=autocommit)
 
     @contextmanager
-    def hold(self, spec: TableSpec) -> Iterator[None]:
+    def hold(self, spec: TableSpec) -> Iterator[TableHold]:
         """Hold the table for this process (a session advisory lock); TableHeldElsewhere if another holds it."""
-        conn = self.connect(autocommit=True)
+        hold = TableHold(self, spec)
         try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (REPLICATION_LOCK, table_lock_id(spec))
-            ).fetchone()
-            if not (row and row[0]):
-                raise TableHeldElsewhere(
-                    "another podyn process is loading or replicating this table; leaving it to that process",
-                    table=spec.source,
-                )
-            yield
+            hold.ensure()
+            yield hold
         finally:
-            conn.close()
+            hold.release()
 
     def stored_choices(self, schema: str, table: str) -> tuple[ConversionMode, bool] | None:
         """The conversion mode and lowercasing a table was created with, if podyn knows it."""
@@ -179,8 +184,14 @@ class PostgresTarget:
             if not error.transient or time.monotonic() + delay > deadline:
                 raise error
             log.warning("%s%s; retrying in %.1f s", f"table {table}: " if table else "", error.message, delay)
-            time.sleep(delay)
+            if self.stop.wait(delay):
+                raise Interrupted(f"stopped on request while {what}", table=table) from error
             delay = min(delay * 2, 30.0)
+
+    def check_connection(self) -> None:
+        """Connect once, without retrying: a wrong address, database or password is an error before any table."""
+        with self.connect() as conn:
+            conn.execute("SELECT 1")
 
     # -- tables ---------------------------------------------------------------------------------------------------
 
@@ -206,7 +217,10 @@ class PostgresTarget:
         elif existing is None:
             if citus and not citus_available(conn):
                 raise ConfigError("--citus: create_distributed_table() is not available (CREATE EXTENSION citus)")
-            for statement in ddl.create_statements(schema, citus=citus):
+            exists = conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (spec.schema,)
+            ).fetchone()
+            for statement in ddl.create_statements(schema, citus=citus, create_schema_too=not (exists and exists[0])):
                 conn.execute(statement)
             log.info("table %s: created %s.%s", spec.source, spec.schema, spec.table)
         else:
@@ -409,6 +423,47 @@ def _now(conn: psycopg.Connection[Any]) -> Any:
     return row[0] if row else None
 
 
+class TableHold:
+    """A session advisory lock that marks a table as this process's. The lock lives as long as its connection:
+    :meth:`ensure` notices a lost connection (PostgreSQL restarted, the backend terminated) and takes the lock
+    again, or raises TableHeldElsewhere if another process took it meanwhile."""
+
+    def __init__(self, target: PostgresTarget, spec: TableSpec) -> None:
+        self.target = target
+        self.spec = spec
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def ensure(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                log.warning("table %s: lost the connection holding the table's lock; taking it again", self.spec.source)
+                self.release()
+        conn = self.target.connect(autocommit=True)
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (REPLICATION_LOCK, table_lock_id(self.spec))
+            ).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise classify(exc, "taking the table's lock", table=self.spec.source) from exc
+        if not (row and row[0]):
+            conn.close()
+            raise TableHeldElsewhere(
+                "another podyn process is loading or replicating this table; leaving it to that process",
+                table=self.spec.source,
+            )
+        self._conn = conn
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
 class _AlreadyApplied(Exception):
     """Rolls back a transaction whose position had already moved on."""
 
@@ -435,24 +490,35 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
     statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
         ddl.qualified(spec.schema, spec.table),
         sql.SQL(", ").join(sql.Identifier(n) for n in schema.column_names),
-        sql.SQL(", ").join(sql.Placeholder() * len(schema.columns)),
+        sql.SQL(", ").join(positional(len(schema.columns))),
         sql.SQL(", ").join(sql.Identifier(k) for k in keys),
         action,
     )
     jsonb = [i for i, c in enumerate(schema.columns) if c.type is PgType.JSONB]
-    with conn.cursor() as cur:
+    with psycopg.RawCursor(conn) as cur:
         cur.executemany(statement, [_wrap_jsonb(row, jsonb) for row in rows])
 
 
 def delete_rows(conn: psycopg.Connection[Any], schema: TableSchema, keys: Sequence[Sequence[Any]]) -> None:
     """Delete rows by primary key values (in primary key column order)."""
     spec = schema.spec
+    key_columns = schema.primary_key_columns
     condition = sql.SQL(" AND ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in schema.primary_key_columns
+        sql.SQL("{} = {}").format(sql.Identifier(c.name), p)
+        for c, p in zip(key_columns, positional(len(key_columns)), strict=True)
     )
     statement = sql.SQL("DELETE FROM {} WHERE {}").format(ddl.qualified(spec.schema, spec.table), condition)
-    with conn.cursor() as cur:
+    with psycopg.RawCursor(conn) as cur:
         cur.executemany(statement, keys)
+
+
+def positional(count: int) -> list[sql.SQL]:
+    """``$1, $2, ...``: PostgreSQL's own placeholders, for statements run on a RawCursor.
+
+    Statements that name user tables and columns run on a RawCursor: psycopg's ``%s`` placeholders would make any
+    ``%`` inside a quoted identifier (an attribute named ``50%``) part of the placeholder syntax.
+    """
+    return [sql.SQL(f"${i}") for i in range(1, count + 1)]
 
 
 def _wrap_jsonb(row: Sequence[Any], positions: list[int]) -> Sequence[Any]:

@@ -37,7 +37,6 @@ METADATA_SCHEMA = "podyn"
 _METADATA_LOCK = 0x706F64796E  # "podyn"
 
 _METADATA_DDL = """
-CREATE SCHEMA IF NOT EXISTS podyn;
 CREATE TABLE IF NOT EXISTS podyn.tables (
     target_schema text NOT NULL,
     target_table text NOT NULL,
@@ -108,6 +107,9 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
 """
 
 
+METADATA_TABLES = ("podyn.tables", "podyn.columns", "podyn.segments", "podyn.shards", "podyn.rejected")
+
+
 class TableState(StrEnum):
     CREATED = "created"
     LOADING = "loading"
@@ -143,7 +145,18 @@ class SegmentRecord:
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
+    """Create the metadata schema and tables unless they are all there.
+
+    Checking first means a role that owns a pre-created ``podyn`` schema needs no CREATE on the database:
+    PostgreSQL checks that privilege even for CREATE SCHEMA IF NOT EXISTS on an existing schema.
+    """
+    row = conn.execute("SELECT count(to_regclass(t)) FROM unnest(%s::text[]) AS t", (list(METADATA_TABLES),)).fetchone()
+    if row and row[0] == len(METADATA_TABLES):
+        return
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_METADATA_LOCK,))
+    schema = conn.execute("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'podyn')").fetchone()
+    if not (schema and schema[0]):
+        conn.execute("CREATE SCHEMA podyn")
     conn.execute(_METADATA_DDL)
 
 
