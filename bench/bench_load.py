@@ -4,14 +4,19 @@
 Run from the repository root, never as a test:
 
     .venv/bin/python bench/bench_load.py --items 100000
-    .venv/bin/python bench/bench_load.py --items 1000000 --json bench/results-1m.json
-    .venv/bin/python bench/bench_load.py --items 100000 --profile   # also profile podyn with py-spy
+    .venv/bin/python bench/bench_load.py --items 100000 --repeat 3 --explore --profile   # py-spy: pip install py-spy
+    .venv/bin/python bench/bench_load.py --items 1000000 --json /tmp/1m.json
+    .venv/bin/python bench/bench_load.py --items 100000 --variant 'n4:-n 4' --variant 'arenas2:MALLOC_ARENA_MAX=2'
+
+Output: RUN lines (one per measurement), FIGURE lines (each figure's best run), TARGET lines (ratios against the
+project's targets), and PROFILE lines; bench/RESULTS.md explains them and holds the measured results.
 
 It starts its own DynamoDB Local and PostgreSQL (``podyn_py.local``), fills a table of N items of about 300 bytes
 with BatchWriteItem from several threads (no stream), then measures in the same run:
 
-  source ceiling   the parallel scan podyn does (same segments and threads, boto3 client), items thrown away;
-                   run before and after the others, to show drift from other load on the machine
+  source ceiling   the parallel scan podyn does (same segments and threads, boto3 client), items thrown away
+  source orjson    the same scan with each response body parsed by orjson instead of botocore's model-driven
+                   parser: the ceiling for podyn's fast path (signed HTTP + orjson, its default since 37b6d32)
   naive            a single-threaded hand-written migration: Scan pages → TypeDeserializer → psycopg executemany
                    INSERT, a commit per page (on a sample of the table when N is large, extrapolated)
   postgres ceiling server-side ``COPY ... FROM '/tmp/file'`` of the same rows into a table with the same columns
@@ -30,9 +35,11 @@ import contextlib
 import datetime
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -40,8 +47,9 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -325,27 +333,79 @@ def fill_source_table(client: Any, items: int, threads: int) -> None:
             future.result()
 
 
-def scan_ceiling(client: Any, segments: int) -> int:
-    """The parallel scan podyn does, one thread per segment, items counted and thrown away."""
+def scan_ceiling(client: Any, segments: int, *, first: int = 0, total: int | None = None, stop_after: int = 0) -> int:
+    """The parallel scan podyn does, one thread per segment, items counted and thrown away.
+
+    Scans segments ``first``, ``first + 1``, ... of ``total`` (default: all of ``segments``); with ``stop_after``,
+    each segment stops after that many items (a warm-up).
+    """
+    total = total or segments
 
     def scan_segment(segment: int) -> int:
         count = 0
         request: dict[str, Any] = {
             "TableName": TABLE,
             "Segment": segment,
-            "TotalSegments": segments,
+            "TotalSegments": total,
             "ReturnConsumedCapacity": "TOTAL",
         }
         while True:
             response = client.scan(**request)
             count += len(response.get("Items", []))
             last = response.get("LastEvaluatedKey")
-            if not last:
+            if not last or (stop_after and count >= stop_after):
                 return count
             request["ExclusiveStartKey"] = last
 
     with concurrent.futures.ThreadPoolExecutor(segments) as pool:
-        return sum(pool.map(scan_segment, range(segments)))
+        return sum(pool.map(scan_segment, range(first, first + segments)))
+
+
+def parse_scan_with_orjson(client: Any) -> None:
+    """Make ``client`` parse Scan responses with orjson instead of botocore's model-driven parser.
+
+    botocore emits ``before-parse`` with the raw body; the handler parses it and leaves botocore an empty object to
+    parse. Error responses are left alone. Binary values stay base64 text (podyn's values module accepts both).
+    """
+
+    def handler(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+        if response_dict["status_code"] < 300:
+            customized_response_dict.update(orjson.loads(response_dict["body"]))
+            response_dict["body"] = b"{}"
+
+    client.meta.events.register("before-parse.dynamodb.Scan", handler)
+
+
+def page_memory(endpoint: str) -> str:
+    """Python memory a single full (1 MB) Scan page takes while parsed, and once parsed: botocore vs orjson."""
+    parts = []
+    for label in ("botocore", "orjson"):
+        client = boto_client(endpoint)
+        if label == "orjson":
+            parse_scan_with_orjson(client)
+        client.scan(TableName=TABLE, Limit=1)  # load the service model and build the parser first
+        tracemalloc.start()
+        response = client.scan(TableName=TABLE)
+        kept, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        items = len(response["Items"])
+        parts.append(f"{label}: {items} items, peak {peak / MB:.0f} MB while parsing, {kept / MB:.0f} MB kept")
+        client.close()
+        del response
+    return "; ".join(parts)
+
+
+def _scan_in_child(endpoint: str, first: int, segments: int, total: int) -> int:
+    return scan_ceiling(boto_client(endpoint, pool=segments), segments, first=first, total=total)
+
+
+def scan_in_processes(endpoint: str, segments: int, processes: int) -> int:
+    """The same parallel scan split over processes (segments / processes threads each), to use more than one core."""
+    per = segments // processes
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = [pool.submit(_scan_in_child, endpoint, p * per, per, segments) for p in range(processes)]
+        return sum(f.result() for f in futures)
 
 
 def _naive_json_default(value: Any) -> Any:
@@ -420,9 +480,14 @@ def count_rows(pg_url: str, table: str) -> int:
 # -- podyn as a subprocess ----------------------------------------------------------------------------------------
 
 
+def podyn_options(segments: int, extra: list[str]) -> list[str]:
+    connections = [] if {"-n", "--num-connections"} & set(extra) else ["-n", str(segments)]
+    return ["-s", "-d", "-t", TABLE, "--no-progress", "--scan-rate", "0", *connections, *extra]
+
+
 def podyn_argv(endpoint: str, pg_url: str, segments: int, extra: list[str]) -> list[str]:
-    argv = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", pg_url, "-s", "-d", "-t", TABLE]
-    return argv + ["--no-progress", "--scan-rate", "0", "-n", str(segments), *extra]
+    argv = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", pg_url]
+    return argv + podyn_options(segments, extra)
 
 
 def podyn_env() -> dict[str, str]:
@@ -435,36 +500,51 @@ def podyn_env() -> dict[str, str]:
     return env
 
 
-def run_child(argv: list[str], log_path: Path, *, timeout: float) -> tuple[int, float, int, float]:
-    """Run a child to completion: (exit code, wall seconds, peak RSS in bytes, CPU seconds).
+@dataclass
+class ChildRun:
+    code: int
+    seconds: float
+    peak_rss: int  # bytes
+    cpu: float  # user + system seconds
+    rss: list[tuple[float, int]]  # (seconds since start, VmRSS bytes), sampled
 
-    Peak RSS is the kernel's high-water mark (VmHWM, sampled while it runs) and ru_maxrss from wait4(), which sees
-    exactly this child; the larger is kept. Killed (with its process group) if it outlives ``timeout``.
+
+def run_child(argv: list[str], log_path: Path, *, timeout: float, env: dict[str, str] | None = None) -> ChildRun:
+    """Run a child to completion, sampling its memory every 20 ms.
+
+    Peak RSS is the kernel's high-water mark of the child's own address space (VmHWM), read until it exits; it only
+    grows, so a sample can only miss the last 20 ms. Not ru_maxrss: Linux folds the forked, pre-exec copy of THIS
+    process's address space into the child's ru_maxrss, so a child smaller than this script would report this
+    script's size. Killed (with its process group) if it outlives ``timeout``.
     """
     peak = 0
+    rss: list[tuple[float, int]] = []
     done = threading.Event()
     with log_path.open("wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            argv, cwd=REPO, env=podyn_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv, cwd=REPO, env=env or podyn_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
         def sample() -> None:
             nonlocal peak
             status = Path(f"/proc/{proc.pid}/status")
-            while not done.wait(0.1):
+            while not done.wait(0.02):
                 with contextlib.suppress(OSError):
-                    match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
-                    if match:
-                        peak = max(peak, int(match.group(1)) * 1024)
+                    text = status.read_text()
+                    hwm = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+                    now = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+                    if hwm and now:
+                        peak = max(peak, int(hwm.group(1)) * 1024)
+                        rss.append((time.perf_counter() - started, int(now.group(1)) * 1024))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         killer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         killer.start()
         try:
-            # wait4 instead of proc.wait(): it returns this child's own rusage (ru_maxrss, CPU times).
+            # wait4 instead of proc.wait(): it returns this child's own CPU times.
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
@@ -476,7 +556,19 @@ def run_child(argv: list[str], log_path: Path, *, timeout: float) -> tuple[int, 
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         seconds = time.perf_counter() - started
-    return proc.returncode, seconds, max(peak, usage.ru_maxrss * 1024), usage.ru_utime + usage.ru_stime
+    return ChildRun(proc.returncode, seconds, peak, usage.ru_utime + usage.ru_stime, rss)
+
+
+def rss_trend(samples: list[tuple[float, int]], points: int = 5) -> str:
+    """VmRSS at evenly spaced moments of the run, e.g. ``120 340 560 700 770`` (MB): growth or plateau."""
+    if not samples:
+        return "-"
+    end = samples[-1][0]
+    picked = []
+    for k in range(1, points + 1):
+        moment = end * k / points
+        picked.append(next(r for t, r in samples if t >= moment - 1e-9))
+    return " ".join(f"{r / MB:.0f}" for r in picked)
 
 
 def podyn_load_seconds(pg_url: str) -> float | None:
@@ -490,25 +582,55 @@ def podyn_load_seconds(pg_url: str) -> float | None:
 
 
 def run_podyn(
-    meter: CpuMeter, endpoint: str, pg_url: str, items: int, segments: int, extra: list[str], log_path: Path
+    meter: CpuMeter,
+    endpoint: str,
+    pg_url: str,
+    items: int,
+    segments: int,
+    extra: list[str],
+    log_path: Path,
+    *,
+    name: str = "podyn",
+    env: dict[str, str] | None = None,
 ) -> Figure:
-    figure = Figure("podyn", items, 0.0, extra={"argv": " ".join(["podyn", *podyn_argv("", "", segments, extra)[3:]])})
+    shown = " ".join([*(f"{k}={v}" for k, v in (env or {}).items()), "podyn", *podyn_options(segments, extra)])
+    figure = Figure(name, items, 0.0, extra={"argv": shown})
     with measured(meter, figure, client_cpu=False):
-        code, wall, rss, cpu = run_child(podyn_argv(endpoint, pg_url, segments, extra), log_path, timeout=6 * 3600)
-    if code != 0:
-        raise SystemExit(f"podyn exited with {code}; log:\n{log_path.read_text()[-4000:]}")
-    figure.seconds = wall
-    figure.cpu["client"] = cpu
-    figure.extra["peak_rss_mb"] = rss / MB
+        child = run_child(
+            podyn_argv(endpoint, pg_url, segments, extra), log_path, timeout=6 * 3600, env=podyn_env() | (env or {})
+        )
+    if child.code != 0:
+        raise SystemExit(f"podyn exited with {child.code}; log:\n{log_path.read_text()[-4000:]}")
+    figure.seconds = child.seconds
+    figure.cpu["client"] = child.cpu
+    figure.extra["peak_rss_mb"] = child.peak_rss / MB
+    figure.extra["rss_trend_mb"] = rss_trend(child.rss)
     figure.extra["rows"] = count_rows(pg_url, TABLE)
     figure.extra["load_seconds"] = podyn_load_seconds(pg_url)
+    figure.extra["commit"] = podyn_commit()  # the tree changes while the benchmark runs: record what ran
     return figure
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str], list[str]]:
+    """``label:ENV=value --arg value`` → (label, env, args): words with ``=`` before any option are environment."""
+    label, _, rest = text.partition(":")
+    env: dict[str, str] = {}
+    args: list[str] = []
+    for word in rest.split():
+        if not args and "=" in word and not word.startswith("-"):
+            key, _, value = word.partition("=")
+            env[key] = value
+        else:
+            args.append(word)
+    return label, env, args
 
 
 # -- profile ------------------------------------------------------------------------------------------------------
 
 
-def profile_podyn(endpoint: str, pg_url: str, segments: int, extra: list[str], workdir: Path, top: int) -> list[str]:
+def profile_podyn(
+    endpoint: str, pg_url: str, segments: int, extra: list[str], workdir: Path, top: int, keep: Path | None
+) -> list[str]:
     """Run podyn's load under py-spy (every thread, idle time excluded) and summarise the samples."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
@@ -516,13 +638,14 @@ def profile_podyn(endpoint: str, pg_url: str, segments: int, extra: list[str], w
     raw = workdir / "podyn.pyspy.txt"
     argv = [str(py_spy), "record", "--rate", "200", "--format", "raw", "--output", str(raw), "--"]
     argv += podyn_argv(endpoint, pg_url, segments, extra)
-    code, seconds, _, _ = run_child(argv, workdir / "pyspy.log", timeout=3600)
-    if code != 0 or not raw.exists():
-        return [f"py-spy failed ({code}): {(workdir / 'pyspy.log').read_text()[-2000:]}"]
+    child = run_child(argv, workdir / "pyspy.log", timeout=3600)
+    if child.code != 0 or not raw.exists():
+        return [f"py-spy failed ({child.code}): {(workdir / 'pyspy.log').read_text()[-2000:]}"]
     lines = summarise_stacks(raw.read_text(), top)
-    with contextlib.suppress(OSError):
-        shutil.copy(raw, REPO / "bench" / "podyn.pyspy.txt")
-    return [f"py-spy, {seconds:.1f} s under the profiler; raw samples kept in bench/podyn.pyspy.txt", *lines]
+    if keep is not None:
+        shutil.copy(raw, keep)
+    kept = f"; raw samples (collapsed stacks) in {keep}" if keep else ""
+    return [f"py-spy at 200 Hz, podyn took {child.seconds:.1f} s under the profiler{kept}", *lines]
 
 
 def _frame_name(frame: str) -> str:
@@ -581,9 +704,6 @@ def machine_context(pg_url: str) -> dict[str, Any]:
         row = conn.execute("SHOW server_version").fetchone()
     meminfo = Path("/proc/meminfo").read_text()
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%MZ"),
         "nproc": len(os.sched_getaffinity(0)),
@@ -597,8 +717,21 @@ def machine_context(pg_url: str) -> dict[str, Any]:
         "orjson": orjson.__version__,
         "postgres": row[0] if row else "?",
         "dynamodb_local": find_dynamodb_local().name,
-        "podyn_commit": commit or "?",
+        "podyn_commit": podyn_commit(),
     }
+
+
+def podyn_commit() -> str:
+    """The commit of podyn_py, marked when the working tree differs from it."""
+    # Read-only git calls (GIT_OPTIONAL_LOCKS=0: not even an index refresh); others may be editing the tree.
+    git_env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, env=git_env, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "diff", "--quiet", "HEAD", "--", "podyn_py"], cwd=REPO, env=git_env, capture_output=True, check=False
+    ).returncode
+    return (commit or "?") + ("+uncommitted-changes" if dirty else "")
 
 
 def _cpu_model() -> str:
@@ -620,17 +753,23 @@ def figure_line(figure: Figure, items: int, ctx: dict[str, Any]) -> str:
     cpu = " ".join(f"{who} {figure.cpu[who]:.1f}" for who in ("client", "dynamodb", "postgres") if who in figure.cpu)
     per_100k = sum(v for v in figure.cpu.values() if v == v) * 100_000 / figure.items if figure.items else 0.0
     text = (
-        f"FIGURE {figure.name:<20} {figure.rate:>9,.0f} items/s  {figure.items:>9,} items in {figure.seconds:7.1f} s"
+        f"{figure.name:<20} {figure.rate:>9,.0f} items/s  {figure.items:>9,} items in {figure.seconds:7.1f} s"
         f"  cpu-s {cpu} ({per_100k:.1f} cpu-s/100k items)  load {figure.load_avg:.1f}"
     )
-    if figure.name == "podyn":
+    if figure.name.startswith("podyn"):
         load = figure.extra.get("load_seconds")
-        text += f"  peak RSS {figure.extra['peak_rss_mb']:.0f} MB  rows {figure.extra['rows']:,}"
+        text += f"  peak RSS {figure.extra['peak_rss_mb']:.0f} MB (RSS over the run {figure.extra['rss_trend_mb']})"
+        text += f"  rows {figure.extra['rows']:,}"
         text += "" if figure.extra["rows"] == items else f" != {items:,} MISMATCH"
         if load:
             text += f"  (load alone {items / load:,.0f} items/s in {load:.1f} s)"
+        text += f"  podyn {figure.extra['commit']}"
     if "note" in figure.extra:
         text += f"  ({figure.extra['note']})"
+    if "runs" in figure.extra:
+        text += f"  (best of {figure.extra['runs']} runs: {figure.extra['rates']} items/s)"
+    if figure.name.startswith("podyn ["):
+        text += f"  ({figure.extra['argv']})"
     return f"{text}  {short_context(ctx)}"
 
 
@@ -641,14 +780,18 @@ def verdict(value: float, target: float, *, at_least: bool) -> str:
 
 def target_lines(figures: dict[str, Figure], items: int) -> list[str]:
     podyn = figures["podyn"]
-    source = max((f for k, f in figures.items() if k.startswith("source ceiling")), key=lambda f: f.rate)
-    ratio = podyn.rate / source.rate
-    load = podyn.extra.get("load_seconds")
-    alone = f"; load alone, without start-up and --schema: {items / load / source.rate:.2f}" if load else ""
-    lines = [
-        f"TARGET podyn / source ceiling = {ratio:.2f} (target >= {TARGET_VS_SOURCE}; best source ceiling run,"
-        f" {source.rate:,.0f} items/s{alone}): {verdict(ratio, TARGET_VS_SOURCE, at_least=True)}"
-    ]
+    lines = []
+    for name in ("source ceiling", "source orjson"):
+        if name not in figures:
+            continue
+        source = figures[name]
+        ratio = podyn.rate / source.rate
+        load = podyn.extra.get("load_seconds")
+        alone = f"; load alone, without start-up and --schema: {items / load / source.rate:.2f}" if load else ""
+        lines.append(
+            f"TARGET podyn / {name} = {ratio:.2f} (target >= {TARGET_VS_SOURCE}{alone}):"
+            f" {verdict(ratio, TARGET_VS_SOURCE, at_least=True)}"
+        )
     if "naive" in figures:
         ratio = podyn.rate / figures["naive"].rate
         lines.append(
@@ -656,9 +799,11 @@ def target_lines(figures: dict[str, Figure], items: int) -> list[str]:
             f" {verdict(ratio, TARGET_VS_NAIVE, at_least=True)}"
         )
     rss = podyn.extra["peak_rss_mb"]
-    scope = "" if items >= TARGET_RSS_AT_ITEMS else f"; the target is for {TARGET_RSS_AT_ITEMS:,} items"
+    scope = "highest of the runs" + (
+        "" if items >= TARGET_RSS_AT_ITEMS else f"; target for {TARGET_RSS_AT_ITEMS:,} items"
+    )
     lines.append(
-        f"TARGET podyn peak RSS = {rss:.0f} MB (target < {TARGET_RSS_MB} MB{scope}):"
+        f"TARGET podyn peak RSS = {rss:.0f} MB (target < {TARGET_RSS_MB} MB; {scope}):"
         f" {verdict(rss, TARGET_RSS_MB, at_least=False)}"
     )
     if "postgres ceiling" in figures:
@@ -680,9 +825,26 @@ def main() -> None:
         default=100_000,
         help="the naive script stops after this many items and its rate is extrapolated (default 100000)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the figures; each figure keeps its best round (default 1)"
+    )
     parser.add_argument("--skip", action="append", default=[], choices=["naive", "postgres", "source"])
+    parser.add_argument(
+        "--explore",
+        action="store_true",
+        help="also measure the botocore-parsed scan split over 2 processes, and the memory one Scan page takes",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:[ENV=V ...] [ARG ...]",
+        help="also run podyn with this environment and these extra arguments, into its own database (repeatable),"
+        " e.g. 'n4:-n 4' or 'arenas2:MALLOC_ARENA_MAX=2'",
+    )
     parser.add_argument("--profile", action="store_true", help="also run podyn under py-spy and print the top lines")
-    parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument("--profile-top", type=int, default=20, help="lines per profile table (default 20)")
+    parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw samples (collapsed stacks) in this file")
     parser.add_argument("--podyn-arg", action="append", default=[], help="extra argument for podyn (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures and context to this JSON file")
     args = parser.parse_args()
@@ -703,6 +865,7 @@ def say(text: str) -> None:
 def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir: Path) -> None:
     items, segments = args.items, args.segments
     pg_url = pg.create_database("bench")
+    databases = ["bench"]
     ctx = machine_context(pg_url)
     say("CONTEXT " + " ".join(f"{k}={v}" for k, v in ctx.items()))
     sizes = [item_size(i) for i in range(0, items, max(1, items // 1000))]
@@ -710,63 +873,110 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
 
     meter = CpuMeter(ddb, pg)
     client = boto_client(ddb.endpoint_url, pool=max(segments, args.fill_threads))
-    figures: dict[str, Figure] = {}
+    raw_client = boto_client(ddb.endpoint_url, pool=segments)
+    parse_scan_with_orjson(raw_client)
+    runs: dict[str, list[Figure]] = {}
+    copy_file = workdir / "ceiling.copy"
 
-    def report(figure: Figure) -> None:
-        figures[figure.name] = figure
-        say(figure_line(figure, items, ctx))
+    def report(figure: Figure, tag: str = "RUN") -> None:
+        runs.setdefault(figure.name, []).append(figure)
+        say(f"{tag:<7} {figure_line(figure, items, ctx)}")
+
+    def source_figure(name: str, note: str, scan: Callable[[], int]) -> Figure:
+        figure = Figure(name, 0, 0.0, extra={"note": note})
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with measured(meter, figure):
+            figure.items = scan()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, when the scan used them
+        figure.cpu["client"] += after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        return figure
+
+    def new_database(name: str) -> str:
+        databases.append(name)
+        return pg.create_database(name)
 
     try:
         create_source_table(client)
-        fill = Figure("fill (BatchWrite)", items, 0.0)
+        fill = Figure("fill (BatchWrite)", items, 0.0, extra={"note": f"{args.fill_threads} threads"})
         with measured(meter, fill):
             fill_source_table(client, items, args.fill_threads)
-        report(fill)
+        report(fill, "SETUP")
 
-        if "source" not in args.skip:
-            figure = Figure("source ceiling", 0, 0.0, extra={"note": f"{segments} segments, {segments} threads"})
-            with measured(meter, figure):
-                figure.items = scan_ceiling(client, segments)
-            report(figure)
-
-        if "naive" not in args.skip:
-            create_pg_table(pg_url, "naive_items")
-            sample = min(items, args.naive_sample)
-            figure = Figure("naive", 0, 0.0)
-            with measured(meter, figure):
-                figure.items = naive_copy(boto_client(ddb.endpoint_url), pg_url, sample)
-            if figure.items < items:
-                figure.extra["note"] = (
-                    f"first {figure.items:,} items only; extrapolated to {items:,}: {items / figure.rate / 60:.1f} min"
-                )
-            report(figure)
+        # DynamoDB Local's JIT has compiled the write path by now, not the scan path: warm it up, unmeasured.
+        warm = min(items, 100_000) // segments + 1
+        note = "not a figure: JIT warm-up"
+        report(source_figure("warm-up scan", note, lambda: scan_ceiling(client, segments, stop_after=warm)), "SETUP")
 
         if "postgres" not in args.skip:
-            path = workdir / "ceiling.copy"
-            size = write_copy_file(path, items)
+            copy_size = write_copy_file(copy_file, items)
             create_pg_table(pg_url, "ceiling_items")
-            figure = Figure("postgres ceiling", 0, 0.0, extra={"note": f"server COPY FROM file, {size / MB:.0f} MB"})
-            with measured(meter, figure):
-                figure.items = server_copy(pg_url, path)
-            path.unlink()
-            report(figure)
+        if "naive" not in args.skip:
+            create_pg_table(pg_url, "naive_items")
 
-        report(run_podyn(meter, ddb.endpoint_url, pg_url, items, segments, args.podyn_arg, workdir / "podyn.log"))
-        say("PODYN   " + _podyn_summary(workdir / "podyn.log"))
+        # Rounds interleave the figures, so that a burst of other load on the machine hits one run, not a figure.
+        for round_ in range(args.repeat):
+            if "source" not in args.skip:
+                note = f"{segments} segments, {segments} threads, botocore parser"
+                report(source_figure("source ceiling", note, lambda: scan_ceiling(client, segments)))
+                note = f"{segments} segments, {segments} threads, orjson parse of the body"
+                report(source_figure("source orjson", note, lambda: scan_ceiling(raw_client, segments)))
 
-        if "source" not in args.skip:
-            figure = Figure("source ceiling 2", 0, 0.0, extra={"note": "again, after the others"})
-            with measured(meter, figure):
-                figure.items = scan_ceiling(client, segments)
-            report(figure)
+            if "naive" not in args.skip:
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    conn.execute("TRUNCATE naive_items")
+                figure = Figure("naive", 0, 0.0)
+                with measured(meter, figure):
+                    figure.items = naive_copy(boto_client(ddb.endpoint_url), pg_url, min(items, args.naive_sample))
+                if figure.items < items:
+                    figure.extra["note"] = (
+                        f"first {figure.items:,} items only; extrapolated to {items:,}:"
+                        f" {items / figure.rate / 60:.1f} min"
+                    )
+                report(figure)
 
-        for line in target_lines(figures, items):
+            if "postgres" not in args.skip:
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    conn.execute("TRUNCATE ceiling_items")
+                note = f"server COPY FROM file, {copy_size / MB:.0f} MB"
+                figure = Figure("postgres ceiling", 0, 0.0, extra={"note": note})
+                with measured(meter, figure):
+                    figure.items = server_copy(pg_url, copy_file)
+                report(figure)
+
+            url = new_database(f"bench_podyn_{round_}")
+            log_path = workdir / f"podyn_{round_}.log"
+            report(run_podyn(meter, ddb.endpoint_url, url, items, segments, args.podyn_arg, log_path))
+            say("PODYN   " + _podyn_summary(log_path))
+
+        if args.explore:
+            note = f"{segments} segments over 2 processes, botocore parser"
+            scan = functools.partial(scan_in_processes, ddb.endpoint_url, segments, 2)
+            report(source_figure("source 2 processes", note, scan), "EXPLORE")
+            say("EXPLORE one Scan page in Python (tracemalloc): " + page_memory(ddb.endpoint_url))
+
+        for text in args.variant:
+            label, env, extra = parse_variant(text)
+            database = f"bench_{re.sub(r'[^a-z0-9]+', '_', label.lower())}"
+            figure = run_podyn(
+                meter, ddb.endpoint_url, new_database(database), items, segments, [*args.podyn_arg, *extra],
+                workdir / f"{database}.log", name=f"podyn [{label}]", env=env,
+            )  # fmt: skip
+            report(figure, "VARIANT")
+
+        figures = {name: best_of(found) for name, found in runs.items()}
+        for name in ("source ceiling", "source orjson", "naive", "postgres ceiling", "podyn"):
+            if name in figures:
+                say(f"FIGURE  {figure_line(figures[name], items, ctx)}")
+        targets = target_lines(figures, items)
+        for line in targets:
             say(line)
 
         profile: list[str] = []
         if args.profile:
-            profile_url = pg.create_database("bench_profile")
-            profile = profile_podyn(ddb.endpoint_url, profile_url, segments, args.podyn_arg, workdir, args.profile_top)
+            profile_url = new_database("bench_profile")
+            profile = profile_podyn(
+                ddb.endpoint_url, profile_url, segments, args.podyn_arg, workdir, args.profile_top, args.profile_raw
+            )
             for line in profile:
                 say("PROFILE " + line)
 
@@ -774,14 +984,28 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
             result = {
                 "context": ctx,
                 "items": items,
+                "runs": [asdict(f) | {"rate": f.rate} for found in runs.values() for f in found],
                 "figures": [asdict(f) | {"rate": f.rate} for f in figures.values()],
-                "targets": target_lines(figures, items),
+                "targets": targets,
                 "profile": profile,
             }
             args.json.write_text(json.dumps(result, indent=2, default=str))
     finally:
-        drop_everything(client, pg)
+        copy_file.unlink(missing_ok=True)
+        drop_everything(client, pg, databases)
         client.close()
+        raw_client.close()
+
+
+def best_of(runs: list[Figure]) -> Figure:
+    """The fastest run of a figure; the others only slowed down by other load on the machine."""
+    best = max(runs, key=lambda f: f.rate)
+    if len(runs) == 1:
+        return best
+    extra = best.extra | {"runs": len(runs), "rates": ", ".join(f"{f.rate:,.0f}" for f in runs)}
+    if "peak_rss_mb" in extra:  # memory is judged by the worst run, not the fastest
+        extra["peak_rss_mb"] = max(f.extra["peak_rss_mb"] for f in runs)
+    return Figure(best.name, best.items, best.seconds, dict(best.cpu), best.load_avg, extra)
 
 
 def _podyn_summary(log_path: Path) -> str:
@@ -789,13 +1013,13 @@ def _podyn_summary(log_path: Path) -> str:
     return lines[-1].split(": ", 1)[-1] if lines else "(no summary line in podyn's log)"
 
 
-def drop_everything(client: Any, pg: LocalPostgres) -> None:
+def drop_everything(client: Any, pg: LocalPostgres, databases: list[str]) -> None:
     """Drop what the run made (the servers are stopped afterwards anyway, but a slow DynamoDB Local shutdown with
     a million items is avoided by deleting the table first)."""
     with contextlib.suppress(Exception):
         client.delete_table(TableName=TABLE)
     with contextlib.suppress(Exception), psycopg.connect(pg.url, autocommit=True) as conn:
-        for name in ("bench", "bench_profile"):
+        for name in databases:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
