@@ -14,7 +14,8 @@ project's targets), and PROFILE lines; bench/RESULTS.md explains them and holds 
 It starts its own DynamoDB Local and PostgreSQL (``podyn_py.local``), fills a table of N items of about 300 bytes
 with BatchWriteItem from several threads (no stream), then measures in the same run:
 
-  source ceiling   the parallel scan podyn does (same segments and threads, boto3 client), items thrown away
+  source ceiling   the parallel scan podyn does (same segments, threads and page Limit, boto3 client), items
+                   thrown away
   source orjson    the same scan with each response body parsed by orjson instead of botocore's model-driven
                    parser: the ceiling for podyn's fast path (signed HTTP + orjson, its default since 37b6d32)
   naive            a single-threaded hand-written migration: Scan pages → TypeDeserializer → psycopg executemany
@@ -64,6 +65,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py.config import SEGMENTS_PER_CONNECTION
 from podyn_py.local import (
     LOCAL_ACCESS_KEY,
     LOCAL_REGION,
@@ -72,6 +74,7 @@ from podyn_py.local import (
     LocalPostgres,
     find_dynamodb_local,
 )
+from podyn_py.source.scan import MAX_PAGE_ITEMS
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = "bench_items"
@@ -333,32 +336,43 @@ def fill_source_table(client: Any, items: int, threads: int) -> None:
             future.result()
 
 
-def scan_ceiling(client: Any, segments: int, *, first: int = 0, total: int | None = None, stop_after: int = 0) -> int:
-    """The parallel scan podyn does, one thread per segment, items counted and thrown away.
+def scan_ceiling(
+    client: Any,
+    threads: int,
+    *,
+    first: int = 0,
+    count: int | None = None,
+    total: int | None = None,
+    stop_after: int = 0,
+) -> int:
+    """The parallel scan podyn does, items counted and thrown away: ``threads`` threads take the table's ``total``
+    segments (podyn's default: SEGMENTS_PER_CONNECTION × threads) one after another, with podyn's page ``Limit``.
 
-    Scans segments ``first``, ``first + 1``, ... of ``total`` (default: all of ``segments``); with ``stop_after``,
-    each segment stops after that many items (a warm-up).
+    Scans ``count`` segments from ``first`` (default: all); with ``stop_after``, each segment stops after that many
+    items (a warm-up).
     """
-    total = total or segments
+    total = total or SEGMENTS_PER_CONNECTION * threads
+    count = total if count is None else count
 
     def scan_segment(segment: int) -> int:
-        count = 0
+        scanned = 0
         request: dict[str, Any] = {
             "TableName": TABLE,
             "Segment": segment,
             "TotalSegments": total,
+            "Limit": MAX_PAGE_ITEMS,
             "ReturnConsumedCapacity": "TOTAL",
         }
         while True:
             response = client.scan(**request)
-            count += len(response.get("Items", []))
+            scanned += len(response.get("Items", []))
             last = response.get("LastEvaluatedKey")
-            if not last or (stop_after and count >= stop_after):
-                return count
+            if not last or (stop_after and scanned >= stop_after):
+                return scanned
             request["ExclusiveStartKey"] = last
 
-    with concurrent.futures.ThreadPoolExecutor(segments) as pool:
-        return sum(pool.map(scan_segment, range(first, first + segments)))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(scan_segment, range(first, first + count)))
 
 
 def parse_scan_with_orjson(client: Any) -> None:
@@ -395,16 +409,17 @@ def page_memory(endpoint: str) -> str:
     return "; ".join(parts)
 
 
-def _scan_in_child(endpoint: str, first: int, segments: int, total: int) -> int:
-    return scan_ceiling(boto_client(endpoint, pool=segments), segments, first=first, total=total)
+def _scan_in_child(endpoint: str, threads: int, first: int, count: int, total: int) -> int:
+    return scan_ceiling(boto_client(endpoint, pool=threads), threads, first=first, count=count, total=total)
 
 
-def scan_in_processes(endpoint: str, segments: int, processes: int) -> int:
-    """The same parallel scan split over processes (segments / processes threads each), to use more than one core."""
-    per = segments // processes
+def scan_in_processes(endpoint: str, threads: int, processes: int) -> int:
+    """The same parallel scan split over processes (threads / processes threads each), to use more than one core."""
+    per, total = threads // processes, SEGMENTS_PER_CONNECTION * threads
+    step = total // processes
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = [pool.submit(_scan_in_child, endpoint, p * per, per, segments) for p in range(processes)]
+        futures = [pool.submit(_scan_in_child, endpoint, per, p * step, step, total) for p in range(processes)]
         return sum(f.result() for f in futures)
 
 
@@ -817,7 +832,9 @@ def target_lines(figures: dict[str, Figure], items: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=100_000, help="items in the table (default 100000)")
-    parser.add_argument("--segments", type=int, default=8, help="scan segments and threads, podyn's -n (default 8)")
+    parser.add_argument(
+        "--segments", type=int, default=8, help="scan threads, podyn's -n (default 8); segments: 4 × that, as podyn"
+    )
     parser.add_argument("--fill-threads", type=int, default=8, help="BatchWriteItem threads filling the table")
     parser.add_argument(
         "--naive-sample",
@@ -903,7 +920,7 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
         report(fill, "SETUP")
 
         # DynamoDB Local's JIT has compiled the write path by now, not the scan path: warm it up, unmeasured.
-        warm = min(items, 100_000) // segments + 1
+        warm = min(items, 100_000) // (SEGMENTS_PER_CONNECTION * segments) + 1
         note = "not a figure: JIT warm-up"
         report(source_figure("warm-up scan", note, lambda: scan_ceiling(client, segments, stop_after=warm)), "SETUP")
 
@@ -913,12 +930,13 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
         if "naive" not in args.skip:
             create_pg_table(pg_url, "naive_items")
 
+        scan_shape = f"{SEGMENTS_PER_CONNECTION * segments} segments, {segments} threads, Limit {MAX_PAGE_ITEMS}"
         # Rounds interleave the figures, so that a burst of other load on the machine hits one run, not a figure.
         for round_ in range(args.repeat):
             if "source" not in args.skip:
-                note = f"{segments} segments, {segments} threads, botocore parser"
+                note = f"{scan_shape}, botocore parser"
                 report(source_figure("source ceiling", note, lambda: scan_ceiling(client, segments)))
-                note = f"{segments} segments, {segments} threads, orjson parse of the body"
+                note = f"{scan_shape}, orjson parse of the body"
                 report(source_figure("source orjson", note, lambda: scan_ceiling(raw_client, segments)))
 
             if "naive" not in args.skip:
@@ -949,7 +967,7 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
             say("PODYN   " + _podyn_summary(log_path))
 
         if args.explore:
-            note = f"{segments} segments over 2 processes, botocore parser"
+            note = f"{SEGMENTS_PER_CONNECTION * segments} segments over 2 processes, botocore parser"
             scan = functools.partial(scan_in_processes, ddb.endpoint_url, segments, 2)
             report(source_figure("source 2 processes", note, scan), "EXPLORE")
             say("EXPLORE one Scan page in Python (tracemalloc): " + page_memory(ddb.endpoint_url))

@@ -112,7 +112,7 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
     show_default=True,
     help="Read capacity units per second per table for the scan; 0 = unlimited.",
 )
-@click.option("--segments", type=click.IntRange(1, 1_000_000), help="Parallel scan segments (default: -n).")
+@click.option("--segments", type=click.IntRange(1, 1_000_000), help="Parallel scan segments (default: 4 × -n).")
 @click.option("--consistent-read", is_flag=True, help="Strongly consistent scan reads (twice the read cost).")
 @click.option("--reload", is_flag=True, help="Empty and load again tables that were already loaded.")
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")

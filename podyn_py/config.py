@@ -105,6 +105,10 @@ def redact_text(text: str) -> str:
     return re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", text)
 
 
+#: Default scan segments per connection (``--segments``): workers take the next segment as one finishes.
+SEGMENTS_PER_CONNECTION = 4
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one run of podyn needs, built by the CLI; nothing else reads options or the environment."""
@@ -131,3 +135,8 @@ class Config:
     @property
     def dry_run(self) -> bool:
         return self.postgres is None
+
+    @property
+    def scan_segments(self) -> int:
+        """``--segments``, else more segments than connections so that a slow segment does not hold up the end."""
+        return self.segments or SEGMENTS_PER_CONNECTION * self.connections

@@ -183,7 +183,6 @@ class _Either:
 
 
 def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _Either) -> None:
-    spec = load.schema.spec
     sizer = PageSizer(
         load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))
         if load.options.scan_rate > 0
@@ -194,35 +193,53 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
     conn = load.target.connect()
     try:
         while not stop.is_set():
-            load.limiter.wait()
-            page = dynamodb.scan_page(
-                client,
-                spec.source,
-                segment=record.segment,
-                total_segments=record.total_segments,
-                start_key=dynamodb.key_from_json(key),
-                limit=sizer.limit(),
-                consistent_read=load.options.consistent_read,
-            )
-            load.limiter.charge(page.consumed)
-            sizer.observe(len(page.items), page.consumed)
-            schema, rows, rejected = load.rows.convert(page.items)
-            new_key = dynamodb.key_to_json(page.last_key)
-            conn = _write_with_reconnect(load, conn, schema, rows, rejected, record.segment, key, new_key)
-            with load.lock:
-                load.rejected += len(rejected)
-            load.progress.add(len(page.items), page.consumed)
-            metrics.ITEMS_LOADED.labels(spec.source).inc(len(rows))
-            metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected))
-            metrics.CAPACITY_CONSUMED.labels(spec.source).inc(page.consumed)
-            metrics.THROTTLES.labels(spec.source).inc(page.throttled)
-            metrics.BATCHES.labels(spec.source).inc()
-            key = new_key
+            conn, key = _load_page(load, client, conn, record.segment, record.total_segments, key, sizer)
             if key is None:
                 return
     finally:
         if conn is not None:
             conn.close()
+
+
+def _load_page(
+    load: _TableLoad,
+    client: Any,
+    conn: Any,
+    segment: int,
+    total_segments: int,
+    key: dict[str, Any] | None,
+    sizer: PageSizer,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Scan one page after ``key`` and commit its rows; returns the connection and the key to go on from.
+
+    A function of its own so that the page, its rows and its rejects are freed before the next page is fetched:
+    holding them across the next Scan doubled the load's memory (bench/RESULTS.md).
+    """
+    source = load.schema.spec.source
+    load.limiter.wait()
+    page = dynamodb.scan_page(
+        client,
+        source,
+        segment=segment,
+        total_segments=total_segments,
+        start_key=dynamodb.key_from_json(key),
+        limit=sizer.limit(),
+        consistent_read=load.options.consistent_read,
+    )
+    load.limiter.charge(page.consumed)
+    sizer.observe(len(page.items), page.consumed)
+    schema, rows, rejected = load.rows.convert(page.items)
+    new_key = dynamodb.key_to_json(page.last_key)
+    conn = _write_with_reconnect(load, conn, schema, rows, rejected, segment, key, new_key)
+    with load.lock:
+        load.rejected += len(rejected)
+    load.progress.add(len(page.items), page.consumed)
+    metrics.ITEMS_LOADED.labels(source).inc(len(rows))
+    metrics.ITEMS_REJECTED.labels(source).inc(len(rejected))
+    metrics.CAPACITY_CONSUMED.labels(source).inc(page.consumed)
+    metrics.THROTTLES.labels(source).inc(page.throttled)
+    metrics.BATCHES.labels(source).inc()
+    return conn, new_key
 
 
 def _write_with_reconnect(

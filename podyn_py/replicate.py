@@ -109,7 +109,7 @@ def _prepare_and_load(
         schema = target.prepare_table(description.spec, create=config.schema, citus=config.citus)
         if config.data:
             options = LoadOptions(
-                segments=config.segments or config.connections,
+                segments=config.scan_segments,
                 connections=config.connections,
                 scan_rate=config.scan_rate,
                 consistent_read=config.consistent_read,

@@ -154,7 +154,7 @@ def _verify_table(
             view = _read_view(conn, _loaded_spec(conn, config.pg_schema, report.source))
         check = _TableCheck(config, options, client, view, report, stop)
         try:
-            check.run(config.segments or config.connections)
+            check.run(config.scan_segments)
         finally:
             check.close()
     except psycopg.Error as exc:
@@ -351,6 +351,7 @@ class _TableCheck:
                 with self.lock:
                     self.report.items += len(page.items)
                 start = page.last_key
+                del page  # not held while the next page is fetched
                 if start is None:
                     return
 

@@ -308,7 +308,7 @@ def test_postgres_out_of_disk_mid_load_stops_the_table_and_a_rerun_resumes(
     result = podyn(endpoint, pg_url, "-s", "-t", table)
     assert result.returncode == 0, result.stderr
     add_disk_full_trigger(pg_url, table, from_rows=15)
-    failed = podyn(endpoint, pg_url, "-d", "-t", table, "-n", "1")
+    failed = podyn(endpoint, pg_url, "-d", "-t", table, "-n", "1", "--segments", "1")
     assert failed.returncode == 3, failed.stderr
     assert f"table {table} stopped" in failed.stderr and "No space left on device" in failed.stderr
     assert "Traceback" not in failed.stderr

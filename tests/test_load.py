@@ -405,6 +405,32 @@ def test_throttling_is_waited_out(
     assert table_differences(ddb, pg_url, table) == []
 
 
+def test_pages_are_bounded_and_segments_outnumber_connections(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, throttling_proxy: Any
+) -> None:
+    """Every Scan asks for at most MAX_PAGE_ITEMS items, even unpaced (these 2,500 small items would fit in one 1 MB
+    page), on both client paths; by default a table is scanned in 4 × -n segments."""
+    from podyn_py.source.scan import MAX_PAGE_ITEMS
+
+    table = create_table(items=[{"pk": {"S": f"{i:05}"}, "v": {"N": str(i)}} for i in range(2500)])
+    base = ["--endpoint-url", throttling_proxy.endpoint_url, "-u", pg_url, "-d", "-s", "--no-progress", "-n", "1"]
+    ok(run_podyn(*base, "-t", table, "--segments", "1", "--no-fast-path"))
+    assert MAX_PAGE_ITEMS == 1000 and throttling_proxy.count("Scan") == 3  # 1,000 + 1,000 + 500
+    assert table_differences(ddb, pg_url, table) == []
+
+    throttling_proxy.reset()
+    ok(run_podyn(*base, "-t", table, "--reload"))
+    with connect(pg_url) as conn:
+        done = conn.execute(
+            """SELECT count(*), bool_and(s.done), sum(s.items_loaded) FROM podyn.segments s
+               JOIN podyn.tables USING (target_schema, target_table) WHERE source_table = %s""",
+            (table,),
+        ).fetchone()
+    assert done == (4, True, 2500)
+    assert throttling_proxy.count("Scan") >= 4
+    assert table_differences(ddb, pg_url, table) == []
+
+
 def test_kill_9_mid_load_then_resume_loses_and_doubles_nothing(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:

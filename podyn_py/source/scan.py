@@ -14,6 +14,11 @@ from collections.abc import Callable
 # Eventually consistent reads cost half a unit per 4 KB; strongly consistent reads a whole one.
 _BYTES_PER_UNIT = 4096
 
+#: The most items asked for in one Scan page. It bounds memory (a parsed item and its row take ~5-20 KB in Python,
+#: whatever its size in DynamoDB) and keeps DynamoDB Local's scans linear: without a ``Limit`` it serves each page in
+#: time that grows with the rest of the segment (bench/RESULTS.md). On DynamoDB a ``Limit`` changes no read cost.
+MAX_PAGE_ITEMS = 1000
+
 
 class ReadCapacityLimiter:
     """A token bucket in read capacity units, shared by threads. ``rate <= 0`` means unlimited."""
@@ -65,17 +70,17 @@ class ReadCapacityLimiter:
 
 
 class PageSizer:
-    """Chooses a scan ``Limit`` so that one page costs about ``units_per_page`` (None: DynamoDB's 1 MB pages)."""
+    """Chooses a scan ``Limit``: pages cost about ``units_per_page`` (None: unpaced), of at most ``MAX_PAGE_ITEMS``."""
 
     def __init__(self, units_per_page: float | None, *, consistent_read: bool, first_guess_bytes: int = 1024) -> None:
         self.units_per_page = units_per_page
         self._bytes_per_unit = _BYTES_PER_UNIT * (1 if consistent_read else 2)
         self._item_bytes = float(first_guess_bytes)
 
-    def limit(self) -> int | None:
+    def limit(self) -> int:
         if self.units_per_page is None:
-            return None
-        return max(1, int(self.units_per_page * self._bytes_per_unit / self._item_bytes))
+            return MAX_PAGE_ITEMS
+        return max(1, min(MAX_PAGE_ITEMS, int(self.units_per_page * self._bytes_per_unit / self._item_bytes)))
 
     def observe(self, items: int, units: float) -> None:
         """Learn the average item size from what a page cost."""
