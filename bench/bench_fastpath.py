@@ -135,7 +135,11 @@ def parse_only(client: Any, operation: str, params: dict[str, Any], repeat: int)
     parser = botocore.parsers.create_parser("json")
     response = {"body": body, "headers": {}, "status_code": 200}
     times = {}
-    for name, fn in (("boto3", lambda: parser.parse(response, shape)), ("orjson", lambda: orjson.loads(body))):
+    parsers: tuple[tuple[str, Callable[[], Any]], ...] = (
+        ("boto3", lambda: parser.parse(response, shape)),
+        ("orjson", lambda: orjson.loads(body)),
+    )
+    for name, fn in parsers:
         samples = []
         for _ in range(repeat):
             started = time.process_time()

@@ -49,11 +49,11 @@ def json_equal(value: dict[str, Any], stored: Any) -> bool:
     """Does ``stored`` (parsed jsonb) hold DynamoDB attribute value ``value`` with real JSON types?"""
     ((tag, raw),) = value.items()
     if tag == "S":
-        return stored == nul_free(raw)
+        return bool(stored == nul_free(raw))
     if tag == "N":
-        return isinstance(stored, Decimal) and stored == Decimal(raw)
+        return isinstance(stored, Decimal) and bool(stored == Decimal(raw))
     if tag == "B":
-        return stored == base64.b64encode(raw).decode()
+        return bool(stored == base64.b64encode(raw).decode())
     if tag == "BOOL":
         return stored is raw
     if tag == "NULL":
@@ -78,9 +78,9 @@ def json_equal(value: dict[str, Any], stored: Any) -> bool:
 def scalar_equal(value: dict[str, Any], stored: Any) -> bool:
     ((tag, raw),) = value.items()
     if tag == "S":
-        return stored == nul_free(raw)
+        return bool(stored == nul_free(raw))
     if tag == "N":
-        return isinstance(stored, Decimal) and stored == Decimal(raw)
+        return isinstance(stored, Decimal) and bool(stored == Decimal(raw))
     if tag == "B":
         return isinstance(stored, bytes) and stored == bytes(raw)
     if tag == "BOOL":

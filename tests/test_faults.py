@@ -165,8 +165,8 @@ def test_postgres_killed_and_restarted_mid_load_the_load_finishes_by_itself(
         assert code == 0, text[-4000:]
         assert "reconnecting" in text, "PostgreSQL was killed but podyn never noticed"
         assert table_differences(ddb, url, table) == []
-        row = table_row(url, table)
-        assert row["state"] == "loaded" and row["items_loaded"] == count, "pages counted twice or lost"
+        loaded = table_row(url, table)
+        assert loaded["state"] == "loaded" and loaded["items_loaded"] == count, "pages counted twice or lost"
 
 
 def test_dropped_connections_mid_stream_are_reopened(

@@ -14,6 +14,7 @@ import io
 import threading
 import time
 import uuid
+from collections.abc import Hashable
 from decimal import Decimal
 from typing import Any
 
@@ -41,7 +42,7 @@ SETTINGS = settings(
 
 # -- strategies ------------------------------------------------------------------------------------------------------
 
-NAME_CHARACTERS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00%")
+NAME_CHARACTERS = st.characters(exclude_categories=["Cs"], exclude_characters="\x00%")
 ODD_NAMES = [
     "a",
     "b",
@@ -130,7 +131,7 @@ KEY_VALUES = {
 }
 
 
-def key_identity(value: dict[str, Any]) -> Any:
+def key_identity(value: Any) -> Hashable:
     ((tag, raw),) = value.items()
     return (tag, canonical(raw) if tag == "N" else raw)
 

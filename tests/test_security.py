@@ -271,8 +271,8 @@ def test_hostile_names_stay_names(ddb_server: Any, ddb: Any, pg_url: str, create
     assert [r.returncode for r in loads] == [0, 0], [r.output[-2000:] for r in loads]
     assert table_differences(ddb, pg_url, table) == []
     assert table_differences(ddb, pg_url, table, schema=HOSTILE_SCHEMA) == []
-    verify = run_all([[*base, "--verify"], [*base, "--verify", "--pg-schema", HOSTILE_SCHEMA]])
-    assert [r.returncode for r in verify] == [0, 0], [r.output[-2000:] for r in verify]
+    verifies = run_all([[*base, "--verify"], [*base, "--verify", "--pg-schema", HOSTILE_SCHEMA]])
+    assert [r.returncode for r in verifies] == [0, 0], [r.output[-2000:] for r in verifies]
     assert_victim_intact(pg_url)
     with connect(pg_url) as conn:
         schemas = {r[0] for r in conn.execute("SELECT target_schema FROM podyn.tables")}

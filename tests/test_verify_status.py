@@ -87,7 +87,7 @@ def test_verify_passes_on_an_equal_copy(ddb_server: Any, pg_url: str, create_tab
 def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(12))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
-    for statement, *params in [
+    changes: list[tuple[Any, ...]] = [
         ("DELETE FROM {t} WHERE pk = %s", "k0"),
         ("UPDATE {t} SET t = 'changed' WHERE pk = %s", "k1"),
         ("UPDATE {t} SET n = n + 1 WHERE pk = %s", "k2"),
@@ -98,7 +98,8 @@ def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg
         ("UPDATE {t} SET m = jsonb_set(m, %s::text[], '1') WHERE pk = %s", ["flag"], "k7"),  # true is not 1
         ("UPDATE {t} SET ss = %s::jsonb WHERE pk = %s", '["c", "b", "a"]', "k8"),  # a set in another order: equal
         ("INSERT INTO {t} (pk, t) VALUES (%s, 'no such item')", "zz"),
-    ]:
+    ]
+    for statement, *params in changes:
         execute(pg_url, statement, table, *params)
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "3", code=4)
     assert found(report) == {
