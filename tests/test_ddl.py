@@ -232,6 +232,10 @@ def test_create_statements_several_indexes_after_distribution() -> None:
     assert statements[2].startswith("SELECT create_distributed_table(")
     assert statements[3] == 'CREATE INDEX IF NOT EXISTS "t_a" ON "s"."t" ("x")'
     assert statements[4] == 'CREATE INDEX IF NOT EXISTS "t_b" ON "s"."t" ("y")'
+    tagged = {"b": naming.tagged_index_name("t", "b")}
+    renamed = [s.as_string() for s in ddl.create_statements(initial_schema(spec), citus=False, index_names=tagged)]
+    assert renamed[2] == 'CREATE INDEX IF NOT EXISTS "t_a" ON "s"."t" ("x")'
+    assert renamed[3] == f'CREATE INDEX IF NOT EXISTS "t_b_{naming.name_tag("t", "b")}" ON "s"."t" ("y")'
 
 
 @pytest.mark.parametrize("name", [HOSTILE, WORSE, "select", "Mixed Case", "caf\u00e9 \U0001f389", "a" * 63])

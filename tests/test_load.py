@@ -216,6 +216,44 @@ def test_hostile_long_and_colliding_names(
         assert {"Name", "name", "NAME"} <= set(columns)
 
 
+def test_index_names_that_meet_across_tables_stay_apart(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """Table x_gsi with index idx and table x with index gsi_idx both ask for the index name x_gsi_idx; a table
+    named x_gsi_idx would meet that index too (PostgreSQL's relation names are shared by tables and indexes)."""
+    base = f"ix{os.urandom(3).hex()}"
+    first = create_table(name=f"{base}_gsi", gsis=[{"name": "idx", "key": (("o", "S"),)}], items=[])
+    second = create_table(name=base, gsis=[{"name": "gsi_idx", "key": (("o", "S"),)}], items=[])
+    for item in ({"pk": {"S": "a"}, "o": {"S": "x"}}, {"pk": {"S": "b"}, "o": {"S": "y"}}):
+        ddb.put_item(TableName=first, Item=item)
+        ddb.put_item(TableName=second, Item=item)
+
+    def indexes() -> dict[str, list[str]]:
+        with connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY(%s)",
+                ([first, second],),
+            ).fetchall()
+        found: dict[str, list[str]] = {first: [], second: []}
+        for table, definition in rows:
+            found[table].append(definition)
+        return found
+
+    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{first},{second}"))
+    assert "is taken by another relation" in result.stderr
+    created = indexes()
+    for table in (first, second):  # the primary key and the GSI's index, on o
+        assert len(created[table]) == 2 and sum("(o)" in d for d in created[table]) == 1, created
+        assert table_differences(ddb, pg_url, table) == []
+    ok(podyn(ddb_server, pg_url, "-s", "-t", f"{first},{second}"))
+    assert indexes() == created, "a second --schema run made more indexes"
+
+    clashing = create_table(name=f"{base}_gsi_idx", items=[{"pk": {"S": "a"}}])
+    result = podyn(ddb_server, pg_url, "-s", "-d", "-t", clashing)
+    assert result.returncode == 3, result.stderr
+    assert f"public.{clashing} exists, but as an index, not a table" in result.stderr
+
+
 def test_type_conflicts_go_to_variant_columns(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
     items = [
         {"pk": {"S": "1"}, "amount": {"N": "10"}},

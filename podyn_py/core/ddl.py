@@ -5,7 +5,7 @@ These functions only compose statements; the target runs them, and the dry run p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from psycopg import sql
 
@@ -44,11 +44,12 @@ def add_columns(schema: TableSchema, columns: Sequence[Column]) -> sql.Composed:
     )
 
 
-def create_index(schema: TableSchema, index: IndexSpec) -> sql.Composed:
+def create_index(schema: TableSchema, index: IndexSpec, name: str | None = None) -> sql.Composed:
+    """CREATE INDEX for a GSI or LSI, named ``name`` (default: ``naming.index_name``)."""
     spec = schema.spec
     columns = sql.SQL(", ").join(sql.Identifier(schema.key_column(a).name) for a in index.attributes)
     return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-        sql.Identifier(naming.index_name(spec.table, index.name)), qualified(spec.schema, spec.table), columns
+        sql.Identifier(name or naming.index_name(spec.table, index.name)), qualified(spec.schema, spec.table), columns
     )
 
 
@@ -69,14 +70,22 @@ def copy_rows(schema: TableSchema) -> sql.Composed:
     )
 
 
-def create_statements(schema: TableSchema, *, citus: bool, create_schema_too: bool = True) -> list[sql.Composed]:
+def create_statements(
+    schema: TableSchema,
+    *,
+    citus: bool,
+    create_schema_too: bool = True,
+    index_names: Mapping[str, str] | None = None,
+) -> list[sql.Composed]:
     """Everything ``--schema`` runs for one table, in order: distribution comes before any data.
 
     Leave out CREATE SCHEMA for a schema that exists: even with IF NOT EXISTS it needs CREATE on the database.
+    ``index_names`` maps a DynamoDB index name to the PostgreSQL name to use where the default one is taken.
     """
+    index_names = index_names or {}
     statements = [create_schema(schema.spec.schema)] if create_schema_too else []
     statements.append(create_table(schema))
     if citus:
         statements.append(distribute_table(schema))
-    statements.extend(create_index(schema, index) for index in schema.spec.indexes)
+    statements.extend(create_index(schema, index, index_names.get(index.name)) for index in schema.spec.indexes)
     return statements

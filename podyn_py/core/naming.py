@@ -79,5 +79,10 @@ def index_name(table: str, index: str) -> str:
     """``<table>_<index>``: PostgreSQL index names are per schema, so the table name keeps them apart."""
     wanted = f"{table}_{index}"
     if len(wanted.encode("utf-8", "surrogatepass")) > MAX_IDENTIFIER_BYTES:
-        return tagged(wanted, name_tag(table, index))
+        return tagged_index_name(table, index)
     return wanted
+
+
+def tagged_index_name(table: str, index: str) -> str:
+    """The name an index takes when ``<table>_<index>`` is too long or taken (``a_b`` + ``c`` and ``a`` + ``b_c``)."""
+    return tagged(f"{table}_{index}", name_tag(table, index))

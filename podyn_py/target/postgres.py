@@ -86,18 +86,56 @@ def table_lock_id(spec: TableSpec) -> int:
     return digest - (1 << 32) if digest >= 1 << 31 else digest
 
 
+#: pg_class.relkind values podyn can write into: ordinary and partitioned tables.
+_TABLE_KINDS = {"r": "table", "p": "partitioned table"}
+_RELATION_KINDS = {"i": "an index", "I": "a partitioned index", "S": "a sequence", "v": "a view",
+                   "m": "a materialized view", "f": "a foreign table", "c": "a composite type"}  # fmt: skip
+
+
 def existing_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str] | None:
-    """Column name → type of the target table, or None if it does not exist."""
+    """Column name → type of the target table, or None if it does not exist; an error if the name is not a table."""
     regclass = ddl.qualified(spec.schema, spec.table).as_string(conn)
-    row = conn.execute("SELECT to_regclass(%s)::oid", (regclass,)).fetchone()
-    if row is None or row[0] is None:
+    row = conn.execute("SELECT c.oid, c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", (regclass,)).fetchone()
+    if row is None:
         return None
+    if row[1] not in _TABLE_KINDS:
+        kind = _RELATION_KINDS.get(row[1], f"relkind {row[1]}")
+        raise ConfigError(
+            f"{spec.schema}.{spec.table} exists, but as {kind}, not a table:"
+            " rename it, or choose another schema with --pg-schema",
+            table=spec.source,
+        )
     rows = conn.execute(
         """SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
            WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
         (row[0],),
     ).fetchall()
     return dict(rows)
+
+
+def free_index_names(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str]:
+    """Index name → PostgreSQL name, for the indexes whose default name another relation of the schema holds.
+
+    ``CREATE INDEX IF NOT EXISTS`` would skip such an index silently: table ``a_b`` with index ``c`` and table ``a``
+    with index ``b_c`` both ask for ``a_b_c``, and a table may be named like another table's index. Those take
+    ``naming.tagged_index_name`` instead, which the next run finds again (the default name is still taken).
+    """
+    names = {}
+    for index in spec.indexes:
+        wanted = naming.index_name(spec.table, index.name)
+        holder = conn.execute(
+            """SELECT coalesce(i.indrelid = to_regclass(%s), false) FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index i ON i.indexrelid = c.oid
+               WHERE n.nspname = %s AND c.relname = %s""",
+            (ddl.qualified(spec.schema, spec.table).as_string(conn), spec.schema, wanted),
+        ).fetchone()
+        if holder is not None and not holder[0]:
+            names[index.name] = naming.tagged_index_name(spec.table, index.name)
+            log.warning(
+                "table %s: index name %s.%s is taken by another relation; index %s is named %s",
+                spec.source, spec.schema, wanted, index.name, names[index.name],
+            )  # fmt: skip
+    return names
 
 
 def primary_key_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> list[str]:
@@ -220,13 +258,17 @@ class PostgresTarget:
             exists = conn.execute(
                 "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (spec.schema,)
             ).fetchone()
-            for statement in ddl.create_statements(schema, citus=citus, create_schema_too=not (exists and exists[0])):
+            index_names = free_index_names(conn, spec)
+            for statement in ddl.create_statements(
+                schema, citus=citus, create_schema_too=not (exists and exists[0]), index_names=index_names
+            ):
                 conn.execute(statement)
             log.info("table %s: created %s.%s", spec.source, spec.schema, spec.table)
         else:
             schema = _adopt_existing(conn, schema, existing)
+            index_names = free_index_names(conn, spec)
             for index in spec.indexes:
-                conn.execute(ddl.create_index(schema, index))
+                conn.execute(ddl.create_index(schema, index, index_names.get(index.name)))
         if create:
             state.save_table(conn, spec)
             state.save_columns(conn, schema)
