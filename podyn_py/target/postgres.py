@@ -123,19 +123,26 @@ def free_index_names(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str
     names = {}
     for index in spec.indexes:
         wanted = naming.index_name(spec.table, index.name)
-        holder = conn.execute(
-            """SELECT coalesce(i.indrelid = to_regclass(%s), false) FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index i ON i.indexrelid = c.oid
-               WHERE n.nspname = %s AND c.relname = %s""",
-            (ddl.qualified(spec.schema, spec.table).as_string(conn), spec.schema, wanted),
-        ).fetchone()
-        if holder is not None and not holder[0]:
-            names[index.name] = naming.tagged_index_name(spec.table, index.name)
+        if _relation_holds_index(conn, spec, wanted) is not False:
+            continue
+        names[index.name] = naming.tagged_index_name(spec.table, index.name)
+        if not _relation_holds_index(conn, spec, names[index.name]):  # said once, when the index is created
             log.warning(
                 "table %s: index name %s.%s is taken by another relation; index %s is named %s",
                 spec.source, spec.schema, wanted, index.name, names[index.name],
             )  # fmt: skip
     return names
+
+
+def _relation_holds_index(conn: psycopg.Connection[Any], spec: TableSpec, name: str) -> bool | None:
+    """Is relation ``name`` of the schema an index on this table (True), something else (False), or absent (None)?"""
+    row = conn.execute(
+        """SELECT coalesce(i.indrelid = to_regclass(%s), false) FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index i ON i.indexrelid = c.oid
+           WHERE n.nspname = %s AND c.relname = %s""",
+        (ddl.qualified(spec.schema, spec.table).as_string(conn), spec.schema, name),
+    ).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def primary_key_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> list[str]:
