@@ -72,7 +72,12 @@ class RowConverter:
             try:
                 rows.append(builder.build(item))
             except MissingColumn:
-                pending.append(item)
+                try:
+                    builder.check(item)
+                except DataError as exc:
+                    rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
+                else:
+                    pending.append(item)
             except DataError as exc:
                 rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
         return rows, rejected, pending

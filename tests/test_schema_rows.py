@@ -350,6 +350,7 @@ def test_build_missing_column(item: dict[str, Any], attribute: str) -> None:
         builder.build(item)
     assert not isinstance(info.value, DataError)
     assert info.value.args[0] == attribute
+    builder.check(item)  # every value converts: the item waits for its column, it is not rejected
     # Evolving then building again works.
     RowBuilder(grown(schema, item)).build(item)
 
@@ -394,6 +395,10 @@ def test_build_data_error_names_table_key_and_attribute(
     assert isinstance(error.key, str) and key in error.key
     assert error.attribute == attribute
     assert "Orders" in str(error) and attribute in str(error)
+    # check(), for items that need new columns, finds the same fault without a schema that holds the attribute.
+    with pytest.raises(DataError) as checked:
+        RowBuilder(initial_schema(make_spec(mode=mode))).check(item)
+    assert (checked.value.table, checked.value.key, checked.value.attribute) == (error.table, error.key, attribute)
 
 
 def test_nul_counts_columns_mode() -> None:

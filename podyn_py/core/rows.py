@@ -8,14 +8,23 @@ item needs (see :func:`podyn_py.core.schema.evolve`); a missing one is a bug, re
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from podyn_py.core.schema import ConversionMode, TableSchema
-from podyn_py.core.values import NULL_TAG, PG_TYPE_OF_TAG, dump_json, key_text, to_column_value, to_json
+from podyn_py.core.values import (
+    NULL_TAG,
+    PG_TYPE_OF_TAG,
+    dump_json,
+    key_text,
+    split_value,
+    to_column_value,
+    to_json,
+)
 from podyn_py.errors import DataError
 
 Item = Mapping[str, Any]
+T = TypeVar("T")
 
 
 class MissingColumn(Exception):
@@ -38,6 +47,18 @@ class RowBuilder:
         self._overflow = schema.overflow_position
 
     def build(self, item: Item) -> list[Any]:
+        return self._in_context(item, self._build_jsonb if self._jsonb else self._build_columns)
+
+    def check(self, item: Item) -> None:
+        """Raise the DataError that building ``item`` would meet once the schema holds its columns.
+
+        For items that need new columns: a value that cannot be converted must not make the schema grow, since
+        evolve would add a column for its type tag all the same.
+        """
+        self._in_context(item, _check_values)
+
+    def _in_context(self, item: Item, build: Callable[[Item], T]) -> T:
+        """``build(item)`` after checking the key attributes; a DataError gains the table and the item's key."""
         try:
             for name, tag in self._required:
                 value = item.get(name)
@@ -45,7 +66,7 @@ class RowBuilder:
                     raise DataError("item lacks a key attribute", attribute=name)
                 if not isinstance(value, dict) or tag not in value or len(value) != 1:
                     raise DataError(f"key attribute is not of type {tag}: {value!r:.80}", attribute=name)
-            return self._build_jsonb(item) if self._jsonb else self._build_columns(item)
+            return build(item)
         except DataError as exc:
             raise DataError(
                 exc.message,
@@ -116,3 +137,12 @@ class RowBuilder:
             self.nul_counts["data"] += 1
         row[self._data_position] = dump_json(tree)
         return row
+
+
+def _check_values(item: Item) -> None:
+    """Convert every attribute value of ``item``, keeping nothing: DataError names the first one that fails."""
+    for attribute, value in item.items():
+        try:
+            to_column_value(*split_value(value))
+        except DataError as exc:
+            raise DataError(exc.message, attribute=attribute) from exc
