@@ -1,10 +1,12 @@
-"""A scripted stand-in for boto3's ``dynamodbstreams`` client, for driving real code from real threads.
+"""A scripted stand-in for boto3's ``dynamodbstreams`` client: DynamoDB Local keeps one shard per table and never
+splits, closes, trims or throttles, so tests drive the real reader and replicator with this at the API boundary.
 
-Adapted from the one in ``test_stream_reader.py`` (which runs a reader in simulated time, one thread): here the
-clock is real time plus an offset that a test can jump (to expire iterators), calls are serialised by a lock so
-several threads may share a script, and hooks run at the start of each call so that a test can change the
-stream at an exact point (trim it, jump the clock, make two readers meet). Responses have boto3's shapes and
-failures are ``botocore.exceptions.ClientError`` with the service's error bodies.
+Responses have boto3's shapes (paginated DescribeStream, opaque iterators that expire after 15 minutes) and failures
+are ``botocore.exceptions.ClientError`` with the service's error bodies. The clock is injected: ``test_stream_reader``
+runs one reader in simulated time; the replicator tests use :class:`Clock`, real time plus an offset that a test can
+jump (to expire iterators). Calls are serialised by a lock so several threads may share a script, and hooks run at
+the start of each call so that a test can change the stream at an exact point (trim it, jump the clock, make two
+readers meet); ``errors`` queues the failures the next calls of an operation answer.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class FakeShard:
     listed: bool = True
     #: Index of the oldest record not yet trimmed.
     trim_horizon: int = 0
+    #: Record indexes at which the next GetRecords returns one empty page, keeping its iterator.
+    empty_pages_at: list[int] = field(default_factory=list)
     first_sequence: int = 0
 
     def description(self) -> dict[str, Any]:
@@ -92,6 +96,10 @@ def client_error(operation: str, code: str, message: str, status: int = 400) -> 
     )
 
 
+def limit_exceeded(operation: str) -> ClientError:
+    return client_error(operation, "LimitExceededException", "Rate exceeded for shard")
+
+
 class ScriptedStreams:
     """Answers DescribeStream, GetShardIterator and GetRecords the way DynamoDB Streams does, from a script.
 
@@ -102,7 +110,7 @@ class ScriptedStreams:
     def __init__(
         self,
         shards: Sequence[FakeShard],
-        clock: Clock,
+        clock: Callable[[], float],
         *,
         status: str = "ENABLED",
         view_type: str = "NEW_AND_OLD_IMAGES",
@@ -119,6 +127,10 @@ class ScriptedStreams:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         #: Error codes answered, in order.
         self.failures: list[str] = []
+        #: Errors to raise, per operation, at the next calls (after the hooks).
+        self.errors: dict[str, list[Exception]] = {}
+        #: (shard id, clock) of every GetRecords call that reached a shard.
+        self.polls: list[tuple[str, float]] = []
         self._iterators: dict[str, tuple[str, int, float]] = {}
         self._tokens = itertools.count(1)
         #: Held during each call; a test holds it to change the script between two calls.
@@ -137,6 +149,9 @@ class ScriptedStreams:
         self.calls.append((operation, params))
         for hook in self.hooks:
             hook(self, operation, params, before)
+        queued = self.errors.get(operation)
+        if queued:
+            raise queued.pop(0)
 
     def _fail(self, operation: str, code: str, message: str) -> ClientError:
         self.failures.append(code)
@@ -235,7 +250,7 @@ class ScriptedStreams:
                     "delay of 900000 milliseconds.",
                 )
             shard = self.shards[shard_id_]
-            if self.deleted or not shard.listed:
+            if not shard.listed:  # a deleted stream is noticed by the next DescribeStream or GetShardIterator
                 raise self._fail(
                     "GetRecords",
                     "ResourceNotFoundException",
@@ -243,6 +258,14 @@ class ScriptedStreams:
                 )
             if index < shard.trim_horizon:
                 raise self._trimmed("GetRecords")
+            self.polls.append((shard_id_, self.clock()))
+            if index in shard.empty_pages_at:
+                shard.empty_pages_at.remove(index)
+                return {
+                    "Records": [],
+                    "NextShardIterator": self._issue(shard_id_, index),
+                    "ResponseMetadata": self._meta(),
+                }
             page = shard.records[index : index + (Limit or 1000)]
             end = index + len(page)
             response: dict[str, Any] = {"Records": copy.deepcopy(page), "ResponseMetadata": self._meta()}

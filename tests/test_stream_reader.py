@@ -18,20 +18,26 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import EndpointConnectionError
+from scripted_streams import (
+    STREAM_ARN,
+    TABLE,
+    FakeShard,
+    ScriptedStreams,
+    client_error,
+    limit_exceeded,
+    seqs,
+    shard_id,
+)
 
 from podyn_py.errors import SourceError, StreamGapError, TransientSourceError
 from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
 
 DATA = Path(__file__).parent / "data" / "stream-events"
-TABLE = "Orders"
-STREAM_ARN = f"arn:aws:dynamodb:us-east-1:123456789012:table/{TABLE}/stream/2024-05-01T10:00:00.000"
-ITERATOR_LIFETIME = 15 * 60.0
 
 
 def _load_templates() -> list[dict[str, Any]]:
@@ -64,16 +70,8 @@ def make_records(first: int, count: int, step: int = 100) -> list[dict[str, Any]
     return records
 
 
-def seqs(records: Iterable[dict[str, Any]]) -> list[str]:
-    return [r["dynamodb"]["SequenceNumber"] for r in records]
-
-
-def shard_id(n: int) -> str:
-    return f"shardId-00000017145{n:08d}-{n:08x}"
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The scripted client
+# Simulated time and helpers
 
 
 class FakeClock:
@@ -88,198 +86,6 @@ class FakeClock:
         assert seconds >= 0
         self.sleeps.append(seconds)
         self.now += seconds
-
-
-@dataclass
-class FakeShard:
-    shard_id: str
-    parent: str | None
-    records: list[dict[str, Any]]
-    closed: bool
-    listed: bool = True
-    #: Index of the oldest record not yet trimmed.
-    trim_horizon: int = 0
-    #: Record indexes at which the next GetRecords returns one empty page, keeping its iterator.
-    empty_pages_at: list[int] = field(default_factory=list)
-    first_sequence: int = 0
-
-    def description(self) -> dict[str, Any]:
-        numbers = seqs(self.records)
-        seq_range = {"StartingSequenceNumber": numbers[0] if numbers else str(self.first_sequence)}
-        if self.closed:
-            seq_range["EndingSequenceNumber"] = numbers[-1] if numbers else str(self.first_sequence)
-        description: dict[str, Any] = {"ShardId": self.shard_id, "SequenceNumberRange": seq_range}
-        if self.parent is not None:
-            description["ParentShardId"] = self.parent
-        return description
-
-
-def client_error(operation: str, code: str, message: str, status: int = 400) -> ClientError:
-    return ClientError(
-        {
-            "Error": {"Code": code, "Message": message},
-            "ResponseMetadata": {
-                "RequestId": "4KBNVRGD25RG4ERFB8Q1U9JG0BVV4KQNSO5AEMVJF66Q9ASUAAJG",
-                "HTTPStatusCode": status,
-                "HTTPHeaders": {"x-amzn-requestid": "4KBNVRGD25RG4ERFB8Q1U9JG0BVV4KQNSO5AEMVJF66Q9ASUAAJG"},
-                "RetryAttempts": 0,
-                "HostId": "",
-            },
-        },
-        operation,
-    )
-
-
-def limit_exceeded(operation: str) -> ClientError:
-    return client_error(operation, "LimitExceededException", "Rate exceeded for shard")
-
-
-class ScriptedStreams:
-    """Answers DescribeStream, GetShardIterator and GetRecords the way DynamoDB Streams does, from a script."""
-
-    def __init__(
-        self, shards: Sequence[FakeShard], clock: FakeClock, *, status: str = "ENABLED", page_size: int = 2
-    ) -> None:
-        self.shards = {s.shard_id: s for s in shards}
-        self.clock = clock
-        self.status = status
-        self.page_size = page_size
-        self.deleted = False
-        #: Errors to raise, per operation, before answering the next calls.
-        self.errors: dict[str, list[Exception]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        #: (shard id, clock) of every GetRecords call that reached a shard.
-        self.polls: list[tuple[str, float]] = []
-        self._iterators: dict[str, tuple[str, int, float]] = {}
-        self._tokens = itertools.count(1)
-
-    def add(self, shard: FakeShard) -> None:
-        self.shards[shard.shard_id] = shard
-
-    def calls_of(self, operation: str) -> list[dict[str, Any]]:
-        return [params for op, params in self.calls if op == operation]
-
-    def _begin(self, operation: str, params: dict[str, Any]) -> None:
-        self.calls.append((operation, params))
-        queued = self.errors.get(operation)
-        if queued:
-            raise queued.pop(0)
-
-    @staticmethod
-    def _meta() -> dict[str, Any]:
-        return {"RequestId": "R3A9PBP8QUJ3IHD6O0DBF0S8T7VV4KQNSO5AEMVJF66Q9ASUAAJG", "HTTPStatusCode": 200,
-                "HTTPHeaders": {"content-type": "application/x-amz-json-1.0"}, "RetryAttempts": 0}  # fmt: skip
-
-    def _stream_not_found(self, operation: str) -> ClientError:
-        return client_error(
-            operation, "ResourceNotFoundException", f"Requested resource not found: Stream: {STREAM_ARN} not found"
-        )
-
-    def describe_stream(
-        self, *, StreamArn: str, Limit: int | None = None, ExclusiveStartShardId: str | None = None
-    ) -> dict[str, Any]:
-        params = {"StreamArn": StreamArn, "Limit": Limit, "ExclusiveStartShardId": ExclusiveStartShardId}
-        self._begin("DescribeStream", params)
-        if self.deleted or StreamArn != STREAM_ARN:
-            raise self._stream_not_found("DescribeStream")
-        listed = [s for s in self.shards.values() if s.listed]
-        start = 0
-        if ExclusiveStartShardId is not None:
-            start = [s.shard_id for s in listed].index(ExclusiveStartShardId) + 1
-        size = min(self.page_size, Limit or 100)
-        page = listed[start : start + size]
-        description: dict[str, Any] = {
-            "StreamArn": STREAM_ARN,
-            "StreamLabel": "2024-05-01T10:00:00.000",
-            "StreamStatus": self.status,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-            "CreationRequestDateTime": dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC),
-            "TableName": TABLE,
-            "KeySchema": [{"AttributeName": "Id", "KeyType": "HASH"}],
-            "Shards": [s.description() for s in page],
-        }
-        if start + size < len(listed):
-            description["LastEvaluatedShardId"] = page[-1].shard_id
-        return {"StreamDescription": description, "ResponseMetadata": self._meta()}
-
-    def get_shard_iterator(
-        self, *, StreamArn: str, ShardId: str, ShardIteratorType: str, SequenceNumber: str | None = None
-    ) -> dict[str, Any]:
-        params = {"StreamArn": StreamArn, "ShardId": ShardId, "ShardIteratorType": ShardIteratorType}
-        if SequenceNumber is not None:
-            params["SequenceNumber"] = SequenceNumber
-        self._begin("GetShardIterator", params)
-        if self.deleted:
-            raise self._stream_not_found("GetShardIterator")
-        shard = self.shards.get(ShardId)
-        if shard is None or not shard.listed:
-            raise client_error(
-                "GetShardIterator",
-                "ResourceNotFoundException",
-                f"Requested resource not found: Shard: {ShardId} in Stream: {STREAM_ARN} not found",
-            )
-        if ShardIteratorType == "TRIM_HORIZON":
-            index = shard.trim_horizon
-        elif ShardIteratorType == "AFTER_SEQUENCE_NUMBER":
-            assert SequenceNumber is not None
-            index = sum(1 for n in seqs(shard.records) if int(n) <= int(SequenceNumber))
-            if index < shard.trim_horizon:
-                raise self._trimmed("GetShardIterator")
-        else:
-            raise AssertionError(f"the reader should not use {ShardIteratorType}")
-        return {"ShardIterator": self._issue(ShardId, index), "ResponseMetadata": self._meta()}
-
-    def _trimmed(self, operation: str) -> ClientError:
-        return client_error(
-            operation,
-            "TrimmedDataAccessException",
-            "The operation attempted to read past the oldest stream record in a shard.",
-        )
-
-    def _issue(self, shard: str, index: int) -> str:
-        token = f"{STREAM_ARN}|1|AAAAAAAAAAH{next(self._tokens):012d}QwE2sSxLCd8Ue7Kmbl0eOQ=="
-        self._iterators[token] = (shard, index, self.clock.now)
-        return token
-
-    def get_records(self, *, ShardIterator: str, Limit: int | None = None) -> dict[str, Any]:
-        self._begin("GetRecords", {"ShardIterator": ShardIterator, "Limit": Limit})
-        if ShardIterator not in self._iterators:
-            raise client_error("GetRecords", "ValidationException", "Invalid ShardIterator")
-        shard_id_, index, issued = self._iterators[ShardIterator]
-        if self.clock.now - issued > ITERATOR_LIFETIME:
-            raise client_error(
-                "GetRecords",
-                "ExpiredIteratorException",
-                "Iterator expired. The iterator was created at time Wed May 01 10:00:00 UTC 2024 while right "
-                "now it is Wed May 01 10:16:00 UTC 2024 which is further in the future than the tolerated "
-                "delay of 900000 milliseconds.",
-            )
-        shard = self.shards[shard_id_]
-        if not shard.listed:
-            raise client_error(
-                "GetRecords",
-                "ResourceNotFoundException",
-                f"Requested resource not found: Shard: {shard_id_} in Stream: {STREAM_ARN} not found",
-            )
-        if index < shard.trim_horizon:
-            raise self._trimmed("GetRecords")
-        self.polls.append((shard_id_, self.clock.now))
-        response: dict[str, Any] = {"ResponseMetadata": self._meta()}
-        if index in shard.empty_pages_at:
-            shard.empty_pages_at.remove(index)
-            response["Records"] = []
-            response["NextShardIterator"] = self._issue(shard_id_, index)
-            return response
-        page = shard.records[index : index + (Limit or 1000)]
-        end = index + len(page)
-        response["Records"] = copy.deepcopy(page)
-        if not (shard.closed and end >= len(shard.records)):
-            response["NextShardIterator"] = self._issue(shard_id_, end)
-        return response
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers
 
 
 def make_reader(
