@@ -70,13 +70,10 @@ class RowConverter:
         pending: list[dict[str, Any]] = []
         for item in items:
             try:
-                rows.append(builder.build(item))
-            except MissingColumn:
                 try:
-                    builder.check(item)
-                except DataError as exc:
-                    rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
-                else:
+                    rows.append(builder.build(item))
+                except MissingColumn:
+                    builder.check(item)  # an item that cannot be converted must not make the schema grow
                     pending.append(item)
             except DataError as exc:
                 rejected.append(Rejected(item, str(exc.key or ""), exc.attribute, str(exc)))
