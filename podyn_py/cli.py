@@ -132,8 +132,8 @@ Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage;
     "--fast-path/--no-fast-path",
     default=True,
     show_default=True,
-    help="Scan and read streams with signed HTTP parsed by orjson (2-4x less CPU); --no-fast-path uses boto3's"
-    " parser (e.g. behind an HTTP proxy or with a custom CA bundle).",
+    help="Scan and read streams with signed HTTP parsed by orjson (2-4x less CPU), through the proxy and CA bundle"
+    " boto3 would use; --no-fast-path uses boto3 for everything.",
 )
 @click.option(
     "--verify", is_flag=True, help="Compare every DynamoDB item with its PostgreSQL row; exit 4 on differences."

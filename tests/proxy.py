@@ -2,8 +2,10 @@
 
 DynamoDB Local never throttles, so retry behaviour is tested by putting this proxy between the real boto3
 client and the real server: ``throttle("Scan", 2)`` answers the next two Scan requests the way DynamoDB does
-when it throttles; everything else is relayed unchanged. Test code only, stdlib only; plain HTTP with a
-Content-Length body, which is what botocore sends.
+when it throttles; everything else is relayed unchanged. Clients may also use it as their HTTP proxy
+(HTTP_PROXY): requests then arrive in absolute form, which DynamoDB Local accepts as they are, and their
+Proxy-Authorization values are recorded. Test code only, stdlib only; plain HTTP with a Content-Length body, which
+is what botocore sends.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ThrottlingProxy:
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._faults: dict[str, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
+        #: Per operation, the Proxy-Authorization values received (when clients use this as their HTTP proxy).
+        self.proxy_authorization: dict[str, set[str]] = collections.defaultdict(set)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -134,7 +138,11 @@ class ThrottlingProxy:
 
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fault = proxy._take(operation_of(self.headers.get("X-Amz-Target")))
+                operation = operation_of(self.headers.get("X-Amz-Target"))
+                if "Proxy-Authorization" in self.headers:
+                    with proxy._lock:
+                        proxy.proxy_authorization[operation].add(self.headers["Proxy-Authorization"])
+                fault = proxy._take(operation)
                 if fault is not None:
                     status, fault_body = fault
                     self._reply(status, [("Content-Type", JSON_CONTENT_TYPE)], fault_body)

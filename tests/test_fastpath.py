@@ -25,14 +25,18 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.config
 import orjson
+import psycopg
 import pytest
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from helpers import run_podyn
 from proxy import ThrottlingProxy
+from psycopg import sql
 
 from podyn_py.core.changes import Delete, Upsert, to_change
 from podyn_py.core.values import decode_binary
-from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, free_port, local_client
+from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, free_port, local_client
+from podyn_py.source.dynamodb import AwsSettings, make_client
 from podyn_py.source.fastpath import RawJsonClient
 from podyn_py.source.streams import StreamReader
 
@@ -398,6 +402,35 @@ EVERY_TYPE: list[dict[str, Any]] = [
     }
     for i in range(12)
 ]
+
+
+def test_podyn_uses_the_http_proxy_boto3_uses(
+    ddb_server: LocalDynamoDB, pg_url: str, create_table: CreateTable, throttling_proxy: ThrottlingProxy
+) -> None:
+    """HTTP_PROXY, with credentials in it, carries the fast path's Scan as it carries boto3's calls."""
+    table = create_table(items=[{"pk": {"S": f"k{i}"}, "n": {"N": str(i)}} for i in range(20)])
+    proxy_url = throttling_proxy.endpoint_url.replace("http://", "http://scott:ti%40ger@")
+    env = {"HTTP_PROXY": proxy_url, "http_proxy": proxy_url, "NO_PROXY": "", "no_proxy": ""}
+    command = ["--endpoint-url", ddb_server.endpoint_url, "-u", pg_url, "-s", "-d", "-t", table, "--no-progress"]
+    result = run_podyn(*command, env=env)
+    assert result.returncode == 0, result.stderr
+    credentials = {"Basic " + base64.b64encode(b"scott:ti@ger").decode()}
+    assert throttling_proxy.proxy_authorization["Scan"] == credentials  # the fast path
+    assert throttling_proxy.proxy_authorization["DescribeTable"] == credentials  # boto3
+    with psycopg.connect(pg_url) as conn:
+        loaded = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+    assert loaded == (20,)
+
+
+def test_the_fast_path_verifies_tls_with_the_ca_bundle_boto3_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_CA_BUNDLE, as botocore reads it, is the bundle the fast path's pool verifies with (no TLS server here)."""
+    settings = AwsSettings(endpoint_url="https://dynamodb.example.test", region="eu-west-1")
+    for variable, bundle in (("AWS_CA_BUNDLE", "/etc/podyn-test/aws.pem"), ("REQUESTS_CA_BUNDLE", "/tmp/req.pem")):
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        monkeypatch.setenv(variable, bundle)
+        with make_client(settings, data=True) as raw:
+            assert isinstance(raw, RawJsonClient)
+            assert raw._pool.connection_pool_kw["ca_certs"] == bundle
 
 
 def _scan_pages(call: Callable[[dict[str, Any]], dict[str, Any]], request: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import random
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.httpsession
+import botocore.utils
 
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, TableSpec
@@ -79,9 +83,31 @@ def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: 
     if data and settings.fast_path:
         # botocore's max_attempts counts retries after the first attempt; the fast path counts every attempt.
         return RawJsonClient(
-            client, credentials=session.get_credentials(), pool_size=pool_size, max_attempts=settings.max_attempts + 1
+            client,
+            credentials=session.get_credentials(),
+            pool_size=pool_size,
+            max_attempts=settings.max_attempts + 1,
+            proxy_url=_proxy_for(client),
+            ca_bundle=_ca_bundle(session),
         )
     return client
+
+
+def _proxy_for(client: Any) -> str | None:
+    """The proxy boto3 uses for the client's endpoint: the config's ``proxies``, else HTTP(S)_PROXY and NO_PROXY."""
+    endpoint = client.meta.endpoint_url
+    proxies = client.meta.config.proxies or botocore.utils.get_environ_proxies(endpoint)
+    proxy: str | None = proxies.get(urllib.parse.urlsplit(endpoint).scheme)
+    return proxy
+
+
+def _ca_bundle(session: boto3.session.Session) -> str | None:
+    """The CA bundle boto3 verifies TLS with, in botocore's order: AWS_CA_BUNDLE or the profile's ``ca_bundle``,
+    then REQUESTS_CA_BUNDLE, then botocore's default bundle."""
+    # boto3 keeps its botocore session private; get_config_variable is botocore's public way to read the setting.
+    configured = session._session.get_config_variable("ca_bundle")
+    bundle: str | None = configured or os.environ.get("REQUESTS_CA_BUNDLE") or botocore.httpsession.get_cert_path(True)
+    return bundle
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Code written against a boto3 client keeps working: errors are botocore's ``Clien
 botocore's connection exceptions, and retries follow botocore's ``standard`` mode.
 
 It is not a general AWS client: JSON protocol services only, the endpoint as the client was configured (no endpoint
-rules, proxies or custom CA bundles), no parameter validation. Everything else stays with boto3.
+rules), no parameter validation. The caller passes the proxy and CA bundle boto3 would use
+(``source.dynamodb.make_client`` resolves them as botocore does). Everything else stays with boto3.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import http.client
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -76,6 +78,23 @@ _CONTENT_TYPE = "application/x-amz-json-1.0"
 _NOT_ERROR_FIELDS = frozenset({"__type", "message", "Message"})
 
 
+def _pool_manager(proxy_url: str | None, **options: Any) -> urllib3.PoolManager:
+    """A connection pool, through ``proxy_url`` if given (HTTPS endpoints are tunnelled with CONNECT).
+
+    Credentials in the proxy URL (``http://user:password@proxy:3128``) become a Proxy-Authorization header, as
+    botocore sends them.
+    """
+    if proxy_url is None:
+        return urllib3.PoolManager(**options)
+    parts = urllib.parse.urlsplit(proxy_url)
+    headers = None
+    if parts.username is not None:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}")
+        proxy_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return urllib3.ProxyManager(proxy_url, proxy_headers=headers, **options)
+
+
 class RawJsonClient:
     """Calls of one JSON-protocol AWS service (``dynamodb`` or ``dynamodbstreams``), answered as wire-shaped dicts.
 
@@ -93,6 +112,8 @@ class RawJsonClient:
         credentials: Credentials | None = None,
         pool_size: int | None = None,
         max_attempts: int = 10,
+        proxy_url: str | None = None,
+        ca_bundle: str | None = None,
         max_backoff: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = random.random,
@@ -118,11 +139,13 @@ class RawJsonClient:
         self._sleep = sleep
         self._random = random
         config = meta.config
-        self._pool = urllib3.PoolManager(
+        self._pool = _pool_manager(
+            proxy_url,
             num_pools=2,
             maxsize=pool_size or config.max_pool_connections,
             retries=False,
             timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            ca_certs=ca_bundle,
         )
 
     # boto3-style spellings of the calls podyn makes, so this can stand in for a client (e.g. a StreamsClient).
