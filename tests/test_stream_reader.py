@@ -644,6 +644,21 @@ def test_deleted_stream_is_a_gap(clock: FakeClock) -> None:
     assert "no longer exists" in str(raised.value)
 
 
+def test_stream_deleted_under_an_open_iterator_is_named_as_such(clock: FakeClock) -> None:
+    """GetRecords answers ResourceNotFoundException; DescribeStream then tells a deleted stream from a lost shard."""
+    fake = ScriptedStreams([FakeShard(A, None, make_records(10**20, 2), closed=False)], clock)
+    reader = make_reader(fake, clock, relist_seconds=3600.0)
+    read_until(reader, has_all({A: seqs(fake.shards[A].records)}))
+    fake.deleted = True
+    fake.errors["GetRecords"] = [fake._stream_not_found("GetRecords")]
+
+    with pytest.raises(StreamGapError, match="--data") as raised:
+        read_until(reader, lambda _: False)
+
+    assert "no longer exists" in str(raised.value) and "24-hour retention" not in str(raised.value)
+    assert [op for op, _ in fake.calls[-2:]] == ["GetRecords", "DescribeStream"]
+
+
 def test_logging_is_per_call_and_per_shard_never_per_record(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     fake = ScriptedStreams([FakeShard(A, None, make_records(10**20, 50), closed=True)], clock)
     caplog.set_level(logging.DEBUG, logger="podyn_py.source.streams")
