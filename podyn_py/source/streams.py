@@ -352,9 +352,9 @@ class StreamReader:
 
     def _lost(self, shard: _Shard, error: ClientError) -> None:
         """Records we were about to read are gone (trimmed, or the shard no longer exists)."""
-        if _code(error) == "ResourceNotFoundException":
-            self._describe()  # a stream that no longer exists is a clearer error than a missing shard
         if self._anchored(shard):
+            if _code(error) == "ResourceNotFoundException":
+                self._describe()  # raises the clearer error when the whole stream no longer exists
             after = (
                 f"after sequence number {shard.sequence_number}"
                 if shard.sequence_number is not None

@@ -87,7 +87,7 @@ def table_lock_id(spec: TableSpec) -> int:
 
 
 #: pg_class.relkind values podyn can write into: ordinary and partitioned tables.
-_TABLE_KINDS = {"r": "table", "p": "partitioned table"}
+_TABLE_KINDS = frozenset("rp")
 _RELATION_KINDS = {"i": "an index", "I": "a partitioned index", "S": "a sequence", "v": "a view",
                    "m": "a materialized view", "f": "a foreign table", "c": "a composite type"}  # fmt: skip
 
