@@ -79,6 +79,9 @@ class LoadResult:
     seconds: float
 
 
+_NOT_OPENED = object()
+
+
 class _TableLoad:
     """State shared by a table's segment workers: the growing schema, the capacity budget, progress."""
 
@@ -99,10 +102,34 @@ class _TableLoad:
         self.limiter = ReadCapacityLimiter(options.scan_rate)
         self.rejected = 0
         self.lock = threading.Lock()
+        #: Each worker thread's PostgreSQL connection, kept from one segment to the next.
+        self._connection = threading.local()
+        self._opened: list[Any] = []
 
     @property
     def schema(self) -> TableSchema:
         return self.rows.schema
+
+    def connection(self) -> Any:
+        """This worker thread's connection: opened on its first segment, kept for the next ones."""
+        conn = getattr(self._connection, "conn", _NOT_OPENED)
+        if conn is _NOT_OPENED:
+            conn = self.target.connect()
+            self.keep_connection(conn)
+        return conn
+
+    def keep_connection(self, conn: Any) -> None:
+        """Remember the thread's connection (a new one after a reconnect) so that close_connections closes it."""
+        if getattr(self._connection, "conn", _NOT_OPENED) is not conn:
+            self._connection.conn = conn
+            if conn is not None:
+                with self.lock:
+                    self._opened.append(conn)
+
+    def close_connections(self) -> None:
+        """After the workers are done: close every connection they opened (closing a closed one does nothing)."""
+        for conn in self._opened:
+            conn.close()
 
 
 def load_table(
@@ -152,6 +179,7 @@ def load_table(
                 wait(futures)
                 raise failed[0]  # type: ignore[misc]
     finally:
+        load.close_connections()
         progress.close()
     if requested.is_set():
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
@@ -190,15 +218,11 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
         consistent_read=load.options.consistent_read,
     )
     key = record.last_key
-    conn = load.target.connect()
-    try:
-        while not stop.is_set():
-            conn, key = _load_page(load, client, conn, record.segment, record.total_segments, key, sizer)
-            if key is None:
-                return
-    finally:
-        if conn is not None:
-            conn.close()
+    while not stop.is_set():
+        conn, key = _load_page(load, client, load.connection(), record.segment, record.total_segments, key, sizer)
+        load.keep_connection(conn)
+        if key is None:
+            return
 
 
 def _load_page(

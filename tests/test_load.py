@@ -453,9 +453,11 @@ def test_pages_are_bounded_and_segments_outnumber_connections(
 
     table = create_table(items=[{"pk": {"S": f"{i:05}"}, "v": {"N": str(i)}} for i in range(2500)])
     base = ["--endpoint-url", throttling_proxy.endpoint_url, "-u", pg_url, "-d", "-s", "--no-progress", "-n", "1"]
-    ok(run_podyn(*base, "-t", table, "--segments", "1", "--no-fast-path"))
-    assert MAX_PAGE_ITEMS == 1000 and throttling_proxy.count("Scan") == 3  # 1,000 + 1,000 + 500
-    assert table_differences(ddb, pg_url, table) == []
+    for client_path in ("--no-fast-path", "--fast-path"):
+        throttling_proxy.reset()
+        ok(run_podyn(*base, "-t", table, "--segments", "1", "--reload", client_path))
+        assert MAX_PAGE_ITEMS == 1000 and throttling_proxy.count("Scan") == 3, client_path  # 1,000 + 1,000 + 500
+        assert table_differences(ddb, pg_url, table) == []
 
     throttling_proxy.reset()
     ok(run_podyn(*base, "-t", table, "--reload"))
@@ -468,6 +470,33 @@ def test_pages_are_bounded_and_segments_outnumber_connections(
     assert done == (4, True, 2500)
     assert throttling_proxy.count("Scan") >= 4
     assert table_differences(ddb, pg_url, table) == []
+
+
+def test_a_worker_keeps_its_connection_from_one_segment_to_the_next(ddb: Any, pg_url: str, create_table: Any) -> None:
+    """Segments outnumber workers (4 × -n), so connections must follow workers: one each, not one per segment.
+    In process, with the real PostgresTarget and DynamoDB Local; the target only counts what connect() opens."""
+    from podyn_py.load import LoadOptions, load_table
+    from podyn_py.source import dynamodb
+    from podyn_py.target.postgres import PostgresTarget
+
+    class CountingTarget(PostgresTarget):
+        opened: list[Any] = []
+
+        def connect(self, *, autocommit: bool = False) -> Any:
+            conn = super().connect(autocommit=autocommit)
+            self.opened.append(conn)
+            return conn
+
+    table = create_table(items=[{"pk": {"S": f"{i:04}"}} for i in range(400)])
+    description = dynamodb.describe_table(ddb, table, pg_schema="public")
+    target = CountingTarget(pg_url)
+    schema = target.prepare_table(description.spec, create=True, citus=False)
+    target.opened.clear()
+    result = load_table(description, schema, target, ddb, LoadOptions(segments=12, connections=2))
+    assert result.items == 400 and table_differences(ddb, pg_url, table) == []
+    # One per worker, plus one each for begin_load and finish_load (one per segment would make 14).
+    assert len(target.opened) <= 2 + 2, f"{len(target.opened)} connections for 12 segments on 2 workers"
+    assert all(conn.closed for conn in target.opened)
 
 
 def test_kill_9_mid_load_then_resume_loses_and_doubles_nothing(
