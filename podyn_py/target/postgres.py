@@ -251,14 +251,25 @@ class PostgresTarget:
         if record is not None:
             _check_same_choices(record.spec, spec)
         stored = state.read_columns(conn, spec)
-        schema = _complete_keys(TableSchema(spec, stored)) if stored else initial_schema(spec)
         existing = existing_columns(conn, spec)
+        if stored:
+            unmanaged = frozenset(existing or ()) - {c.name for c in stored}
+            schema = _complete_keys(TableSchema(spec, stored, unmanaged))
+        else:
+            schema = initial_schema(spec)
         if not create:
             if existing is None or record is None:
                 raise ConfigError(
                     f"table {spec.schema}.{spec.table} has not been created by podyn yet: run with --schema",
                     table=spec.source,
                 )
+            # Indexes created in DynamoDB since the table was prepared: their key columns and indexes are added
+            # here too, not only with --schema, or the first row carrying a new key would fail on a missing column.
+            if stored and len(schema.columns) > len(stored):
+                _add_and_record(conn, TableSchema(spec, stored, schema.reserved), list(schema.columns[len(stored) :]))
+            _create_missing_indexes(conn, schema)
+            if record.spec.indexes != spec.indexes:
+                state.save_table(conn, spec)
         elif existing is None:
             if citus and not citus_available(conn):
                 raise ConfigError("--citus: create_distributed_table() is not available (CREATE EXTENSION citus)")
@@ -273,9 +284,7 @@ class PostgresTarget:
             log.info("table %s: created %s.%s", spec.source, spec.schema, spec.table)
         else:
             schema = _adopt_existing(conn, schema, existing)
-            index_names = free_index_names(conn, spec)
-            for index in spec.indexes:
-                conn.execute(ddl.create_index(schema, index, index_names.get(index.name)))
+            _create_missing_indexes(conn, schema)
         if create:
             state.save_table(conn, spec)
             state.save_columns(conn, schema)
@@ -296,16 +305,7 @@ class PostgresTarget:
             added = evolve(current)
             if not added:
                 return current
-            conn.execute(ddl.add_columns(current, added))
-            grown = current.with_columns(added)
-            state.save_columns(conn, grown, start=len(current.columns))
-            log.info(
-                "table %s: added column%s %s",
-                schema.spec.source,
-                "s" if len(added) > 1 else "",
-                ", ".join(f"{c.name} {c.type.value}" for c in added),
-            )
-            return grown
+            return _add_and_record(conn, current, added)
 
         return self.run("adding columns", add, table=schema.spec.source)
 
@@ -590,19 +590,58 @@ def _check_same_choices(stored: TableSpec, wanted: TableSpec) -> None:
         )
 
 
+def _add_and_record(conn: psycopg.Connection[Any], current: TableSchema, added: Sequence[Column]) -> TableSchema:
+    """ALTER TABLE for ``added`` and record them in podyn.columns, in the caller's transaction (under the DDL lock)."""
+    conn.execute(ddl.add_columns(current, added))
+    grown = current.with_columns(added)
+    state.save_columns(conn, grown, start=len(current.columns))
+    log.info(
+        "table %s: added column%s %s",
+        current.spec.source,
+        "s" if len(added) > 1 else "",
+        ", ".join(f"{c.name} {c.type.value}" for c in added),
+    )
+    return grown
+
+
+def _create_missing_indexes(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
+    """CREATE INDEX for each GSI and LSI of the spec whose index is not there yet; never drops one.
+
+    An index already present is not asked again: even with IF NOT EXISTS, CREATE INDEX would first wait for a
+    SHARE lock on the table, which every start of a --changes service would then take.
+    """
+    spec = schema.spec
+    index_names = free_index_names(conn, spec)
+    for index in spec.indexes:
+        name = index_names.get(index.name) or naming.index_name(spec.table, index.name)
+        if _relation_holds_index(conn, spec, name):
+            continue
+        conn.execute(ddl.create_index(schema, index, name))
+        log.info("table %s: created index %s.%s for %s", spec.source, spec.schema, name, index.name)
+
+
 def _complete_keys(schema: TableSchema) -> TableSchema:
-    """Add key columns for indexes created in DynamoDB since the table was first prepared."""
+    """Add key columns for indexes created in DynamoDB since the table was first prepared.
+
+    A key attribute that already has a column of another type (``gk`` seen as S, the new index declares N) gets
+    the variant column ``<column>_<type>`` that a value of that type would get anyway; the index goes on it.
+    """
     fresh = initial_schema(schema.spec)
     missing = [c for c in fresh.columns if c.attribute is not None and schema.position(c.attribute, c.type) is None]
     if not missing:
         return schema
-    taken = set(schema.column_names)
+    taken = set(schema.column_names) | schema.reserved
     added = []
     for column in missing:
         assert column.attribute is not None
-        name = naming.column_name(column.attribute, taken, lower_case=schema.spec.lower_case)
+        primary = schema.primary_column(column.attribute)
+        if primary is None:
+            name = naming.column_name(column.attribute, taken, lower_case=schema.spec.lower_case)
+            added.append(Column(name, column.type, column.attribute))
+        else:
+            name = naming.variant_name(primary.name, column.attribute, column.type.value, taken)
+            added.append(Column(name, column.type, column.attribute, True))
         taken.add(name)
-        added.append(Column(name, column.type, column.attribute))
     return schema.with_columns(added)
 
 
