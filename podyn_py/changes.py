@@ -42,7 +42,7 @@ from podyn_py.errors import ConfigError, DataError, PodynError, StreamGapError, 
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
 from podyn_py.target.postgres import PostgresTarget, TableHold
-from podyn_py.target.state import TableState
+from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class ChangeOptions:
     retention_seconds: float = 24 * 3600.0
     #: Longest wait between attempts after a transient failure (PostgreSQL restarting, DynamoDB throttling).
     max_backoff_seconds: float = 30.0
+    #: How often the table's holder and heartbeat are written to podyn.tables (--status: is it running now?).
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
 
 
 class _CheckpointMoved(PodynError):
@@ -202,7 +204,7 @@ class TableReplicator:
                         log.warning("table %s: %s", self.spec.source, exc.message)
                     else:
                         log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
-                        self.stop.wait(delay)
+                        self._pause(delay)
                         delay = min(delay * 2, self.options.max_backoff_seconds)
                     if reader is not None:
                         reader.close()  # its in-memory positions may be ahead of what was committed
@@ -219,12 +221,25 @@ class TableReplicator:
         log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
 
     def _check_hold(self, *, force: bool) -> None:
+        """Refresh the heartbeat every ``heartbeat_seconds``, which also checks the lock's connection."""
         if self.hold is None:
             return
         now = time.monotonic()
-        if force or now - self._hold_checked >= 10.0:
-            self.hold.ensure()
+        if force or now - self._hold_checked >= self.options.heartbeat_seconds:
+            self.hold.heartbeat()
             self._hold_checked = now
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a retry, still beating: the process is alive and the table still its own."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.wait(max(0.0, min(self.options.heartbeat_seconds, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return
+            try:
+                self._check_hold(force=False)
+            except PodynError as exc:
+                if not exc.transient or isinstance(exc, TableHeldElsewhere):
+                    raise
 
     def _start(self) -> str:
         """Check that replication can start without a gap; return the stream ARN; mark the table catching up."""

@@ -3,7 +3,8 @@
 Exit codes: 0 done (or stopped on request, resumable); 1 error before any table was replicated (settings,
 connections); 2 wrong usage; 3 one or more tables stopped with an error or were held by another process.
 ``--verify``: 0 every table equal; 4 differences found; 3 a table could not be verified (never loaded, an error,
-interrupted), which wins over 4. ``--status``: 0, or 3 when a table is stopped or unknown to podyn.
+interrupted), which wins over 4. ``--status``: 0, or 3 when a table is stopped, unknown to podyn, or
+``catching up``/``live`` with no process replicating it now (shown as ``not running`` or ``stalled``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ Examples:
   podyn -u postgresql://app@db/app --changes --metrics-port 9464
 \b
 Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage; 3 a table stopped with an error
-(--verify: could not be verified; --status: is stopped or unknown); 4 --verify found differences.
+(--verify: could not be verified; --status: is stopped, unknown, or not running/stalled); 4 --verify found
+differences.
 """
 
 
@@ -298,6 +300,10 @@ def run_status(config: Config, pg_schema: str | None, *, as_json: bool = False) 
     click.echo(json.dumps(status.to_json(result), indent=2) if as_json else status.render(result))
     for name in result.unknown:
         click.echo(f"podyn: table {name} is not known to podyn in this database", err=True)
+    for table in result.tables:
+        if isinstance(table.state, status.Activity):
+            seen = "never" if table.last_seen is None else table.last_seen.isoformat(sep=" ", timespec="seconds")
+            click.echo(f"podyn: table {table.source} is {table.state.value} (last seen {seen})", err=True)
     return EXIT_OK if result.ok else EXIT_TABLES_FAILED
 
 

@@ -86,5 +86,9 @@ class TableHeldElsewhere(PodynError):
     transient = True
 
 
+class LockKeyCollision(PodynError):
+    """A table's advisory lock key is held by a podyn process for another table: standing by would wait forever."""
+
+
 class Interrupted(PodynError):
     """Stopped on request (SIGINT/SIGTERM) after committing what was in flight; a later run resumes."""

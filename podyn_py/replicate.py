@@ -105,8 +105,10 @@ def _prepare_and_load(
     stop: threading.Event,
 ) -> dynamodb.TableDescription:
     description = _describe(config, client, target, name)
-    with target.hold(description.spec):
+    with target.hold(description.spec) as hold:
         schema = target.prepare_table(description.spec, create=config.schema, citus=config.citus)
+        if hold is not None:
+            hold.heartbeat()  # a table podyn has just recorded could not say who holds it before
         if config.data:
             options = LoadOptions(
                 segments=config.scan_segments,

@@ -1,7 +1,9 @@
 """``podyn --status``: what the ``podyn`` metadata schema says about each table, as a table or as JSON.
 
 It reads only PostgreSQL, in a read-only transaction: no DynamoDB access, no lock, so it works while the service runs
-in another process or on another host. It shows what podyn committed, which is at most a page or a batch behind.
+in another process or on another host. It shows what podyn committed, which is at most a page or a batch behind;
+a table stored as ``catching up`` or ``live`` shows so only while a process replicates it now (it holds the table's
+replication lock and its heartbeat is fresh), else ``not running`` or ``stalled``.
 Never prints a password: the database is shown through :func:`podyn_py.config.redact`, errors through
 :func:`podyn_py.config.redact_text`.
 """
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -19,10 +22,22 @@ import psycopg
 from podyn_py.config import redact, redact_text
 from podyn_py.errors import ConfigError
 from podyn_py.target import postgres
-from podyn_py.target.state import TableState
+from podyn_py.target.state import HEARTBEAT_STALE_SECONDS, TableState
 
 #: Above this many segments, the human-readable output lists only the unfinished ones.
 _SEGMENTS_SHOWN = 32
+
+
+class Activity(StrEnum):
+    """Shown instead of a stored ``catching up`` or ``live`` when no process replicates the table now."""
+
+    #: No process holds the table's replication lock (killed, stopped, or never started here).
+    NOT_RUNNING = "not running"
+    #: Its process holds the lock but has not refreshed its heartbeat for HEARTBEAT_STALE_SECONDS (hung, stuck).
+    STALLED = "stalled"
+
+
+_REPLICATING = frozenset({TableState.CATCHING_UP, TableState.LIVE})
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,12 @@ class TableStatus:
     source: str
     target: str
     mode: str
-    state: TableState
+    #: The stored state, or an Activity when the stored one claims a replication no process is doing.
+    state: TableState | Activity
+    stored_state: TableState
+    #: host:pid of the process that last held the table, and when it last said so (its heartbeat).
+    holder: str | None
+    last_seen: datetime | None
     last_error: str | None
     items_loaded: int
     load_started_at: datetime | None
@@ -74,10 +94,17 @@ class Status:
 
     @property
     def ok(self) -> bool:
-        return not self.unknown and all(t.state is not TableState.STOPPED for t in self.tables)
+        failed = (TableState.STOPPED, Activity.NOT_RUNNING, Activity.STALLED)
+        return not self.unknown and all(t.state not in failed for t in self.tables)
 
 
-def read_status(conninfo: str, tables: Sequence[str] = (), pg_schema: str | None = None) -> Status:
+def read_status(
+    conninfo: str,
+    tables: Sequence[str] = (),
+    pg_schema: str | None = None,
+    *,
+    stale_after_seconds: float = HEARTBEAT_STALE_SECONDS,
+) -> Status:
     """Every table podyn recorded (or those whose DynamoDB name is in ``tables``), optionally in one schema."""
     with postgres.connect(conninfo) as conn:
         conn.read_only = True
@@ -89,19 +116,21 @@ def read_status(conninfo: str, tables: Sequence[str] = (), pg_schema: str | None
                       load_started_at, load_finished_at, stream_arn, stream_view_type, changes_applied,
                       last_change_at, replication_lag_seconds, updated_at,
                       (SELECT count(*) FROM podyn.rejected r
-                       WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table)
+                       WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table),
+                      holder, holder_pid, heartbeat_at,
+                      extract(epoch FROM statement_timestamp() - heartbeat_at)::float8
                FROM podyn.tables t
                WHERE (%(schema)s::text IS NULL OR target_schema = %(schema)s)
                  AND (cardinality(%(tables)s::text[]) = 0 OR source_table = ANY(%(tables)s))
                ORDER BY source_table, target_schema""",
             {"schema": pg_schema, "tables": list(tables)},
         ).fetchall()
-        statuses = tuple(_table_status(conn, row) for row in rows)
+        statuses = tuple(_table_status(conn, row, stale_after_seconds) for row in rows)
     known = {t.source for t in statuses}
     return Status(redact(conninfo), statuses, tuple(t for t in tables if t not in known))
 
 
-def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any]) -> TableStatus:
+def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after_seconds: float) -> TableStatus:
     schema, table = row[0], row[1]
     segments = tuple(
         SegmentStatus(*r)
@@ -121,7 +150,15 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any]) -> TableSta
             (schema, table, row[9], row[9]),
         )
     )
-    state = TableState(row[4])
+    stored = TableState(row[4])
+    state: TableState | Activity = stored
+    if stored in _REPLICATING:
+        holder_pid, heartbeat_age = row[17], row[19]
+        lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
+        if lock_pid is None or lock_pid != holder_pid:
+            state = Activity.NOT_RUNNING
+        elif heartbeat_age is None or heartbeat_age > stale_after_seconds:
+            state = Activity.STALLED
     # While a load runs, only the segments know how far it got; the table's count is set when it finishes.
     items = row[6] if row[8] is not None else sum(s.items_loaded for s in segments)
     return TableStatus(
@@ -129,6 +166,9 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any]) -> TableSta
         target=f"{schema}.{table}",
         mode=row[3],
         state=state,
+        stored_state=stored,
+        holder=row[16],
+        last_seen=row[18],
         last_error=None if row[5] is None else redact_text(row[5]),
         items_loaded=items,
         load_started_at=row[7],
@@ -166,7 +206,10 @@ def render(status: Status) -> str:
     """The human-readable form: an overview table, then each table's segments, shards and error."""
     lines = [f"database: {status.database}", "", *(_overview(status.tables) or ["no tables"])]
     for t in status.tables:
-        lines += ["", f"{t.source} → {t.target}: {t.state.value}"]
+        seen = f" (last seen {_time(t.last_seen)}; stored state {t.stored_state.value})"
+        lines += ["", f"{t.source} → {t.target}: {t.state.value}{seen if isinstance(t.state, Activity) else ''}"]
+        if t.holder:
+            lines.append(f"  holder: {t.holder}, last seen {_time(t.last_seen)}")
         if t.load_started_at:
             finished = f", finished {_time(t.load_finished_at)}" if t.load_finished_at else ""
             lines.append(f"  load: {t.items_loaded:,} items, started {_time(t.load_started_at)}{finished}")

@@ -33,7 +33,7 @@ from podyn_py.config import Config
 from podyn_py.local import LocalPostgres
 from podyn_py.replicate import RunSummary, replicate
 from podyn_py.source.dynamodb import AwsSettings
-from podyn_py.target.postgres import REPLICATION_LOCK, PostgresTarget
+from podyn_py.target.postgres import REPLICATION_LOCK, PostgresTarget, lock_key_oids, table_lock_key
 
 
 def short(prefix: str) -> str:
@@ -180,7 +180,7 @@ def test_dropped_connections_mid_stream_are_reopened(
     for i in range(5):
         increment(ddb, table, f"k{i}")
     wait_equal(ddb, pg_url, table)
-    assert replication_locks(pg_url) == 1
+    assert replication_locks(pg_url, table) == 1
     with connect(pg_url) as conn:
         killed = conn.execute(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -197,7 +197,7 @@ def test_dropped_connections_mid_stream_are_reopened(
     # replicates the same table"). Dropping the connection that held it drops the lock: the service must take it
     # again, or a second process would not stand by.
     deadline = time.monotonic() + 5
-    while replication_locks(pg_url) == 0:
+    while replication_locks(pg_url, table) == 0:
         assert time.monotonic() < deadline, (
             "after its connections were dropped the service replicates without holding the table's advisory lock"
         )
@@ -205,14 +205,16 @@ def test_dropped_connections_mid_stream_are_reopened(
     assert service.stop() == 0
 
 
-def replication_locks(url: str) -> int:
-    """How many podyn sessions of this database hold a table's replication advisory lock."""
+def replication_locks(url: str, table: str) -> int:
+    """How many podyn sessions of this database hold the table's replication advisory lock."""
+    target = table_row(url, table)
+    classid, objid = lock_key_oids(table_lock_key(REPLICATION_LOCK, target["target_schema"], target["target_table"]))
     with connect(url) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'podyn'"
-            " AND a.datname = current_database() AND l.classid::bigint = %s",
-            (REPLICATION_LOCK,),
+            " AND a.datname = current_database() AND l.objsubid = 1 AND l.classid = %s::oid AND l.objid = %s::oid",
+            (classid, objid),
         ).fetchone()
     return int(row[0]) if row else 0
 

@@ -11,10 +11,12 @@ serialises each value once, with exact numbers, and nothing here serialises it a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
     Interrupted,
+    LockKeyCollision,
     PodynError,
     SchemaError,
     TableHeldElsewhere,
@@ -75,15 +78,39 @@ def classify(exc: BaseException, what: str, *, table: str | None = None) -> Pody
     return TargetError(message, table=table)
 
 
-# Advisory lock namespaces (the first of pg_advisory_lock's two int4 keys; the second identifies the table).
-DDL_LOCK = 0x706F6401  # held for a transaction while changing a table's schema or starting its load
-REPLICATION_LOCK = 0x706F6402  # held for a session while a process loads or replicates the table
+# Advisory lock namespaces: hashed together with the table's name into one bigint key per (namespace, table).
+DDL_LOCK = "podyn.ddl"  # held for a transaction while changing a table's schema or starting its load
+REPLICATION_LOCK = "podyn.replication"  # held for a session while a process loads or replicates the table
 
 
-def table_lock_id(spec: TableSpec) -> int:
-    """The second advisory lock key for one target table: a signed 32-bit hash of its name."""
-    digest = zlib.crc32(f"{spec.schema}.{spec.table}".encode("utf-8", "surrogatepass"))
-    return digest - (1 << 32) if digest >= 1 << 31 else digest
+def table_lock_key(namespace: str, schema: str, table: str) -> int:
+    """The ``pg_advisory_lock(bigint)`` key of one target table in one namespace: the first 8 bytes of the
+    SHA-256 of namespace, schema and table (NUL-separated, so no two triples give the same text), signed.
+
+    64 bits make a collision between distinct tables practically impossible (a 32-bit crc32 of ``schema.table``
+    had ``public.orders_5088719`` and ``public.orders_20002006`` share a key); TableHold still checks the holder.
+    """
+    text = "\0".join((namespace, schema, table)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big", signed=True)
+
+
+def lock_key_oids(key: int) -> tuple[int, int]:
+    """How pg_locks shows a bigint advisory key: (classid, objid) = its high and low 32 bits, with objsubid 1."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+def lock_holder_pid(conn: psycopg.Connection[Any], key: int) -> int | None:
+    """The backend pid holding a bigint session or transaction advisory lock in this database, if any."""
+    classid, objid = lock_key_oids(key)
+    row = conn.execute(
+        """SELECT pid FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = %s::oid AND objid = %s::oid
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           LIMIT 1""",
+        (classid, objid),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 #: pg_class.relkind values podyn can write into: ordinary and partitioned tables.
@@ -246,7 +273,7 @@ class PostgresTarget:
 
     def _prepare(self, conn: psycopg.Connection[Any], spec: TableSpec, create: bool, citus: bool) -> TableSchema:
         state.ensure_metadata(conn)
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(spec)))
+        conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),))
         record = state.read_table(conn, spec.schema, spec.table)
         if record is not None:
             _check_same_choices(record.spec, spec)
@@ -300,7 +327,10 @@ class PostgresTarget:
         """
 
         def add(conn: psycopg.Connection[Any]) -> TableSchema:
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(schema.spec)))
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::bigint)",
+                (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
+            )
             current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved)
             added = evolve(current)
             if not added:
@@ -328,7 +358,9 @@ class PostgresTarget:
         """
 
         def begin(conn: psycopg.Connection[Any]) -> list[state.SegmentRecord] | None:
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(spec)))
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),)
+            )
             record = state.read_table(conn, spec.schema, spec.table)
             if record is None:
                 raise ConfigError(f"table {spec.source} has not been prepared: run with --schema", table=spec.source)
@@ -475,11 +507,18 @@ def _now(conn: psycopg.Connection[Any]) -> Any:
 class TableHold:
     """A session advisory lock that marks a table as this process's. The lock lives as long as its connection:
     :meth:`ensure` notices a lost connection (PostgreSQL restarted, the backend terminated) and takes the lock
-    again, or raises TableHeldElsewhere if another process took it meanwhile."""
+    again, or raises TableHeldElsewhere if another process took it meanwhile.
+
+    The holder (``host:pid`` and the lock connection's backend pid) is recorded in ``podyn.tables``, and
+    :meth:`heartbeat` refreshes it, so that ``--status`` can tell a table being replicated now from one whose
+    process is gone, and so that a lock found taken can be told apart from a key shared with another table.
+    """
 
     def __init__(self, target: PostgresTarget, spec: TableSpec) -> None:
         self.target = target
         self.spec = spec
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.key = table_lock_key(REPLICATION_LOCK, spec.schema, spec.table)
         self._conn: psycopg.Connection[Any] | None = None
 
     def ensure(self) -> None:
@@ -491,20 +530,56 @@ class TableHold:
                 log.warning("table %s: lost the connection holding the table's lock; taking it again", self.spec.source)
                 self.release()
         conn = self.target.connect(autocommit=True)
+        refusal: PodynError | None = None
         try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (REPLICATION_LOCK, table_lock_id(self.spec))
-            ).fetchone()
+            row = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (self.key,)).fetchone()
+            if row and row[0]:
+                state.record_holder(conn, self.spec.schema, self.spec.table, self.holder)
+            else:
+                refusal = self._refusal(conn)
         except psycopg.Error as exc:
             conn.close()
             raise classify(exc, "taking the table's lock", table=self.spec.source) from exc
-        if not (row and row[0]):
+        if refusal is not None:
             conn.close()
-            raise TableHeldElsewhere(
-                "another podyn process is loading or replicating this table; leaving it to that process",
-                table=self.spec.source,
-            )
+            raise refusal
         self._conn = conn
+
+    def heartbeat(self) -> None:
+        """Record this process as the table's holder, now (a cheap autocommit UPDATE on the lock's connection,
+        outside any batch); take the lock again first if its connection was lost."""
+        if self._conn is not None:
+            try:
+                state.record_holder(self._conn, self.spec.schema, self.spec.table, self.holder)
+                return
+            except psycopg.Error:
+                log.warning("table %s: lost the connection holding the table's lock; taking it again", self.spec.source)
+                self.release()
+        self.ensure()
+
+    def _refusal(self, conn: psycopg.Connection[Any]) -> PodynError:
+        """Why the lock could not be taken: another process replicating this table (TableHeldElsewhere, stand by),
+        or a process holding the same key for another table (LockKeyCollision: standing by would wait forever)."""
+        spec = self.spec
+        held_elsewhere = TableHeldElsewhere(
+            "another podyn process is loading or replicating this table; leaving it to that process", table=spec.source
+        )
+        backend = lock_holder_pid(conn, self.key)
+        if backend is None:  # released meanwhile: the next attempt takes it
+            return held_elsewhere
+        recorded = state.read_holder(conn, spec.schema, spec.table)
+        if recorded is not None and recorded[1] == backend:
+            return held_elsewhere
+        others = state.tables_held_by(conn, backend, exclude=(spec.schema, spec.table))
+        if not others:  # not recorded anywhere (yet): the holder records itself right after taking the lock
+            return held_elsewhere
+        other_schema, other_table, other_holder = others[0]
+        return LockKeyCollision(
+            f"the replication lock key of {spec.schema}.{spec.table} is held by podyn {other_holder} (backend"
+            f" {backend}) for another table, {other_schema}.{other_table}: the two tables' lock keys collide, so"
+            " this table would never be replicated; replicate them in one process, or report this as a bug",
+            table=spec.source,
+        )
 
     def release(self) -> None:
         if self._conn is not None:

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS podyn.tables (
     replication_lag_seconds double precision,
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    holder text,
+    holder_pid integer,
+    heartbeat_at timestamptz,
     PRIMARY KEY (target_schema, target_table)
 );
 CREATE TABLE IF NOT EXISTS podyn.columns (
@@ -104,7 +107,15 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
     item jsonb,
     rejected_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS holder text;
+ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS holder_pid integer;
+ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 """
+
+#: How often the process replicating a table refreshes ``podyn.tables.heartbeat_at`` (ChangeOptions' default).
+HEARTBEAT_SECONDS = 5.0
+#: ``--status`` calls a table's process stalled once its heartbeat is older than this.
+HEARTBEAT_STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 METADATA_TABLES = ("podyn.tables", "podyn.columns", "podyn.segments", "podyn.shards", "podyn.rejected")
@@ -408,3 +419,54 @@ def record_changes(conn: psycopg.Connection[Any], spec: TableSpec, applied: int,
            WHERE target_schema = %s AND target_table = %s""",
         (applied, applied, lag_seconds, spec.schema, spec.table),
     )
+
+
+def record_holder(conn: psycopg.Connection[Any], schema: str, table: str, holder: str) -> bool:
+    """Record ``holder`` (host:pid) and this connection's backend as the table's lock holder, seen now.
+
+    For the autocommit connection that holds the table's advisory lock. False when podyn.tables does not hold
+    the table (yet: a first ``--schema`` run takes the lock before it records the table).
+    """
+    try:
+        cur = conn.execute(
+            """UPDATE podyn.tables SET holder = %s, holder_pid = pg_backend_pid(), heartbeat_at = now()
+               WHERE target_schema = %s AND target_table = %s""",
+            (holder, schema, table),
+        )
+    except psycopg.errors.UndefinedTable:
+        return False
+    return cur.rowcount == 1
+
+
+def read_holder(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[str | None, int | None] | None:
+    """(holder, backend pid) last recorded for the table; None when podyn does not know the table."""
+    try:
+        row = conn.execute(
+            "SELECT holder, holder_pid FROM podyn.tables WHERE target_schema = %s AND target_table = %s",
+            (schema, table),
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return None if row is None else (row[0], row[1])
+
+
+def tables_held_by(
+    conn: psycopg.Connection[Any], backend_pid: int, *, exclude: tuple[str, str]
+) -> list[tuple[str, str, str | None]]:
+    """(schema, table, holder) of the other tables whose recorded holder is that backend now.
+
+    A record counts only if written since the backend started: a pid left behind by a process that is gone may
+    have been given to a new backend since.
+    """
+    try:
+        rows = conn.execute(
+            """SELECT t.target_schema, t.target_table, t.holder FROM podyn.tables t
+               JOIN pg_stat_activity a ON a.pid = t.holder_pid
+               WHERE t.holder_pid = %s AND t.heartbeat_at >= a.backend_start
+                 AND (t.target_schema, t.target_table) <> (%s, %s)
+               ORDER BY 1, 2""",
+            (backend_pid, *exclude),
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []
+    return [(r[0], r[1], r[2]) for r in rows]
