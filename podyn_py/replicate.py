@@ -20,7 +20,7 @@ from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.source import dynamodb
 from podyn_py.target import state
 from podyn_py.target.dryrun import DryRunTarget
-from podyn_py.target.postgres import PostgresTarget
+from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
 from podyn_py.target.state import TableState
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     target = make_target(config, out, stop)
     if isinstance(target, PostgresTarget):
         target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
+        target.ensure_metadata()
     summary = RunSummary()
     ready: list[dynamodb.TableDescription] = []
     for name in names:
@@ -106,7 +107,13 @@ def _prepare_and_load(
 ) -> dynamodb.TableDescription:
     description = _describe(config, client, target, name)
     with target.hold(description.spec) as hold:
-        schema = target.prepare_table(description.spec, create=config.schema, citus=config.citus)
+        schema = target.prepare_table(
+            description.spec,
+            create=config.schema,
+            citus=config.citus,
+            source=description.source,
+            reload=config.reload,
+        )
         if hold is not None:
             hold.heartbeat()  # a table podyn has just recorded could not say who holds it before
         if config.data:
@@ -168,7 +175,7 @@ def _follow_table(
                 if standing_by:
                     log.info("table %s: the other process let go; taking over", name)
                     standing_by = False
-                schema = target.prepare_table(description.spec, create=False, citus=False)
+                schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
                 TableReplicator(description, schema, target, client, streams_client, stop, hold=hold).run()
             return
         except Interrupted:
@@ -205,15 +212,12 @@ def _choices(config: Config, target: PostgresTarget | DryRunTarget, spec: TableS
     if stored is None:
         return config.mode or ConversionMode.COLUMNS, bool(config.lower_case)
     mode, lower_case = stored
-    if (config.mode is not None and config.mode is not mode) or (
-        config.lower_case is not None and config.lower_case != lower_case
-    ):
-        raise ConfigError(
-            f"{spec.schema}.{spec.table} was made with --conversion-mode {mode.value}"
-            f"{' and -lc' if lower_case else ' without -lc'}; run with the same choices (or none), or drop the"
-            " table and its row in podyn.tables to start over",
-            table=spec.source,
-        )
+    wanted = replace(
+        spec, mode=config.mode or mode, lower_case=lower_case if config.lower_case is None else config.lower_case
+    )
+    if config.reload and config.data:
+        return wanted.mode, wanted.lower_case  # the table is made again with the new choices (see prepare_table)
+    refuse_other_choices(replace(spec, mode=mode, lower_case=lower_case), wanted)
     return mode, lower_case
 
 

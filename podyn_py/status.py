@@ -20,9 +20,8 @@ from typing import Any
 import psycopg
 
 from podyn_py.config import redact, redact_text
-from podyn_py.errors import ConfigError
 from podyn_py.target import postgres
-from podyn_py.target.state import HEARTBEAT_STALE_SECONDS, TableState
+from podyn_py.target.state import HEARTBEAT_STALE_SECONDS, TableState, require_current_metadata
 
 #: Above this many segments, the human-readable output lists only the unfinished ones.
 _SEGMENTS_SHOWN = 32
@@ -35,6 +34,9 @@ class Activity(StrEnum):
     NOT_RUNNING = "not running"
     #: Its process holds the lock but has not refreshed its heartbeat for HEARTBEAT_STALE_SECONDS (hung, stuck).
     STALLED = "stalled"
+    #: Shown instead of any stored state: the PostgreSQL table podyn recorded was dropped (or dropped and made
+    #: again) outside podyn, so whatever the state said about its rows no longer holds.
+    TARGET_MISSING = "target missing"
 
 
 _REPLICATING = frozenset({TableState.CATCHING_UP, TableState.LIVE})
@@ -94,7 +96,7 @@ class Status:
 
     @property
     def ok(self) -> bool:
-        failed = (TableState.STOPPED, Activity.NOT_RUNNING, Activity.STALLED)
+        failed = (TableState.STOPPED, Activity.NOT_RUNNING, Activity.STALLED, Activity.TARGET_MISSING)
         return not self.unknown and all(t.state not in failed for t in self.tables)
 
 
@@ -108,9 +110,7 @@ def read_status(
     """Every table podyn recorded (or those whose DynamoDB name is in ``tables``), optionally in one schema."""
     with postgres.connect(conninfo) as conn:
         conn.read_only = True
-        exists = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
-        if not (exists and exists[0]):
-            raise ConfigError("no podyn metadata in this database (schema podyn): podyn has not run here")
+        require_current_metadata(conn)
         rows = conn.execute(
             """SELECT target_schema, target_table, source_table, conversion_mode, state, last_error, items_loaded,
                       load_started_at, load_finished_at, stream_arn, stream_view_type, changes_applied,
@@ -118,8 +118,12 @@ def read_status(
                       (SELECT count(*) FROM podyn.rejected r
                        WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table),
                       holder, holder_pid, heartbeat_at,
-                      extract(epoch FROM statement_timestamp() - heartbeat_at)::float8
+                      extract(epoch FROM statement_timestamp() - heartbeat_at)::float8,
+                      -- is the target the relation podyn recorded (or, recorded by an older podyn, there at all)?
+                      coalesce(r.oid = coalesce(t.target_oid, r.oid), false)
                FROM podyn.tables t
+               LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
+                   ON true
                WHERE (%(schema)s::text IS NULL OR target_schema = %(schema)s)
                  AND (cardinality(%(tables)s::text[]) = 0 OR source_table = ANY(%(tables)s))
                ORDER BY source_table, target_schema""",
@@ -152,7 +156,9 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after
     )
     stored = TableState(row[4])
     state: TableState | Activity = stored
-    if stored in _REPLICATING:
+    if not row[20]:
+        state = Activity.TARGET_MISSING
+    elif stored in _REPLICATING:
         holder_pid, heartbeat_age = row[17], row[19]
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
         if lock_pid is None or lock_pid != holder_pid:

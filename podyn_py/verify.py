@@ -185,8 +185,11 @@ def _loaded_spec(conn: psycopg.Connection[Any], pg_schema: str, source: str) -> 
 
 
 def _has_metadata(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+    """Is there podyn metadata here? An error when it is of another version than this podyn reads."""
+    if state.read_schema_version(conn) is None:
+        return False
+    state.require_current_metadata(conn)
+    return True
 
 
 def _exact_loads(data: bytes | str) -> Any:

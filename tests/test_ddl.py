@@ -202,7 +202,12 @@ def test_create_statements_order(citus: bool) -> None:
     schema = orders()
     statements = [s.as_string() for s in ddl.create_statements(schema, citus=citus)]
     kinds = [s.split(" (")[0].split(" IF NOT EXISTS")[0] for s in statements]
-    expected = ["CREATE SCHEMA", "CREATE TABLE", "CREATE INDEX"]
+    expected = [
+        "CREATE SCHEMA",
+        "CREATE TABLE",
+        "CREATE INDEX",
+        'COMMENT ON TABLE "public"."orders" IS \'podyn: a copy of DynamoDB table Orders\'',
+    ]
     if citus:
         expected.insert(2, "SELECT create_distributed_table('\"public\".\"orders\"', 'id')")
     assert kinds == expected
@@ -216,8 +221,9 @@ def test_create_statements_without_indexes() -> None:
         'CREATE SCHEMA IF NOT EXISTS "s"',
         'CREATE TABLE IF NOT EXISTS "s"."t" ("k" text, PRIMARY KEY ("k"))',
         "SELECT create_distributed_table('\"s\".\"t\"', 'k')",
+        'COMMENT ON TABLE "s"."t" IS \'podyn: a copy of DynamoDB table T\'',
     ]
-    assert len(ddl.create_statements(schema, citus=False)) == 2
+    assert len(ddl.create_statements(schema, citus=False)) == 3
 
 
 def test_create_statements_several_indexes_after_distribution() -> None:
@@ -255,6 +261,10 @@ def test_every_identifier_is_quoted(name: str, citus: bool) -> None:
         assert set(identifiers) <= allowed, statement.as_string()
         if not literals:
             assert name in identifiers
+        elif statement.as_string().startswith("COMMENT ON TABLE"):
+            # The mark names the DynamoDB table inside one literal: the name stays inside it.
+            assert literals == [ddl.TABLE_MARK + name]
+            assert identifiers == [name, name]
         else:
             # create_distributed_table('"schema"."table"', 'column'): the literal is itself quoted identifiers.
             table, column = literals

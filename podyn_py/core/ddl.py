@@ -62,6 +62,23 @@ def distribute_table(schema: TableSchema) -> sql.Composed:
     )
 
 
+#: How a table's comment starts when podyn created the table. It survives the loss of the ``podyn`` schema, a
+#: rename and a dump, not a drop: a table found without metadata but with this mark holds podyn's copy of a
+#: table, whose rows podyn may replace; a table without it holds someone else's rows, which podyn only upserts.
+TABLE_MARK = "podyn: a copy of DynamoDB table "
+
+
+def mark_table(schema: TableSchema) -> sql.Composed:
+    spec = schema.spec
+    return sql.SQL("COMMENT ON TABLE {} IS {}").format(
+        qualified(spec.schema, spec.table), sql.Literal(TABLE_MARK + spec.source)
+    )
+
+
+def drop_table(schema: TableSchema) -> sql.Composed:
+    return sql.SQL("DROP TABLE {}").format(qualified(schema.spec.schema, schema.spec.table))
+
+
 def copy_rows(schema: TableSchema) -> sql.Composed:
     """Binary COPY into every column of the schema, in column order (as rows are built)."""
     spec = schema.spec
@@ -88,4 +105,5 @@ def create_statements(
     if citus:
         statements.append(distribute_table(schema))
     statements.extend(create_index(schema, index, index_names.get(index.name)) for index in schema.spec.indexes)
+    statements.append(mark_table(schema))
     return statements

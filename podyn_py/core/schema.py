@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -47,6 +48,26 @@ class KeyAttribute:
     @property
     def pg_type(self) -> PgType:
         return PG_TYPE_OF_TAG[self.tag]
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """Which DynamoDB table, of those that ever had a name: its TableId (real DynamoDB) and creation time.
+
+    A table deleted and created again under the same name has another identity; podyn's state for the old one
+    does not apply to it.
+    """
+
+    table_id: str | None = None
+    created_at: datetime | None = None
+
+    def differs_from(self, other: SourceIdentity) -> bool:
+        """True when the two are known to be different tables (an unknown part proves nothing)."""
+        if self.table_id is not None and other.table_id is not None:
+            return self.table_id != other.table_id
+        if self.created_at is not None and other.created_at is not None:
+            return self.created_at != other.created_at
+        return False
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,10 @@ class TableSchema:
     columns: tuple[Column, ...]
     #: Names taken by columns podyn does not manage (a table that existed before podyn): never given to attributes.
     reserved: frozenset[str] = frozenset()
+    #: Those of ``reserved`` (name, type) that an attribute may claim: a table podyn finds without its mapping (its
+    #: ``podyn`` schema lost, or made by hand) keeps the column ``v numeric`` for attribute ``v``'s numbers
+    #: instead of giving them a second, tagged column.
+    adoptable: frozenset[tuple[str, PgType]] = frozenset()
     _by_value: dict[tuple[str, PgType], int] = field(init=False, repr=False, compare=False)
     _primary: dict[str, Column] = field(init=False, repr=False, compare=False)
 
@@ -143,7 +168,7 @@ class TableSchema:
         return tuple(self.key_column(k) for k in self.spec.primary_key)
 
     def with_columns(self, added: Iterable[Column]) -> TableSchema:
-        return TableSchema(self.spec, self.columns + tuple(added), self.reserved)
+        return TableSchema(self.spec, self.columns + tuple(added), self.reserved, self.adoptable)
 
 
 def initial_schema(spec: TableSpec) -> TableSchema:
@@ -190,15 +215,21 @@ def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Colu
                 continue
             primary = schema.primary_column(attribute) or added_primary.get(attribute)
             if primary is None:
+                wanted = naming.base_name(attribute, schema.spec.lower_case)
                 column = Column(
-                    naming.column_name(attribute, taken, lower_case=schema.spec.lower_case),
+                    wanted
+                    if _adoptable(schema, wanted, pg_type, added)
+                    else naming.column_name(attribute, taken, lower_case=schema.spec.lower_case),
                     pg_type,
                     attribute,
                 )
                 added_primary[attribute] = column
             else:
+                wanted = naming.tagged(primary.name, pg_type.value)
                 column = Column(
-                    naming.variant_name(primary.name, attribute, pg_type.value, taken),
+                    wanted
+                    if _adoptable(schema, wanted, pg_type, added)
+                    else naming.variant_name(primary.name, attribute, pg_type.value, taken),
                     pg_type,
                     attribute,
                     True,
@@ -207,3 +238,10 @@ def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Colu
             added_by_value.add((attribute, pg_type))
             added.append(column)
     return added
+
+
+def _adoptable(schema: TableSchema, name: str, pg_type: PgType, added: list[Column]) -> bool:
+    """May a new column take over the existing, unmapped column ``name`` (same type, not claimed yet)?"""
+    return (
+        (name, pg_type) in schema.adoptable and name not in schema.column_names and all(c.name != name for c in added)
+    )

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -23,7 +24,7 @@ import botocore.httpsession
 import botocore.utils
 
 from podyn_py.core.naming import base_name
-from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, TableSpec
+from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.core.values import split_value
 from podyn_py.errors import ConfigError, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
@@ -117,6 +118,8 @@ class TableDescription:
     stream_view_type: str | None
     item_count: int
     size_bytes: int
+    #: Which table of that name: a table deleted and created again is another one.
+    source: SourceIdentity = SourceIdentity()
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,17 @@ def describe_table(
         stream_view_type=stream.get("StreamViewType") if enabled else None,
         item_count=int(table.get("ItemCount", 0)),
         size_bytes=int(table.get("TableSizeBytes", 0)),
+        source=SourceIdentity(table.get("TableId"), _utc(table.get("CreationDateTime"))),
     )
+
+
+def _utc(value: Any) -> datetime | None:
+    """DescribeTable's CreationDateTime (boto3 gives a datetime in local time) as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return None
 
 
 def scan_page(

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from podyn_py.core import ddl
-from podyn_py.core.schema import Column, TableSchema, TableSpec, initial_schema
+from podyn_py.core.schema import Column, SourceIdentity, TableSchema, TableSpec, initial_schema
 from podyn_py.target.state import SegmentRecord
 
 
@@ -38,7 +38,9 @@ class DryRunTarget:
     def stored_choices(self, schema: str, table: str) -> None:
         return None
 
-    def prepare_table(self, spec: TableSpec, *, create: bool, citus: bool) -> TableSchema:
+    def prepare_table(
+        self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False
+    ) -> TableSchema:
         schema = initial_schema(spec)
         if create:
             for statement in ddl.create_statements(schema, citus=citus):

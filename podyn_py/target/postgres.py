@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC
 from typing import Any, TypeVar
 
 import psycopg
@@ -26,7 +27,15 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py.core import ddl, naming
-from podyn_py.core.schema import Column, ConversionMode, TableSchema, TableSpec, initial_schema
+from podyn_py.core.schema import (
+    Column,
+    ConversionMode,
+    KeyAttribute,
+    SourceIdentity,
+    TableSchema,
+    TableSpec,
+    initial_schema,
+)
 from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
@@ -230,7 +239,12 @@ class PostgresTarget:
             if not (exists and exists[0]):
                 return None
             record = state.read_table(conn, schema, table)
-            return None if record is None else (record.spec.mode, record.spec.lower_case)
+            if record is None:
+                return None
+            relation = relation_oid(conn, record.spec)
+            if relation is None or (record.target_oid is not None and record.target_oid != relation):
+                return None  # the record describes a table that is gone: its choices bind nothing
+            return record.spec.mode, record.spec.lower_case
 
         return self.run("reading podyn.tables", read, table=table)
 
@@ -265,20 +279,62 @@ class PostgresTarget:
         with self.connect() as conn:
             conn.execute("SELECT 1")
 
+    def ensure_metadata(self) -> None:
+        """Create or migrate the ``podyn`` schema, before anything reads it."""
+        self.run("preparing the podyn schema", state.ensure_metadata)
+
     # -- tables ---------------------------------------------------------------------------------------------------
 
-    def prepare_table(self, spec: TableSpec, *, create: bool, citus: bool) -> TableSchema:
-        """The table's schema, creating or completing the table first when ``create`` (``--schema``)."""
-        return self.run("preparing the table", lambda conn: self._prepare(conn, spec, create, citus), table=spec.source)
+    def prepare_table(
+        self,
+        spec: TableSpec,
+        *,
+        create: bool,
+        citus: bool,
+        source: SourceIdentity | None = None,
+        reload: bool = False,
+    ) -> TableSchema:
+        """The table's schema, creating or completing the table first when ``create`` (``--schema``).
 
-    def _prepare(self, conn: psycopg.Connection[Any], spec: TableSpec, create: bool, citus: bool) -> TableSchema:
+        ``source`` is the DynamoDB table's identity now: podyn's state for a table re-created since (on either
+        end) does not apply, and is discarded (with ``create``) or refused (without). ``reload`` allows a new
+        conversion mode or lowercasing: the table is then made again.
+        """
+        return self.run(
+            "preparing the table",
+            lambda conn: self._prepare(conn, spec, create, citus, source, reload),
+            table=spec.source,
+        )
+
+    def _prepare(
+        self,
+        conn: psycopg.Connection[Any],
+        spec: TableSpec,
+        create: bool,
+        citus: bool,
+        source: SourceIdentity | None,
+        reload: bool,
+    ) -> TableSchema:
         state.ensure_metadata(conn)
         conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),))
         record = state.read_table(conn, spec.schema, spec.table)
-        if record is not None:
-            _check_same_choices(record.spec, spec)
-        stored = state.read_columns(conn, spec)
         existing = existing_columns(conn, spec)
+        relation = relation_oid(conn, spec)
+        source_gone = False
+        if record is None:
+            # Rows left in podyn.columns, segments or shards when podyn.tables' row was deleted by hand describe
+            # nothing: a load must not "resume" from them.
+            state.forget_table(conn, spec.schema, spec.table)
+        else:
+            record, existing, source_gone = _discard_stale_state(
+                conn, record, spec, existing, relation, source, create, reload
+            )
+        # A table podyn finds without its metadata but with its mark holds podyn's copy from an earlier life: it
+        # is loaded again from scratch. Without the mark it is someone else's table, whose rows are upserted.
+        truncate = record is None and existing is not None and (source_gone or is_marked(conn, spec))
+        if record is not None and record.state is not state.TableState.CREATED and existing is not None and not reload:
+            _refuse_dropped_columns(spec, state.read_columns(conn, spec), existing)
+        stored = state.read_columns(conn, spec)
         if stored:
             unmanaged = frozenset(existing or ()) - {c.name for c in stored}
             schema = _complete_keys(TableSchema(spec, stored, unmanaged))
@@ -315,9 +371,19 @@ class PostgresTarget:
         if create:
             state.save_table(conn, spec)
             state.save_columns(conn, schema)
+        current = state.read_table(conn, spec.schema, spec.table)
+        relation = relation_oid(conn, spec)
+        if current is not None and relation is not None:
+            known = current.target_oid == relation and (source is None or current.source == source)
+            if truncate or not known:
+                # Also where an older podyn recorded the table without its identity: what is found now is
+                # trusted, once.
+                state.record_identity(conn, spec, relation, source, truncate_before_load=truncate or None)
         existing = existing_columns(conn, spec) or {}
         reserved = frozenset(existing) - set(schema.column_names)
-        return TableSchema(schema.spec, schema.columns, reserved)
+        pg_types = {t.value: t for t in PgType}
+        adoptable = frozenset((n, pg_types[existing[n]]) for n in reserved if existing[n] in pg_types)
+        return TableSchema(schema.spec, schema.columns, reserved, adoptable)
 
     def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
         """Add the columns ``evolve`` asks for, agreeing with other processes through the stored mapping.
@@ -331,7 +397,7 @@ class PostgresTarget:
                 "SELECT pg_advisory_xact_lock(%s::bigint)",
                 (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
             )
-            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved)
+            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, schema.adoptable)
             added = evolve(current)
             if not added:
                 return current
@@ -370,8 +436,11 @@ class PostgresTarget:
                     return None
                 if segments:  # an interrupted load: resume it with the segmentation it started with
                     return segments
-            if reload:
+            if reload or record.truncate_before_load:
+                # A load from scratch over rows whose provenance podyn does not know (see _prepare) empties the
+                # table first, as a reload does, in the same transaction that resets the segments.
                 conn.execute(sql.SQL("TRUNCATE {}").format(ddl.qualified(spec.schema, spec.table)))
+            if reload:
                 conn.execute(
                     "DELETE FROM podyn.shards WHERE target_schema = %s AND target_table = %s",
                     (spec.schema, spec.table),
@@ -388,6 +457,7 @@ class PostgresTarget:
                 stream_arn=stream_arn,
                 stream_view_type=stream_view_type,
                 replay_from=None,
+                truncate_before_load=False,
             )
             return state.read_segments(conn, spec)
 
@@ -655,13 +725,128 @@ def _wrap_jsonb(row: Sequence[Any], positions: list[int]) -> Sequence[Any]:
     return wrapped
 
 
-def _check_same_choices(stored: TableSpec, wanted: TableSpec) -> None:
+def choices_text(spec: TableSpec) -> str:
+    return f"--conversion-mode {spec.mode.value}{' and -lc' if spec.lower_case else ' without -lc'}"
+
+
+def refuse_other_choices(stored: TableSpec, wanted: TableSpec) -> None:
+    """A run whose ``-m``/``-lc`` differ from the table's is refused, naming the way to start over."""
     if stored.mode is not wanted.mode or stored.lower_case != wanted.lower_case:
         raise ConfigError(
-            f"{stored.schema}.{stored.table} was created with --conversion-mode {stored.mode.value}"
-            f"{' and --lower-case-column-names' if stored.lower_case else ''}; run with the same choices, or drop"
-            " the table and its rows in podyn.tables to start over",
+            f"{stored.schema}.{stored.table} was made with {choices_text(stored)}; run with the same choices (or"
+            f" none), or make it again with the new ones: podyn -t {stored.source} --schema --data --reload"
+            f" {'-m ' + wanted.mode.value}{' -lc' if wanted.lower_case else ''} (drops and re-creates the table)",
             table=stored.source,
+        )
+
+
+def relation_oid(conn: psycopg.Connection[Any], spec: TableSpec) -> int | None:
+    """The OID of the target relation: it survives a rename, not a drop (nor a drop and create again)."""
+    row = conn.execute(
+        "SELECT to_regclass(%s)::oid", (ddl.qualified(spec.schema, spec.table).as_string(conn),)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def is_marked(conn: psycopg.Connection[Any], spec: TableSpec) -> bool:
+    """Did podyn create this table (its comment carries ``ddl.TABLE_MARK``)?"""
+    row = conn.execute(
+        "SELECT obj_description(to_regclass(%s), 'pg_class')", (ddl.qualified(spec.schema, spec.table).as_string(conn),)
+    ).fetchone()
+    return bool(row and row[0] and str(row[0]).startswith(ddl.TABLE_MARK))
+
+
+def stale_reasons(
+    record: state.TableRecord, spec: TableSpec, relation: int | None, source: SourceIdentity | None
+) -> list[str]:
+    """Why podyn's state for a table describes another table than the one at either end now (empty: it does not)."""
+    target = f"{spec.schema}.{spec.table}"
+    reasons = []
+    if relation is None:
+        reasons.append(f"{target} was dropped outside podyn")
+    elif record.target_oid is not None and relation != record.target_oid:
+        reasons.append(f"{target} was dropped and created again outside podyn")
+    if source is not None and record.source.differs_from(source):
+        reasons.append(
+            f"DynamoDB table {spec.source} was deleted and created again (now created {_when(source)};"
+            f" podyn's state is for the one created {_when(record.source)})"
+        )
+    if record.spec.primary_key != spec.primary_key:
+
+        def key(attributes: tuple[KeyAttribute, ...]) -> str:
+            return ", ".join(f"{a.name} {a.tag}" for a in attributes)
+
+        reasons.append(
+            f"the key of DynamoDB table {spec.source} is now ({key(spec.primary_key)}),"
+            f" podyn's state is for ({key(record.spec.primary_key)})"
+        )
+    return reasons
+
+
+def _when(source: SourceIdentity) -> str:
+    if source.created_at is not None:
+        return source.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    return f"with id {source.table_id}" if source.table_id else "at an unknown time"
+
+
+def _discard_stale_state(
+    conn: psycopg.Connection[Any],
+    record: state.TableRecord,
+    spec: TableSpec,
+    existing: dict[str, str] | None,
+    relation: int | None,
+    source: SourceIdentity | None,
+    create: bool,
+    reload: bool,
+) -> tuple[state.TableRecord | None, dict[str, str] | None, bool]:
+    """Forget podyn's state for a table when it no longer describes the tables at both ends.
+
+    Returns the record (None once forgotten), the target's columns (None once dropped), and whether the rows
+    still in the target must go before the next load (they are a copy of a DynamoDB table that is gone).
+    Without ``create`` nothing is changed: the run is refused, naming the command that loads the table again.
+    """
+    reasons = stale_reasons(record, spec, relation, source)
+    choices_changed = record.spec.mode is not spec.mode or record.spec.lower_case != spec.lower_case
+    if choices_changed and not reasons:
+        if not reload:
+            refuse_other_choices(record.spec, spec)
+        reasons.append(f"--reload asks for {choices_text(spec)} instead of {choices_text(record.spec)}")
+    if not reasons:
+        return record, existing, False
+    what = "; ".join(reasons)
+    if not create:
+        again = f" --reload -m {spec.mode.value}{' -lc' if spec.lower_case else ''}" if choices_changed else ""
+        raise ConfigError(
+            f"podyn's state for {spec.schema}.{spec.table} no longer applies: {what}."
+            f" Load it again with: podyn -t {spec.source} --schema --data{again}",
+            table=spec.source,
+        )
+    log.warning(
+        "table %s: %s; podyn's state for it no longer applies: loading it again from scratch", spec.source, what
+    )
+    state.forget_table(conn, spec.schema, spec.table)
+    if existing is not None and (choices_changed or record.spec.primary_key != spec.primary_key):
+        if not is_marked(conn, spec):
+            raise SchemaError(
+                f"{spec.schema}.{spec.table} must be made again ({what}), but podyn did not create it: drop or"
+                " rename it, or choose another --pg-schema",
+                table=spec.source,
+            )
+        conn.execute(ddl.drop_table(initial_schema(spec)))
+        log.warning("table %s: dropped %s.%s to make it again", spec.source, spec.schema, spec.table)
+        return None, None, False
+    source_gone = source is not None and record.source.differs_from(source)
+    return None, existing, existing is not None and source_gone
+
+
+def _refuse_dropped_columns(spec: TableSpec, stored: Sequence[Column], existing: dict[str, str]) -> None:
+    """Columns of the mapping dropped by hand would come back empty: their values are gone, only a reload helps."""
+    missing = [c.name for c in stored if c.name not in existing]
+    if missing:
+        raise ConfigError(
+            f"column(s) {', '.join(missing)} of {spec.schema}.{spec.table} dropped outside podyn: their values are"
+            f" gone; load the table again with podyn -t {spec.source} --schema --data --reload",
+            table=spec.source,
         )
 
 

@@ -26,8 +26,17 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from podyn_py import metrics
-from podyn_py.core.schema import Column, ConversionMode, IndexSpec, KeyAttribute, TableSchema, TableSpec
+from podyn_py.core.schema import (
+    Column,
+    ConversionMode,
+    IndexSpec,
+    KeyAttribute,
+    SourceIdentity,
+    TableSchema,
+    TableSpec,
+)
 from podyn_py.core.values import PgType
+from podyn_py.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,7 @@ METADATA_SCHEMA = "podyn"
 # Metadata DDL is idempotent; the advisory lock keeps two processes from racing on CREATE ... IF NOT EXISTS.
 _METADATA_LOCK = 0x706F64796E  # "podyn"
 
-_METADATA_DDL = """
+_V1_DDL = """
 CREATE TABLE IF NOT EXISTS podyn.tables (
     target_schema text NOT NULL,
     target_table text NOT NULL,
@@ -57,9 +66,6 @@ CREATE TABLE IF NOT EXISTS podyn.tables (
     replication_lag_seconds double precision,
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    holder text,
-    holder_pid integer,
-    heartbeat_at timestamptz,
     PRIMARY KEY (target_schema, target_table)
 );
 CREATE TABLE IF NOT EXISTS podyn.columns (
@@ -107,10 +113,29 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
     item jsonb,
     rejected_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS holder text;
-ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS holder_pid integer;
-ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 """
+
+#: Ordered migrations of the metadata schema: ``_MIGRATIONS[i]`` takes it from version ``i + 1`` to ``i + 2``.
+#: Version 1 is ``_V1_DDL``, the layout of podyn_py 0.1 (which kept no version). Never edit a released step:
+#: add one.
+_MIGRATIONS: tuple[str, ...] = (
+    # 2: the identity of both ends (the target relation's OID, the DynamoDB table's id and creation time), a
+    # request to empty the table before its next load, and the process holding the table with its heartbeat.
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN target_oid oid,
+        ADD COLUMN source_table_id text,
+        ADD COLUMN source_created_at timestamptz,
+        ADD COLUMN truncate_before_load boolean NOT NULL DEFAULT false,
+        ADD COLUMN holder text,
+        ADD COLUMN holder_pid integer,
+        ADD COLUMN heartbeat_at timestamptz;
+    CREATE TABLE podyn.schema_version (version integer NOT NULL);
+    """,
+)
+
+#: The version this podyn writes and reads.
+SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
 #: How often the process replicating a table refreshes ``podyn.tables.heartbeat_at`` (ChangeOptions' default).
 HEARTBEAT_SECONDS = 5.0
@@ -144,6 +169,12 @@ class TableRecord:
     stream_view_type: str | None
     replay_from: datetime | None
     last_error: str | None
+    #: The target relation podyn made or adopted (pg_class OID: survives a rename, not a drop); None if unknown.
+    target_oid: int | None = None
+    #: The DynamoDB table podyn's state describes.
+    source: SourceIdentity = SourceIdentity()
+    #: The next load that starts from scratch empties the table first: its rows are not known to be current.
+    truncate_before_load: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,19 +187,63 @@ class SegmentRecord:
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
-    """Create the metadata schema and tables unless they are all there.
+    """Create the metadata schema, or migrate it in place to :data:`SCHEMA_VERSION`, once, under a lock.
 
     Checking first means a role that owns a pre-created ``podyn`` schema needs no CREATE on the database:
     PostgreSQL checks that privilege even for CREATE SCHEMA IF NOT EXISTS on an existing schema.
     """
-    row = conn.execute("SELECT count(to_regclass(t)) FROM unnest(%s::text[]) AS t", (list(METADATA_TABLES),)).fetchone()
-    if row and row[0] == len(METADATA_TABLES):
+    if read_schema_version(conn) == SCHEMA_VERSION:
         return
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_METADATA_LOCK,))
-    schema = conn.execute("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'podyn')").fetchone()
-    if not (schema and schema[0]):
-        conn.execute("CREATE SCHEMA podyn")
-    conn.execute(_METADATA_DDL)
+    version = read_schema_version(conn)  # another process may have migrated meanwhile
+    if version == SCHEMA_VERSION:
+        return
+    if version is not None and version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"the podyn metadata schema is at version {version}, newer than this podyn's ({SCHEMA_VERSION}):"
+            " upgrade podyn"
+        )
+    if version is None:
+        schema = conn.execute("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'podyn')").fetchone()
+        if not (schema and schema[0]):
+            conn.execute("CREATE SCHEMA podyn")
+        conn.execute(_V1_DDL)  # IF NOT EXISTS throughout: also completes a partly created version 1
+        version = 1
+    for step in _MIGRATIONS[version - 1 :]:
+        conn.execute(step)
+    conn.execute("DELETE FROM podyn.schema_version")
+    conn.execute("INSERT INTO podyn.schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+    if version < SCHEMA_VERSION:
+        log.info("podyn metadata schema migrated from version %d to %d", version, SCHEMA_VERSION)
+
+
+def require_current_metadata(conn: psycopg.Connection[Any]) -> None:
+    """For the read-only commands (``--status``, ``--verify``): the metadata must exist and be of this version."""
+    version = read_schema_version(conn)
+    if version is None:
+        raise ConfigError("no podyn metadata in this database (schema podyn): podyn has not run here")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"the podyn metadata schema is at version {version}, this podyn reads version {SCHEMA_VERSION}:"
+            + (
+                " run podyn once with --schema, --data or --changes to migrate it in place"
+                if version < SCHEMA_VERSION
+                else " upgrade podyn"
+            )
+        )
+
+
+def read_schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The metadata schema's version: None when there is none yet, 1 for podyn_py 0.1's layout (no version)."""
+    row = conn.execute(
+        "SELECT to_regclass('podyn.schema_version') IS NOT NULL, to_regclass('podyn.tables') IS NOT NULL"
+    ).fetchone()
+    assert row is not None
+    has_version, has_tables = row
+    if not has_version:
+        return 1 if has_tables else None
+    found = conn.execute("SELECT max(version) FROM podyn.schema_version").fetchone()
+    return int(found[0]) if found and found[0] is not None else 1
 
 
 def spec_to_json(spec: TableSpec) -> dict[str, Any]:
@@ -210,14 +285,29 @@ def spec_from_json(data: dict[str, Any], schema: str, table: str, mode: str, low
 def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableRecord | None:
     row = conn.execute(
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
-                  load_finished_at, stream_arn, stream_view_type, replay_from, last_error
+                  load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
+                  target_oid, source_table_id, source_created_at, truncate_before_load
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
     if row is None:
         return None
     spec = spec_from_json(row[0], schema, table, row[1], row[2])
-    return TableRecord(spec, TableState(row[3]), *row[4:])
+    return TableRecord(
+        spec,
+        TableState(row[3]),
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        target_oid=row[12],
+        source=SourceIdentity(row[13], row[14]),
+        truncate_before_load=row[15],
+    )
 
 
 def list_tables(conn: psycopg.Connection[Any]) -> list[TableRecord]:
@@ -234,6 +324,49 @@ def save_table(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
            SET spec = excluded.spec, source_table = excluded.source_table, updated_at = now()""",
         (spec.schema, spec.table, spec.source, spec.mode.value, spec.lower_case, _jsonb(spec_to_json(spec))),
     )
+
+
+def record_identity(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    target_oid: int,
+    source: SourceIdentity | None,
+    *,
+    truncate_before_load: bool | None = None,
+) -> None:
+    """Tie the table's row to both ends: the target relation and the DynamoDB table (when known)."""
+    conn.execute(
+        """UPDATE podyn.tables
+           SET target_oid = %s, source_table_id = coalesce(%s, source_table_id),
+               source_created_at = coalesce(%s, source_created_at),
+               truncate_before_load = coalesce(%s, truncate_before_load), updated_at = now()
+           WHERE target_schema = %s AND target_table = %s""",
+        (
+            target_oid,
+            source.table_id if source else None,
+            source.created_at if source else None,
+            truncate_before_load,
+            spec.schema,
+            spec.table,
+        ),
+    )
+
+
+def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    """Remove every row podyn keeps for a target table (state, mapping, positions, rejects); how many were removed.
+
+    In the caller's transaction, so that a table is either known whole or not at all.
+    """
+    removed = 0
+    for metadata_table in ("podyn.segments", "podyn.shards", "podyn.columns", "podyn.rejected", "podyn.tables"):
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE target_schema = %s AND target_table = %s").format(
+                sql.Identifier(*metadata_table.split("."))
+            ),
+            (schema, table),
+        )
+        removed += cur.rowcount
+    return removed
 
 
 def set_state(

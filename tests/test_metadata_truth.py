@@ -1,0 +1,300 @@
+"""The ``podyn`` schema describes the tables that are there, or none (issue 10, cases 1, 2, 6 and 8).
+
+Each test does to one end what an operator might (drop the PostgreSQL table or a column, lose the ``podyn``
+schema, delete and re-create the DynamoDB table, change ``-m``), then runs the real CLI against DynamoDB Local and
+PostgreSQL, and checks the rows with the independent oracle and what ``--status`` claims.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oracle import connect, table_differences
+from psycopg import sql
+from test_load import ok, podyn
+
+from podyn_py.target import state
+
+V1_DDL = Path(__file__).parent / "data" / "metadata-v1.sql"
+
+
+def fresh() -> str:
+    """A table name short enough to be the PostgreSQL table's name as it is."""
+    return f"meta_{uuid.uuid4().hex[:12]}"
+
+
+def items(count: int, prefix: str = "k", *, value: int = 0) -> list[dict[str, Any]]:
+    return [{"pk": {"S": f"{prefix}{i}"}, "v": {"N": str(i + value)}, "s": {"S": f"x{i}"}} for i in range(count)]
+
+
+def row_count(url: str, table: str, schema: str = "public") -> int:
+    with connect(url) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def column_names(url: str, table: str) -> set[str]:
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (sql.Identifier("public", table).as_string(conn),),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def status_of(ddb_server: Any, url: str, table: str) -> dict[str, Any]:
+    result = podyn(ddb_server, url, "--status", "--json", "-t", table)
+    tables = json.loads(result.stdout)["tables"]
+    assert len(tables) == 1, result.stdout
+    found: dict[str, Any] = tables[0]
+    return found
+
+
+def recreate(ddb: Any, create_table: Any, table: str, **kwargs: Any) -> None:
+    ddb.delete_table(TableName=table)
+    deadline = time.monotonic() + 30
+    while table in ddb.list_tables()["TableNames"]:
+        assert time.monotonic() < deadline, "the table was not deleted"
+        time.sleep(0.05)
+    create_table(name=table, **kwargs)
+
+
+@pytest.mark.parametrize("drop", ["table", "schema"])
+def test_a_target_dropped_by_hand_is_loaded_again(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, drop: str
+) -> None:
+    table = create_table(name=fresh(), items=items(20))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
+    with connect(pg_url) as conn:
+        if drop == "table":
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("app", table)))
+        else:
+            conn.execute("DROP SCHEMA app CASCADE")
+    status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table, "--pg-schema", "app")
+    assert status.returncode == 3  # a health check fails: the rows it called loaded are gone
+    (record,) = json.loads(status.stdout)["tables"]
+    assert record["state"] == "target missing" and record["stored_state"] == "loaded"
+    replication = podyn(ddb_server, pg_url, "-c", "-t", table, "--pg-schema", "app", timeout=60)
+    assert replication.returncode == 3
+    assert f"podyn -t {table} --schema --data" in replication.stderr
+    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
+    assert "already loaded" not in result.stderr
+    assert f"app.{table} was dropped outside podyn" in result.stderr
+    assert row_count(pg_url, table, "app") == 20
+    assert table_differences(ddb, pg_url, table, schema="app") == []
+    status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table, "--pg-schema", "app")
+    (record,) = json.loads(status.stdout)["tables"]
+    assert record["state"] == "loaded" and record["items_loaded"] == 20
+
+
+def test_a_dropped_column_is_refused_until_reload(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
+    table = create_table(name=fresh(), items=items(10))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN v").format(sql.Identifier(table)))
+    for flags in (("-s", "-d"), ("-c",)):
+        result = podyn(ddb_server, pg_url, *flags, "-t", table, timeout=60)
+        assert result.returncode == 3, result.stderr
+        assert "column(s) v of" in result.stderr and "--reload" in result.stderr
+    assert "v" not in column_names(pg_url, table)  # refused means nothing re-added empty
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
+    assert table_differences(ddb, pg_url, table) == []
+
+
+@pytest.mark.parametrize(("first", "then"), [("columns", "jsonb"), ("jsonb", "columns")])
+def test_a_new_conversion_mode_starts_the_table_over(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, first: str, then: str
+) -> None:
+    table = create_table(name=fresh(), items=items(15))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
+    refused = podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", then)
+    assert refused.returncode == 3
+    assert f"podyn -t {table} --schema --data --reload -m {then}" in refused.stderr  # the advice names the way
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table, "-m", then))
+    assert table_differences(ddb, pg_url, table) == []
+    with connect(pg_url) as conn:
+        mode = conn.execute("SELECT conversion_mode FROM podyn.tables WHERE source_table = %s", (table,)).fetchone()
+    assert mode == (then,)
+    assert ("data" in column_names(pg_url, table)) is (then == "jsonb")
+    assert ("s" in column_names(pg_url, table)) is (then == "columns")
+
+
+@pytest.mark.parametrize(("first", "then"), [("columns", "jsonb"), ("jsonb", "columns")])
+def test_dropping_the_table_and_its_row_by_hand_starts_over_too(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, first: str, then: str
+) -> None:
+    """The old advice (drop the table and its row in podyn.tables) left segments, columns and shards behind: the
+    next load 'resumed' with nothing to do, or crashed on the stale mapping."""
+    table = create_table(name=fresh(), items=items(12))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+        conn.execute("DELETE FROM podyn.tables WHERE source_table = %s", (table,))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", then))
+    assert row_count(pg_url, table) == 12
+    assert table_differences(ddb, pg_url, table) == []
+
+
+def test_a_dynamodb_table_recreated_under_the_same_name_is_loaded_again(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    table = create_table(name=fresh(), items=items(30, "old"))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    recreate(ddb, create_table, table, items=items(10, "new", value=100))
+    replication = podyn(ddb_server, pg_url, "-c", "-t", table, timeout=60)
+    assert replication.returncode == 3
+    assert "was deleted and created again" in replication.stderr
+    assert f"podyn -t {table} --schema --data" in replication.stderr
+    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert "already loaded" not in result.stderr
+    assert row_count(pg_url, table) == 10  # none of the 30 old rows stays
+    assert table_differences(ddb, pg_url, table) == []
+    assert status_of(ddb_server, pg_url, table)["items_loaded"] == 10
+
+
+def test_an_interrupted_load_of_a_recreated_table_does_not_resume_its_old_positions(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    table = create_table(name=fresh(), items=items(40, "old"))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
+    with connect(pg_url) as conn:  # as after a kill -9 mid-load: two segments not done, one with a position
+        conn.execute(
+            "UPDATE podyn.tables SET state = 'loading', load_finished_at = NULL WHERE source_table = %s", (table,)
+        )
+        conn.execute(
+            """UPDATE podyn.segments SET done = false, last_key = '{"pk": {"S": "old3"}}'
+               WHERE target_table = %s AND segment IN (1, 2)""",
+            (table,),
+        )
+    recreate(ddb, create_table, table, items=items(25, "new"))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
+    assert row_count(pg_url, table) == 25
+    assert table_differences(ddb, pg_url, table) == []
+
+
+def test_a_recreated_table_whose_key_type_changed_gets_the_new_key(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    table = create_table(name=fresh(), items=items(5))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    numeric = [{"pk": {"N": str(i)}, "v": {"N": "1"}} for i in range(7)]
+    recreate(ddb, create_table, table, key=(("pk", "N"),), items=numeric)
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        key = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'pk'",
+            (sql.Identifier("public", table).as_string(conn),),
+        ).fetchone()
+    assert key == ("numeric",)
+    assert not any(re.fullmatch(r"pk_[0-9a-f]{8}", name) for name in column_names(pg_url, table))
+    assert row_count(pg_url, table) == 7
+    assert table_differences(ddb, pg_url, table) == []
+
+
+def test_a_table_found_without_its_metadata_is_adopted_and_loaded_again(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    table = create_table(name=fresh(), items=items(10))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute("DROP SCHEMA podyn CASCADE")
+    for i in range(5):  # items change while podyn knows nothing: new values, and one item gone
+        ddb.put_item(TableName=table, Item={"pk": {"S": f"k{i}"}, "v": {"N": str(1000 + i)}, "s": {"S": "changed"}})
+    ddb.delete_item(TableName=table, Key={"pk": {"S": "k9"}})
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    columns = column_names(pg_url, table)
+    assert {"v", "s"} <= columns
+    assert not any(re.fullmatch(r"(v|s)_[0-9a-f]{8}", name) for name in columns), columns  # no second column
+    assert row_count(pg_url, table) == 9
+    assert table_differences(ddb, pg_url, table) == []
+    verify = podyn(ddb_server, pg_url, "--verify", "-t", table)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_table_made_by_hand_keeps_its_rows_and_lends_its_columns(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """Without podyn's mark the table is someone else's: its rows stay (upserted over), and a column of the right
+    name and type holds the attribute instead of a tagged second one."""
+    table = create_table(name=fresh(), items=items(3))
+    with connect(pg_url) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (pk text PRIMARY KEY, v numeric, note text)").format(sql.Identifier(table))
+        )
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ('mine', 7, 'kept')").format(sql.Identifier(table)))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        mine = conn.execute(sql.SQL("SELECT note FROM {} WHERE pk = 'mine'").format(sql.Identifier(table))).fetchone()
+        mapped = conn.execute(
+            "SELECT column_name FROM podyn.columns WHERE target_table = %s AND attribute_name = 'v'", (table,)
+        ).fetchall()
+    assert mine == ("kept",)
+    assert mapped == [("v",)]
+    assert row_count(pg_url, table) == 4
+
+
+def test_metadata_of_the_previous_release_is_migrated_in_place(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """A database whose ``podyn`` schema has podyn_py 0.1's layout (no version, no identity columns) continues:
+    the loaded table is not loaded again, and the identity podyn finds is recorded."""
+    assert " ".join(V1_DDL.read_text().split("\n", 1)[1].split()) == " ".join(state._V1_DDL.split())
+    table = create_table(name=fresh(), items=items(8))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:  # back to version 1 exactly: its tables and columns, nothing newer
+        conn.execute("DROP TABLE podyn.schema_version")
+        conn.execute(
+            """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
+               DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
+               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at"""
+        )
+    ddb.put_item(TableName=table, Item={"pk": {"S": "late"}, "v": {"N": "1"}})  # not loaded: the load was done
+    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert "already loaded" in result.stderr
+    assert "migrated from version 1 to" in result.stderr
+    assert row_count(pg_url, table) == 8
+    with connect(pg_url) as conn:
+        version = conn.execute("SELECT version FROM podyn.schema_version").fetchall()
+        identity = conn.execute(
+            "SELECT target_oid = to_regclass(quote_ident(target_table))::oid, source_created_at IS NOT NULL"
+            " FROM podyn.tables WHERE source_table = %s",
+            (table,),
+        ).fetchone()
+    assert version == [(state.SCHEMA_VERSION,)]
+    assert identity == (True, True)
+
+
+def test_a_newer_metadata_schema_is_refused(ddb_server: Any, pg_url: str, create_table: Any) -> None:
+    table = create_table(name=fresh(), items=items(1))
+    ok(podyn(ddb_server, pg_url, "-s", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute("UPDATE podyn.schema_version SET version = version + 1")
+    result = podyn(ddb_server, pg_url, "-s", "-d", "-t", table)
+    assert result.returncode != 0
+    assert "newer than this podyn" in result.stderr
+
+
+@pytest.mark.parametrize("pg_schema", ['x"; DROP TABLE y; --', "Mixed Case", "50%"])
+def test_starting_over_keeps_hostile_names_apart(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, pg_schema: str
+) -> None:
+    """Forgetting a table removes its rows only: a neighbour whose name differs by one character keeps its state."""
+    table = create_table(name=fresh(), items=items(4))
+    neighbour = create_table(name=table + "x", items=items(6))
+    both = ("-t", f"{table},{neighbour}", "--pg-schema", pg_schema)
+    ok(podyn(ddb_server, pg_url, "-s", "-d", *both))
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(pg_schema, table)))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", *both))
+    assert row_count(pg_url, table, pg_schema) == 4 and row_count(pg_url, neighbour, pg_schema) == 6
+    status = podyn(ddb_server, pg_url, "--status", "--json", *both)
+    states = {t["source"]: t["state"] for t in json.loads(status.stdout)["tables"]}
+    assert states == {table: "loaded", neighbour: "loaded"}
