@@ -297,7 +297,9 @@ class TableReplicator:
                 changes.append(change)
         changes = self._resolve(compact(changes))
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        untagged_before = self.rows.untagged_map_counts.total()
         schema, rows, rejected = self.rows.convert(upserts)
+        untagged = self.rows.untagged_map_counts.total() - untagged_before
         delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
         lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
         moves = self._moves(batches)
@@ -329,13 +331,14 @@ class TableReplicator:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
         if records or bad:
             log.info(
-                "table %s: applied %d records (%d upserts, %d deletes%s%s), lag %s",
+                "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
                 spec.source,
                 records,
                 len(rows),
                 len(delete_keys),
                 f", {skipped} older than the load skipped" if skipped else "",
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
+                f", {untagged} empty maps without their M type accepted" if untagged else "",
                 "n/a" if lag is None else f"{lag:.1f} s",
             )
         if lag is not None and lag < self.options.live_lag_seconds:
