@@ -139,6 +139,7 @@ class TableReplicator:
         options: ChangeOptions | None = None,
         reader_factory: ReaderFactory = _default_reader,
         hold: TableHold | None = None,
+        table_client: Any = None,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
@@ -151,6 +152,9 @@ class TableReplicator:
         self.reader_factory = reader_factory
         #: The table's advisory lock; checked now and then, since a lost connection loses it.
         self.hold = hold
+        #: A DynamoDB client for DescribeTable (``client`` may be the fast path's, which has only data calls): after
+        #: a stream gap, what the table says of its stream now is added to the error. None: not asked.
+        self.table_client = table_client
         self._hold_checked = time.monotonic()
         self.positions: dict[str, ShardPosition] = {}
         self._key_tags = tuple(k.tag for k in self.spec.primary_key)
@@ -179,18 +183,23 @@ class TableReplicator:
                     if conn is None:
                         conn = self.target.connect()
                     self._check_hold(force=False)
-                    answer = reader.next()
+                    try:
+                        answer = reader.next()
+                    except StreamGapError as exc:
+                        raise self._with_table_stream(exc, stream_arn) from exc
                     if answer is None:  # no answer from the stream yet (slow or throttled): not idle
                         continue
                     batches, ended = answer
                     if batches:
                         self._apply(conn, stream_arn, batches)
                     elif ended:
-                        raise StreamGapError(
-                            "the table's stream was disabled: changes made from now on cannot be read; enable the"
-                            " stream and re-run with --data --reload",
+                        gap = StreamGapError(
+                            f"DescribeStream reports stream {stream_arn} as DISABLED: the stream was disabled, and"
+                            " podyn has read every shard to its end; changes made from now on are not recorded in"
+                            " it: enable the stream and re-run with --data --reload",
                             table=self.spec.source,
                         )
+                        raise self._with_table_stream(gap, stream_arn)
                     else:
                         self._idle()
                     delay = 0.5
@@ -217,6 +226,36 @@ class TableReplicator:
             if conn is not None:
                 conn.close()
         log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+
+    def _with_table_stream(self, gap: StreamGapError, stream_arn: str) -> StreamGapError:
+        """The gap's error, plus what DescribeTable says of the table's stream now (when it answers)."""
+        observed = self._table_stream_now(stream_arn)
+        if observed is None:
+            return gap
+        return StreamGapError(f"{gap.message}. {observed}", table=gap.table)
+
+    def _table_stream_now(self, stream_arn: str) -> str | None:
+        client = self.table_client
+        if client is None:
+            return None
+        name = self.spec.source
+        try:
+            table = dynamodb.call(lambda: client.describe_table(TableName=name), "describing the table")["Table"]
+        except PodynError as exc:
+            if "ResourceNotFoundException" in exc.message:
+                return "DescribeTable: the table no longer exists"
+            log.debug("table %s: DescribeTable after a stream gap failed: %s", name, exc)
+            return None
+        latest = table.get("LatestStreamArn")
+        enabled = bool((table.get("StreamSpecification") or {}).get("StreamEnabled"))
+        if latest is None:
+            return "DescribeTable: the table has no stream now"
+        if latest != stream_arn:
+            return (
+                f"DescribeTable: the table's current stream is {latest} ({'enabled' if enabled else 'disabled'}),"
+                f" not {stream_arn}"
+            )
+        return f"DescribeTable: the table's stream is still {stream_arn}, {'enabled' if enabled else 'disabled'}"
 
     def _check_hold(self, *, force: bool) -> None:
         if self.hold is None:
