@@ -141,6 +141,7 @@ class TableReplicator:
         options: ChangeOptions | None = None,
         reader_factory: ReaderFactory = _default_reader,
         hold: TableHold | None = None,
+        table_client: Any = None,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
@@ -153,6 +154,9 @@ class TableReplicator:
         self.reader_factory = reader_factory
         #: The table's advisory lock; checked now and then, since a lost connection loses it.
         self.hold = hold
+        #: A DynamoDB client for DescribeTable (``client`` may be the fast path's, which has only data calls): after
+        #: a stream gap, what the table says of its stream now is added to the error. None: not asked.
+        self.table_client = table_client
         self._hold_checked = time.monotonic()
         self.positions: dict[str, ShardPosition] = {}
         self._key_tags = tuple(k.tag for k in self.spec.primary_key)
@@ -181,18 +185,23 @@ class TableReplicator:
                     if conn is None:
                         conn = self.target.connect()
                     self._check_hold(force=False)
-                    answer = reader.next()
+                    try:
+                        answer = reader.next()
+                    except StreamGapError as exc:
+                        raise self._with_table_stream(exc, stream_arn) from exc
                     if answer is None:  # no answer from the stream yet (slow or throttled): not idle
                         continue
                     batches, ended = answer
                     if batches:
                         self._apply(conn, stream_arn, batches)
                     elif ended:
-                        raise StreamGapError(
-                            "the table's stream was disabled: changes made from now on cannot be read; enable the"
-                            " stream and re-run with --data --reload",
+                        gap = StreamGapError(
+                            f"DescribeStream reports stream {stream_arn} as DISABLED: the stream was disabled, and"
+                            " podyn has read every shard to its end; changes made from now on are not recorded in"
+                            " it: enable the stream and re-run with --data --reload",
                             table=self.spec.source,
                         )
+                        raise self._with_table_stream(gap, stream_arn)
                     else:
                         self._idle()
                     delay = 0.5
@@ -219,6 +228,36 @@ class TableReplicator:
             if conn is not None:
                 conn.close()
         log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+
+    def _with_table_stream(self, gap: StreamGapError, stream_arn: str) -> StreamGapError:
+        """The gap's error, plus what DescribeTable says of the table's stream now (when it answers)."""
+        observed = self._table_stream_now(stream_arn)
+        if observed is None:
+            return gap
+        return StreamGapError(f"{gap.message}. {observed}", table=gap.table)
+
+    def _table_stream_now(self, stream_arn: str) -> str | None:
+        client = self.table_client
+        if client is None:
+            return None
+        name = self.spec.source
+        try:
+            table = dynamodb.call(lambda: client.describe_table(TableName=name), "describing the table")["Table"]
+        except PodynError as exc:
+            if "ResourceNotFoundException" in exc.message:
+                return "DescribeTable: the table no longer exists"
+            log.debug("table %s: DescribeTable after a stream gap failed: %s", name, exc)
+            return None
+        latest = table.get("LatestStreamArn")
+        enabled = bool((table.get("StreamSpecification") or {}).get("StreamEnabled"))
+        if latest is None:
+            return "DescribeTable: the table has no stream now"
+        if latest != stream_arn:
+            return (
+                f"DescribeTable: the table's current stream is {latest} ({'enabled' if enabled else 'disabled'}),"
+                f" not {stream_arn}"
+            )
+        return f"DescribeTable: the table's stream is still {stream_arn}, {'enabled' if enabled else 'disabled'}"
 
     def _check_hold(self, *, force: bool) -> None:
         """Refresh the heartbeat every ``heartbeat_seconds``, which also checks the lock's connection."""
@@ -312,7 +351,9 @@ class TableReplicator:
                 changes.append(change)
         changes = self._resolve(compact(changes))
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        untagged_before = self.rows.untagged_map_counts.total()
         schema, rows, rejected = self.rows.convert(upserts)
+        untagged = self.rows.untagged_map_counts.total() - untagged_before
         delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
         lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
         moves = self._moves(batches)
@@ -344,13 +385,14 @@ class TableReplicator:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
         if records or bad:
             log.info(
-                "table %s: applied %d records (%d upserts, %d deletes%s%s), lag %s",
+                "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
                 spec.source,
                 records,
                 len(rows),
                 len(delete_keys),
                 f", {skipped} older than the load skipped" if skipped else "",
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
+                f", {untagged} empty maps without their M type accepted" if untagged else "",
                 "n/a" if lag is None else f"{lag:.1f} s",
             )
         if lag is not None and lag < self.options.live_lag_seconds:

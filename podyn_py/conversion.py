@@ -42,9 +42,12 @@ class RowConverter:
         self.target = target
         #: Per column, how many values lost a U+0000, over the converter's life.
         self.nul_counts: Counter[str] = Counter()
-        self.builder = RowBuilder(schema, self.nul_counts)
+        #: Per attribute, how many empty maps came as {} without their "M" (DynamoDB Local), over its life.
+        self.untagged_map_counts: Counter[str] = Counter()
+        self.builder = RowBuilder(schema, self.nul_counts, self.untagged_map_counts)
         self._lock = threading.Lock()
         self._nuls_logged: set[str] = set()
+        self._untagged_logged = False
 
     def convert(self, items: list[dict[str, Any]]) -> tuple[TableSchema, list[list[Any]], list[Rejected]]:
         """Rows for ``items`` under a schema that holds them all (returned with them), growing it first if needed."""
@@ -53,11 +56,12 @@ class RowConverter:
         if pending:
             with self._lock:
                 self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
-                self.builder = builder = RowBuilder(self.schema, self.nul_counts)
+                self.builder = builder = RowBuilder(self.schema, self.nul_counts, self.untagged_map_counts)
             rows, rejected, pending = self._build(builder, items)
             if pending:  # pragma: no cover - evolve covers every valid attribute value
                 raise PodynError("schema evolution missed a column", table=self.schema.spec.source)
         self._log_nuls()
+        self._log_untagged_maps()
         for each in rejected:
             log.error("rejected an item, kept in podyn.rejected: %s", each.error)
         return builder.schema, rows, rejected
@@ -91,3 +95,18 @@ class RowConverter:
                 self.schema.spec.source,
                 column,
             )
+
+    def _log_untagged_maps(self) -> None:
+        if self._untagged_logged or not self.untagged_map_counts:
+            return
+        with self._lock:
+            if self._untagged_logged:
+                return
+            self._untagged_logged = True
+        attribute = next(iter(self.untagged_map_counts))
+        log.warning(
+            'table %s: attribute %r holds an empty map written as {} without its "M" type (as DynamoDB Local'
+            " sends it in stream images); taken as an empty map. Further ones are counted, not logged",
+            self.schema.spec.source,
+            attribute,
+        )

@@ -15,14 +15,18 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import click
 import psycopg
 from psycopg import sql
 
+from podyn_py import verify
+from podyn_py.cli import EXIT_DIFFERENCES, EXIT_ERROR, EXIT_OK, EXIT_TABLES_FAILED
 from podyn_py.config import Config, parse_postgres_url, redact
+from podyn_py.errors import PodynError
 from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres, local_client
 from podyn_py.source.dynamodb import AwsSettings
 
@@ -216,7 +220,20 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def run_demo(endpoint_url: str | None, postgres_url: str | None, prefix: str) -> int:
+#: Called between the end of replication and verification with a PostgreSQL connection, the DynamoDB client and
+#: the sample name → table name mapping; tests use it to plant a difference or take a table away.
+BeforeVerify = Callable[[psycopg.Connection[Any], Any, dict[str, str]], None]
+
+
+def run_demo(
+    endpoint_url: str | None,
+    postgres_url: str | None,
+    prefix: str,
+    *,
+    before_verify: BeforeVerify | None = None,
+) -> int:
+    """The demo; its exit status: 0 when podyn ran and ``podyn --verify`` found the copy equal, 4 when verify found
+    differences, 3 when it could not verify every table, 1 when podyn failed."""
     from podyn_py.replicate import replicate
 
     out = sys.stdout
@@ -243,6 +260,7 @@ def run_demo(endpoint_url: str | None, postgres_url: str | None, prefix: str) ->
         )
         click.echo("\n$ podyn --schema --data --changes  (running in the background)")
         result: dict[str, Any] = {}
+        reports: list[verify.TableReport] | None = None
         worker = threading.Thread(target=lambda: result.update(summary=replicate(config, stop=stop)), daemon=True)
         worker.start()
         try:
@@ -278,7 +296,9 @@ def run_demo(endpoint_url: str | None, postgres_url: str | None, prefix: str) ->
                 print_table(conn, catalog, out, where='WHERE "Id" IN (101, 300)')
                 stop.set()
                 worker.join(30)
-                verified = _verify(config)
+                if before_verify is not None:
+                    before_verify(conn, client, names)
+                reports = _verify(config)
                 for table in names.values():
                     print_table(conn, table, out)
                 click.echo(
@@ -298,19 +318,30 @@ def run_demo(endpoint_url: str | None, postgres_url: str | None, prefix: str) ->
                     with contextlib.suppress(Exception):
                         client.delete_table(TableName=table)
     summary = result.get("summary")
-    ok = summary is not None and not summary.failed and verified
-    click.echo("\ndemo finished: " + ("the copy equals DynamoDB" if ok else "something went wrong, see above"))
-    return 0 if ok else 1
+    if summary is None or summary.failed:
+        click.echo("\ndemo finished: podyn failed, see above")
+        return EXIT_ERROR
+    if reports is None or any(r.error or r.interrupted for r in reports):
+        click.echo("\ndemo finished: the copy could not be verified (see the podyn --verify report above)")
+        return EXIT_TABLES_FAILED
+    if not all(r.equal for r in reports):
+        click.echo("\ndemo finished: the copy DIFFERS from DynamoDB (see the podyn --verify report above)")
+        return EXIT_DIFFERENCES
+    click.echo(f"\ndemo finished: podyn --verify found the copy equal to DynamoDB ({len(reports)} tables)")
+    return EXIT_OK
 
 
-def _verify(config: Config) -> bool:
-    """Run podyn's verification when this build has it (podyn --verify)."""
-    try:
-        from podyn_py.verify import verify_tables  # type: ignore[attr-defined]
-    except ImportError:
-        return True
+def _verify(config: Config) -> list[verify.TableReport] | None:
+    """``podyn --verify`` over the demo's tables: its report printed, and returned (None: it could not run)."""
     click.echo("\n$ podyn --verify")
-    return bool(verify_tables(config, out=sys.stdout))
+    check = replace(config, schema=False, data=False, changes=False)
+    try:
+        reports = verify.verify(check, verify.VerifyOptions())
+    except PodynError as exc:
+        click.echo(f"podyn: {exc}")
+        return None
+    click.echo(verify.render(reports))
+    return reports
 
 
 def _client(endpoint: str) -> Any:

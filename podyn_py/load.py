@@ -186,12 +186,14 @@ def load_table(
     total = target.finish_load(spec)
     seconds = time.monotonic() - started
     nuls = sum(load.rows.nul_counts.values())
+    untagged = load.rows.untagged_map_counts.total()
     log.info(
-        "table %s: loaded, %s%s%s",
+        "table %s: loaded, %s%s%s%s",
         spec.source,
         progress.summary(),
         f", {load.rejected} items rejected (see podyn.rejected)" if load.rejected else "",
         f", U+0000 removed from {nuls} values" if nuls else "",
+        f", {untagged} empty maps without their M type accepted" if untagged else "",
     )
     return LoadResult(spec.source, total, load.rejected, False, seconds)
 

@@ -84,7 +84,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
         for name in summary.held_elsewhere:  # the service stands by for these instead
             ready.append(_describe(config, client, target, name))
         summary.held_elsewhere.clear()
-        _replicate_changes(config, data, target, ready, summary, stop)
+        _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
     return summary
 
 
@@ -136,12 +136,14 @@ def _replicate_changes(
     descriptions: list[dynamodb.TableDescription],
     summary: RunSummary,
     stop: threading.Event,
+    *,
+    table_client: Any = None,
 ) -> None:
     streams_client = dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True)
     threads = [
         threading.Thread(
             target=_follow_table,
-            args=(config, client, streams_client, target, description, summary, stop),
+            args=(config, client, streams_client, target, description, summary, stop, table_client),
             name=f"changes-{description.spec.source}",
             daemon=True,
         )
@@ -164,6 +166,7 @@ def _follow_table(
     description: dynamodb.TableDescription,
     summary: RunSummary,
     stop: threading.Event,
+    table_client: Any = None,
 ) -> None:
     """One table's change replication, standing by while another process holds the table."""
     name = description.spec.source
@@ -176,7 +179,9 @@ def _follow_table(
                     log.info("table %s: the other process let go; taking over", name)
                     standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
-                TableReplicator(description, schema, target, client, streams_client, stop, hold=hold).run()
+                TableReplicator(
+                    description, schema, target, client, streams_client, stop, hold=hold, table_client=table_client
+                ).run()
             return
         except Interrupted:
             return

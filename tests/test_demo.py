@@ -1,4 +1,6 @@
-"""The README's first command, end to end: the demo starts its own DynamoDB Local and PostgreSQL and must finish."""
+"""The README's first command, end to end: the demo starts its own DynamoDB Local and PostgreSQL and must finish, and
+its claim that the copy equals DynamoDB must come from ``podyn --verify``'s report (tests/test_demo_verify.py
+plants a difference and takes a table away)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import sys
 
 from helpers import REPO_ROOT
 
+from podyn_py.demo import SAMPLE_TABLES
+
 
 def test_demo_runs_to_completion() -> None:
     result = subprocess.run(
@@ -14,6 +18,12 @@ def test_demo_runs_to_completion() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "the changes arrived in PostgreSQL" in result.stdout
-    assert "demo finished: the copy equals DynamoDB" in result.stdout
+    # The verdict comes from verify: its report, one "equal" line per table, is printed before it.
+    assert "$ podyn --verify" in result.stdout
+    for sample in SAMPLE_TABLES:
+        assert f"demo_{sample} → public.demo_{sample}: equal (" in result.stdout, result.stdout[-3000:]
+    assert f"demo finished: podyn --verify found the copy equal to DynamoDB ({len(SAMPLE_TABLES)} tables)" in (
+        result.stdout
+    )
     # The live changes are visible in the printed tables: the new item, and the type conflict's variant column.
     assert "Live-Added Scooter" in result.stdout and "Threads_text" in result.stdout

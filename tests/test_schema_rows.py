@@ -215,7 +215,6 @@ def test_jsonb_mode_never_evolves() -> None:
         None,
         1,
         [],
-        {},
         {"S": "a", "N": "1"},
         {"X": "1"},
         {"s": "a"},

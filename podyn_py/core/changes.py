@@ -23,6 +23,8 @@ KeyIdentity = tuple[tuple[str, Any], ...]
 
 #: View types whose INSERT/MODIFY records carry the new image.
 VIEW_TYPES_WITH_NEW_IMAGE = frozenset({"NEW_IMAGE", "NEW_AND_OLD_IMAGES"})
+#: The types a key attribute can have.
+_KEY_TAGS = frozenset({"S", "N", "B"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def to_change(
     for index, (name, value) in enumerate(key.items()):
         try:
             tag, raw = split_value(value)
+            if tag not in _KEY_TAGS:  # also {}: an empty map's stand-in, and a map is never a key
+                raise DataError(f"key attribute is {tag}, not a string, number or binary")
             if key_tags is not None and tag != key_tags[index]:
                 raise DataError(f"key attribute is {tag}, the table's key is {key_tags[index]}")
             to_column_value(tag, raw)  # a key value that cannot be converted cannot be deleted or written either

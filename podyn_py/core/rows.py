@@ -34,11 +34,19 @@ class MissingColumn(Exception):
 class RowBuilder:
     """Builds rows for one schema version. Build a new one when the schema gains columns."""
 
-    def __init__(self, schema: TableSchema, nul_counts: Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        schema: TableSchema,
+        nul_counts: Counter[str] | None = None,
+        untagged_map_counts: Counter[str] | None = None,
+    ) -> None:
         self.schema = schema
         self.width = len(schema.columns)
         #: Per column name, how many values lost a U+0000 (pass one Counter to successive builders to add up).
         self.nul_counts: Counter[str] = Counter() if nul_counts is None else nul_counts
+        #: Per attribute, how many empty maps came as ``{}`` without their ``"M"`` (DynamoDB Local's stream images)
+        #: and were taken as empty maps; shared like ``nul_counts``.
+        self.untagged_map_counts: Counter[str] = Counter() if untagged_map_counts is None else untagged_map_counts
         spec = schema.spec
         self._keys = tuple((k.name, schema.columns.index(schema.key_column(k))) for k in spec.key_columns_attributes)
         self._required = tuple((k.name, k.tag) for k in spec.primary_key)
@@ -78,13 +86,18 @@ class RowBuilder:
     def _build_columns(self, item: Item) -> list[Any]:
         row: list[Any] = [None] * self.width
         nuls: list[int] = []
+        untagged: list[int] = []
+        found: list[str] = []
         position = self.schema.position
         overflow: dict[str, Any] | None = None
         for attribute, value in item.items():
             try:
                 ((tag, raw),) = value.items()
             except (AttributeError, ValueError):
-                raise DataError(f"not a DynamoDB attribute value: {value!r:.80}", attribute=attribute) from None
+                try:
+                    tag, raw = split_value(value, untagged)  # only {} passes: an empty map without its "M"
+                except DataError as exc:
+                    raise DataError(exc.message, attribute=attribute) from None
             if tag == NULL_TAG:
                 if raw is not True:
                     raise DataError(f"NULL value is not true: {raw!r:.40}", attribute=attribute)
@@ -99,14 +112,16 @@ class RowBuilder:
                 if overflow is None:
                     overflow = {}
                 try:
-                    overflow[attribute.replace("\x00", "")] = to_json(value, nuls)
+                    overflow[attribute.replace("\x00", "")] = to_json(value, nuls, untagged)
                 except DataError as exc:
                     raise DataError(exc.message, attribute=attribute) from exc
+                self._note_untagged(attribute, untagged, found)
                 continue
             try:
-                row[index] = to_column_value(tag, raw, nuls)
+                row[index] = to_column_value(tag, raw, nuls, untagged)
             except DataError as exc:
                 raise DataError(exc.message, attribute=attribute) from exc
+            self._note_untagged(attribute, untagged, found)
             if nuls:
                 self.nul_counts[self.schema.columns[index].name] += 1
                 nuls.clear()
@@ -115,17 +130,21 @@ class RowBuilder:
             row[self._overflow] = dump_json(overflow)
             if nuls:
                 self.nul_counts[self.schema.columns[self._overflow].name] += 1
+        self.untagged_map_counts.update(found)
         return row
 
     def _build_jsonb(self, item: Item) -> list[Any]:
         row: list[Any] = [None] * self.width
         nuls: list[int] = []
+        untagged: list[int] = []
+        found: list[str] = []
         tree = {}
         for attribute, value in item.items():
             try:
-                tree[attribute.replace("\x00", "")] = to_json(value, nuls)
+                tree[attribute.replace("\x00", "")] = to_json(value, nuls, untagged)
             except DataError as exc:
                 raise DataError(exc.message, attribute=attribute) from exc
+            self._note_untagged(attribute, untagged, found)
         for attribute, index in self._keys:
             value = item.get(attribute)
             if value is None:
@@ -136,7 +155,16 @@ class RowBuilder:
         if nuls or any("\x00" in a for a in item):
             self.nul_counts["data"] += 1
         row[self._data_position] = dump_json(tree)
+        self.untagged_map_counts.update(found)
         return row
+
+    @staticmethod
+    def _note_untagged(attribute: str, untagged: list[int], found: list[str]) -> None:
+        """Move the empty maps without "M" just seen to ``found``, counted once the whole row is built (a row
+        abandoned for a missing column is built again and must not count twice)."""
+        if untagged:
+            found.extend([attribute] * len(untagged))
+            untagged.clear()
 
 
 def _check_values(item: Item) -> None:

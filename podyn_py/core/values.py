@@ -9,6 +9,10 @@ number DynamoDB accepts, and nested numbers become JSON numbers written digit fo
 
 PostgreSQL rejects U+0000 in text and jsonb, so it is removed; callers pass a list that gets an entry for each
 value that lost one.
+
+DynamoDB Local writes an empty map inside stream images as ``{}``, without its ``"M"``. A value with no type tag at
+all can only be that, so :func:`split_value` reads it as an empty map; callers pass a list (``untagged``) that gets
+an entry for each one, to count and report them. Anything else malformed stays an error.
 """
 
 from __future__ import annotations
@@ -90,8 +94,16 @@ def encode_binary(raw: Any) -> str:
     return base64.b64encode(decode_binary(raw)).decode("ascii")
 
 
-def split_value(value: Any) -> tuple[str, Any]:
-    """``{"S": "x"}`` → ``("S", "x")``; DataError for anything that is not a one-key attribute value."""
+def split_value(value: Any, untagged: list[int] | None = None) -> tuple[str, Any]:
+    """``{"S": "x"}`` → ``("S", "x")``; DataError for anything that is not a one-key attribute value.
+
+    ``{}`` (no type tag: DynamoDB Local's empty map in stream images) → ``("M", {})``, with an entry appended to
+    ``untagged`` when given.
+    """
+    if isinstance(value, dict) and not value:
+        if untagged is not None:
+            untagged.append(1)
+        return "M", {}
     if not isinstance(value, dict) or len(value) != 1:
         raise DataError(f"not a DynamoDB attribute value: {_preview(value)}")
     ((tag, raw),) = value.items()
@@ -102,13 +114,14 @@ def strip_nul(text: str) -> str:
     return text.replace("\x00", "")
 
 
-def to_json(value: Any, nuls: list[int] | None = None) -> Any:
+def to_json(value: Any, nuls: list[int] | None = None, untagged: list[int] | None = None) -> Any:
     """An attribute value as a tree that ``orjson.dumps`` writes with real JSON types.
 
     Maps become objects, lists and sets arrays, numbers JSON numbers (exact), binary base64 strings, NULL null.
-    ``nuls``, when given, gets one entry appended for each string or map key that lost a U+0000.
+    ``nuls``, when given, gets one entry appended for each string or map key that lost a U+0000; ``untagged`` one
+    for each empty map without its ``"M"`` (see :func:`split_value`).
     """
-    tag, raw = split_value(value)
+    tag, raw = split_value(value, untagged)
     if tag == "S":
         return _clean(raw, nuls)
     if tag == "N":
@@ -116,11 +129,11 @@ def to_json(value: Any, nuls: list[int] | None = None) -> Any:
     if tag == "M":
         if not isinstance(raw, dict):
             raise DataError(f"map value is not an object: {_preview(raw)}")
-        return {_clean(k, nuls): to_json(v, nuls) for k, v in raw.items()}
+        return {_clean(k, nuls): to_json(v, nuls, untagged) for k, v in raw.items()}
     if tag == "L":
         if not isinstance(raw, list):
             raise DataError(f"list value is not an array: {_preview(raw)}")
-        return [to_json(v, nuls) for v in raw]
+        return [to_json(v, nuls, untagged) for v in raw]
     if tag == "BOOL":
         return _boolean(raw)
     if tag == "NULL":
@@ -149,10 +162,11 @@ def check_null(raw: Any) -> None:
         raise DataError(f"NULL value is not true: {_preview(raw)}")
 
 
-def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None) -> Any:
+def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None, untagged: list[int] | None = None) -> Any:
     """A top-level attribute value as the Python value for its column (see PG_TYPE_OF_TAG).
 
     jsonb values come back as serialised JSON bytes, ready for :class:`podyn_py.target.postgres.JsonText`.
+    ``untagged`` counts empty maps without their ``"M"`` nested in maps and lists (see :func:`split_value`).
     """
     if tag == "S":
         return _clean(raw, nuls)
@@ -164,7 +178,7 @@ def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None) -> Any:
         return _boolean(raw)
     if tag == "NULL":
         return check_null(raw)
-    return dump_json(to_json({tag: raw}, nuls))
+    return dump_json(to_json({tag: raw}, nuls, untagged))
 
 
 def key_text(item: Mapping[str, Any], key_attributes: tuple[str, ...]) -> str:

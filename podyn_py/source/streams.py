@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError, HTTPClientError
@@ -115,6 +116,7 @@ class _Shard:
         "held",
         "idle_delay",
         "iterator",
+        "last_written",
         "listed",
         "parent_id",
         "sequence_number",
@@ -135,6 +137,9 @@ class _Shard:
         #: The caller has (or has been handed) a position for it.
         self.has_position = False
         self.iterator: str | None = None
+        #: ApproximateCreationDateTime of the last record this reader delivered from it, when the record had one:
+        #: the records after it, should they be lost, were written later than that.
+        self.last_written: datetime | None = None
         #: Clock time from which it may be polled again.
         self.due = float("-inf")
         self.idle_delay = idle_delay
@@ -355,6 +360,9 @@ class StreamReader:
         if self._anchored(shard):
             if _code(error) == "ResourceNotFoundException":
                 self._describe()  # raises the clearer error when the whole stream no longer exists
+                what = "the shard no longer exists, although the stream does"
+            else:
+                what = "DynamoDB Streams trimmed them (it keeps records for 24 hours after they are written)"
             after = (
                 f"after sequence number {shard.sequence_number}"
                 if shard.sequence_number is not None
@@ -362,8 +370,8 @@ class StreamReader:
             )
             raise StreamGapError(
                 f"records of shard {shard.shard_id} {after} are gone from stream {self._arn} "
-                f"({_code(error)}: {_message(error)}); changes were not read within the stream's 24-hour "
-                "retention. Re-run with --data to reload the table",
+                f"({_code(error)}: {_message(error)}): {what}; {_written(shard)}. Re-run with --data to reload the "
+                "table",
                 table=self._table,
             ) from error
         if _code(error) == "TrimmedDataAccessException":
@@ -378,6 +386,7 @@ class StreamReader:
         records = self._newer(shard, response.get("Records") or [])
         if records:
             shard.sequence_number = _sequence_number(records[-1])
+            shard.last_written = _written_at(records[-1]) or shard.last_written
         shard.iterator = response.get("NextShardIterator")
         now = self._clock()
         _log.debug(
@@ -468,18 +477,19 @@ class StreamReader:
                     else "from its start"
                 )
                 raise StreamGapError(
-                    f"shard {shard.shard_id} of stream {self._arn} is no longer in the stream, but its "
-                    f"records {after} were not read: they were trimmed after 24 hours. Re-run with --data to "
-                    "reload the table",
+                    f"DescribeStream no longer lists shard {shard.shard_id} of stream {self._arn}, but its "
+                    f"records {after} were not read (a shard leaves the listing once its records are trimmed, "
+                    f"24 hours after they are written); {_written(shard)}. Re-run with --data to reload the table",
                     table=self._table,
                 )
             if status == "ENABLED" and shard.shard_id not in parents_known:
                 # While the stream is enabled a closed shard always has children; if they are all gone too,
                 # whatever they held was trimmed before anyone read it.
                 raise StreamGapError(
-                    f"shard {shard.shard_id} of stream {self._arn} was read to its end, but none of its "
-                    "child shards is in the stream any more: they were trimmed after 24 hours before being "
-                    "read. Re-run with --data to reload the table",
+                    f"shard {shard.shard_id} of stream {self._arn} was read to its end, but DescribeStream lists "
+                    "none of its child shards (they leave the listing once their records are trimmed, 24 hours "
+                    f"after they are written), so they were never read; {_written(shard)}. Re-run with --data to "
+                    "reload the table",
                     table=self._table,
                 )
         self._next_listing = self._clock() + self._relist_seconds
@@ -496,9 +506,11 @@ class StreamReader:
                 response = self._call("DescribeStream", self._client.describe_stream, **params)
             except ClientError as error:
                 if _code(error) == "ResourceNotFoundException":
+                    # All that is known: the stream is gone. A table deleted a minute ago answers the same as a
+                    # stream disabled more than a day ago, so podyn does not say which, nor when.
                     raise StreamGapError(
-                        f"stream {self._arn} no longer exists (the table was deleted or its stream disabled "
-                        "over 24 hours ago), so changes since the last checkpoint are lost. Re-run with "
+                        f"stream {self._arn} no longer exists (DescribeStream answered {_code(error)}: "
+                        f"{_message(error)}), so changes after the last checkpoint cannot be read. Re-run with "
                         "--data to reload the table",
                         table=self._table,
                     ) from error
@@ -566,6 +578,38 @@ def _sequence_number(record: Mapping[str, Any]) -> str:
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"stream record without a valid dynamodb.SequenceNumber: {record!r:.200}") from error
     return str(number)
+
+
+def _written_at(record: Mapping[str, Any]) -> datetime | None:
+    """A record's ApproximateCreationDateTime: a datetime from boto3, seconds since the epoch from raw JSON."""
+    value = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _written(shard: _Shard) -> str:
+    """What is known of when a shard's lost records were written."""
+    if shard.last_written is None:
+        return (
+            "podyn read no record of this shard since it started, so it does not know when the lost records were"
+            " written"
+        )
+    age = (datetime.now(UTC) - shard.last_written).total_seconds()
+    return (
+        f"the last record podyn read from it was written at {shard.last_written.isoformat(timespec='seconds')}"
+        f" ({_duration(age)} ago): the lost records were written after that"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0.0, seconds):.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
 
 
 def _table_from_arn(stream_arn: str) -> str | None:
