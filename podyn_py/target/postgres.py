@@ -24,11 +24,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py.core import ddl, naming
-from podyn_py.core.schema import Column, ConversionMode, TableSchema, TableSpec, initial_schema
+from podyn_py.core.schema import Column, ConversionMode, SchemaChange, TableSchema, TableSpec, initial_schema
 from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
     Interrupted,
+    MappingChanged,
     PodynError,
     SchemaError,
     TableHeldElsewhere,
@@ -281,23 +282,48 @@ class PostgresTarget:
             state.save_columns(conn, schema)
         existing = existing_columns(conn, spec) or {}
         reserved = frozenset(existing) - set(schema.column_names)
-        return TableSchema(schema.spec, schema.columns, reserved)
+        return TableSchema(schema.spec, schema.columns, reserved, state.read_mapping_generation(conn, spec))
 
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
-        """Add the columns ``evolve`` asks for, agreeing with other processes through the stored mapping.
+    def current_schema(self, schema: TableSchema) -> TableSchema:
+        """The stored mapping as it is now (after another writer renamed columns)."""
 
-        Under the table's advisory lock, re-read the mapping (another process may have added columns), evolve
-        against it, then ALTER TABLE and record the new columns in one transaction.
+        def read(conn: psycopg.Connection[Any]) -> TableSchema:
+            generation = state.read_mapping_generation(conn, schema.spec)
+            return TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation)
+
+        return self.run("reading the column mapping", read, table=schema.spec.source)
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema:
+        """Make the changes ``evolve`` asks for, agreeing with other processes through the stored mapping.
+
+        Under the table's advisory lock, re-read the mapping (another process may have changed it), evolve against
+        it, then rename and add columns and record the mapping in one transaction. A rename bumps the mapping
+        generation, so that writers still holding the old names convert their rows again (see ``_check_mapping``).
         """
 
         def add(conn: psycopg.Connection[Any]) -> TableSchema:
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DDL_LOCK, table_lock_id(schema.spec)))
-            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved)
-            added = evolve(current)
-            if not added:
+            generation = state.read_mapping_generation(conn, schema.spec)
+            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation)
+            change = evolve(current)
+            if not change:
                 return current
+            added = list(change.added)
+            grown = current.with_change(change)
+            if change.renamed:
+                for old, new in naming.rename_steps(change.renamed, set(current.column_names) | current.reserved):
+                    conn.execute(ddl.rename_column(current, old, new))
+                grown = current.with_change(change, state.bump_mapping_generation(conn, schema.spec))
+                state.replace_columns(conn, TableSchema(grown.spec, grown.columns[: len(current.columns)]))
+                log.info(
+                    "table %s: renamed column%s %s (another attribute has the better claim to the name)",
+                    schema.spec.source,
+                    "s" if len(change.renamed) > 1 else "",
+                    ", ".join(f"{old} to {new}" for old, new in change.renamed.items()),
+                )
+            if not added:
+                return grown
             conn.execute(ddl.add_columns(current, added))
-            grown = current.with_columns(added)
             state.save_columns(conn, grown, start=len(current.columns))
             log.info(
                 "table %s: added column%s %s",
@@ -414,6 +440,7 @@ class PostgresTarget:
         spec = schema.spec
         try:
             with conn.transaction():
+                _check_mapping(conn, schema)
                 for old, new, records in moves:
                     before = None if old is None else (old.sequence_number, old.finished)
                     after = (new.sequence_number, new.finished)
@@ -449,6 +476,7 @@ class PostgresTarget:
         """Commit a scanned page's rows with its segment's new position. False if the page was already applied."""
         try:
             with conn.transaction():
+                _check_mapping(conn, schema)
                 if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
                     raise _AlreadyApplied
                 for item in rejected:
@@ -465,6 +493,21 @@ class PostgresTarget:
         except psycopg.Error as exc:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
         return True
+
+
+def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
+    """Keep renames out until this transaction ends, and make sure they did not happen before it began.
+
+    The shared lock is the one ``add_columns`` takes exclusively. Taken in a statement of its own: under READ
+    COMMITTED the next statement's snapshot then sees a rename that committed while this one waited.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (DDL_LOCK, table_lock_id(schema.spec)))
+    stored = state.read_mapping_generation(conn, schema.spec)
+    if stored != schema.generation:
+        raise MappingChanged(
+            f"columns were renamed (mapping generation {schema.generation} → {stored}); converting again",
+            table=schema.spec.source,
+        )
 
 
 def _now(conn: psycopg.Connection[Any]) -> Any:

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS podyn.tables (
     replication_lag_seconds double precision,
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    mapping_generation integer NOT NULL DEFAULT 0,
     PRIMARY KEY (target_schema, target_table)
 );
 CREATE TABLE IF NOT EXISTS podyn.columns (
@@ -104,6 +105,7 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
     item jsonb,
     rejected_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS mapping_generation integer NOT NULL DEFAULT 0;
 """
 
 
@@ -276,6 +278,32 @@ def save_columns(conn: psycopg.Connection[Any], schema: TableSchema, start: int 
                 for ordinal, c in enumerate(schema.columns[start:], start)
             ],
         )
+
+
+def replace_columns(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
+    """Record the whole mapping of ``schema`` anew (after columns were renamed)."""
+    spec = schema.spec
+    conn.execute("DELETE FROM podyn.columns WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    save_columns(conn, schema)
+
+
+def read_mapping_generation(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    """How many times the table's columns were renamed (0 for a table podyn does not know yet)."""
+    row = conn.execute(
+        "SELECT mapping_generation FROM podyn.tables WHERE target_schema = %s AND target_table = %s",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump_mapping_generation(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    """Mark the mapping as changed (columns renamed): writers holding the old one must read it again."""
+    row = conn.execute(
+        """UPDATE podyn.tables SET mapping_generation = mapping_generation + 1, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s RETURNING mapping_generation""",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[SegmentRecord]:
