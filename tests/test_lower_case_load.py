@@ -23,8 +23,15 @@ from helpers import REPO_ROOT, run_podyn
 from oracle import connect
 from psycopg import sql
 
+from podyn_py.conversion import RowConverter
 from podyn_py.core.naming import name_tag
+from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
+from podyn_py.errors import MappingChanged
+from podyn_py.load import LoadOptions, load_table
 from podyn_py.local import LocalPostgres
+from podyn_py.source import dynamodb
+from podyn_py.source.streams import ShardPosition
+from podyn_py.target.postgres import PostgresTarget
 
 SPELLINGS = ("Id", "id", "ID")
 EXPECTED = {"id": "id", "Id": "id_" + name_tag("Id"), "ID": "id_" + name_tag("ID")}
@@ -84,6 +91,7 @@ def assert_rows_in_their_columns(url: str, table: str) -> None:
     for row in rows:
         (present,) = [(s, v) for s, v in zip(SPELLINGS, row, strict=True) if v is not None]
         assert present[1].startswith(present[0] + "-"), row
+    assert {s for row in rows for s, v in zip(SPELLINGS, row, strict=True) if v is not None} == set(SPELLINGS)
 
 
 def assert_verified(ddb_server: Any, url: str, table: str) -> None:
@@ -91,8 +99,30 @@ def assert_verified(ddb_server: Any, url: str, table: str) -> None:
     assert report["differences"] == [], report
 
 
-def test_parallel_loads_give_the_same_names_every_time(ddb_server: Any, create_table: Any, fresh_db: Any) -> None:
-    table = create_table(name=short(), items=items(SPELLINGS))
+def spread_over_segments(ddb: Any, table: str, segments: int) -> None:
+    """Give each item one spelling so that every segment meets ``Id`` or ``ID`` first and ``id`` only later.
+
+    First-come naming then gave ``id`` to ``Id`` or ``ID`` in every run, whichever segment committed first.
+    """
+    for segment in range(segments):
+        keys = [i["pk"] for i in ddb.scan(TableName=table, Segment=segment, TotalSegments=segments)["Items"]]
+        order = ("Id", "ID") if segment % 2 else ("ID", "Id")
+        for position, key in enumerate(keys):
+            spelling = order[0] if position == 0 else (*order, "id")[position % 3]
+            ddb.update_item(
+                TableName=table,
+                Key={"pk": key},
+                UpdateExpression="SET #a = :v",
+                ExpressionAttributeNames={"#a": spelling},
+                ExpressionAttributeValues={":v": {"S": f"{spelling}-{key['S']}"}},
+            )
+
+
+def test_parallel_loads_give_the_same_names_every_time(
+    ddb_server: Any, ddb: Any, create_table: Any, fresh_db: Any
+) -> None:
+    table = create_table(name=short(), items=[{"pk": {"S": f"k{i}"}, "Other": {"N": str(i)}} for i in range(48)])
+    spread_over_segments(ddb, table, 8)
     for _ in range(3):
         url = fresh_db()
         podyn(ddb_server, url, table, "-s", "-d", "-lc", "-n", "4", "--segments", "8")
@@ -167,3 +197,77 @@ def test_id_arriving_by_changes_renames_and_keeps_every_value(
         [(None, f"Id-{i}") for i in range(20)] + [(f"id-{i}", None) if i % 2 == 0 else (None, f"Id-{i}")
                                                   for i in range(100, 110)], key=str)  # fmt: skip
     assert_verified(ddb_server, url, table)
+
+
+def test_a_writer_holding_the_old_names_converts_again(pg_url: str) -> None:
+    """A page or batch converted before another writer renamed a column is refused whole, then written right."""
+    spec = TableSpec("T", "public", short(), KeyAttribute("pk", "S"), lower_case=True)
+    target = PostgresTarget(pg_url)
+    schema = target.prepare_table(spec, create=True, citus=False)
+    assert target.begin_load(spec, 1, reload=False) is not None
+    page = [{"pk": {"S": "a"}, "Id": {"S": "Id-a"}}]
+    batch = [{"pk": {"S": "c"}, "Id": {"S": "Id-c"}}]
+    converter = RowConverter(schema, target)
+    stale, rows, _ = converter.convert(page)  # Id takes id
+    assert stale.column_names == ("pk", "id")
+    RowConverter(schema, target).convert([{"pk": {"S": "b"}, "id": {"S": "id-b"}}])  # another worker: id arrives
+    moves = [(None, ShardPosition("shard-1", None, "1", False), 1)]
+    with target.connect() as conn:
+        with pytest.raises(MappingChanged):
+            target.write_page(conn, stale, rows, [], 0, None, None)
+        with pytest.raises(MappingChanged):
+            target.apply_changes(
+                conn, stale, "arn", rows=rows, delete_keys=[], rejected=[], moves=moves, lag_seconds=None
+            )
+        segment = conn.execute("SELECT last_key, done, items_loaded FROM podyn.segments").fetchone()
+        assert segment == (None, False, 0)  # nothing half-written
+        assert conn.execute("SELECT count(*) FROM podyn.shards").fetchone() == (0,)
+        converter.refresh(stale)
+        fresh, rows, _ = converter.convert(page)
+        assert fresh.generation == stale.generation + 1
+        assert target.write_page(conn, fresh, rows, [], 0, None, None)
+        fresh, rows, _ = converter.convert(batch)
+        assert target.apply_changes(
+            conn, fresh, "arn", rows=rows, delete_keys=[], rejected=[], moves=moves, lag_seconds=None
+        )
+        moved = "id_" + name_tag("Id")
+        stored = conn.execute(
+            sql.SQL("SELECT pk, {}, {} FROM {} ORDER BY pk").format(
+                sql.Identifier("id"), sql.Identifier(moved), sql.Identifier(spec.table)
+            )
+        ).fetchall()
+    assert stored == [("a", None, "Id-a"), ("c", None, "Id-c")]
+
+
+def test_a_load_whose_page_meets_a_rename_writes_it_under_the_new_names(
+    ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """In process, real PostgresTarget and DynamoDB Local: another process renames ``id`` just after a worker
+    converted its page and before it writes it (the only thing the target adds). The load still finishes."""
+    table = create_table(name=short(), items=[{"pk": {"S": f"k{i}"}, "Id": {"S": f"Id-k{i}"}} for i in range(30)])
+    description = dynamodb.describe_table(ddb, table, pg_schema="public", lower_case=True)
+
+    class RenamingBeforeTheFirstWrite(PostgresTarget):
+        refused = 0
+
+        def write_page(self, conn: Any, schema: TableSchema, *args: Any, **kwargs: Any) -> bool:
+            if schema.generation == 0 and "id" in schema.column_names:
+                RowConverter(schema, PostgresTarget(pg_url)).convert([{"pk": {"S": "x"}, "id": {"S": "v"}}])
+            try:
+                return super().write_page(conn, schema, *args, **kwargs)
+            except MappingChanged:
+                self.refused += 1
+                raise
+
+    target = RenamingBeforeTheFirstWrite(pg_url)
+    schema = target.prepare_table(description.spec, create=True, citus=False)
+    result = load_table(description, schema, target, ddb, LoadOptions(segments=2, connections=1))
+    assert result.items == 30 and target.refused == 1
+    moved = "id_" + name_tag("Id")
+    with connect(pg_url) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT pk, {}, {} FROM {}").format(
+                sql.Identifier("id"), sql.Identifier(moved), sql.Identifier(table)
+            )
+        ).fetchall()
+    assert sorted(rows) == sorted((f"k{i}", None, f"Id-k{i}") for i in range(30))
