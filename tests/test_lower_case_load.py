@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ import pytest
 from helpers import REPO_ROOT, run_podyn
 from oracle import connect
 from psycopg import sql
+from scripted_streams import RecordMaker
 
+from podyn_py.changes import TableReplicator
 from podyn_py.conversion import RowConverter
 from podyn_py.core.naming import name_tag
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
@@ -30,7 +33,7 @@ from podyn_py.errors import MappingChanged
 from podyn_py.load import LoadOptions, load_table
 from podyn_py.local import LocalPostgres
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardPosition
+from podyn_py.source.streams import ShardBatch, ShardPosition
 from podyn_py.target.postgres import PostgresTarget
 
 SPELLINGS = ("Id", "id", "ID")
@@ -271,3 +274,42 @@ def test_a_load_whose_page_meets_a_rename_writes_it_under_the_new_names(
             )
         ).fetchall()
     assert sorted(rows) == sorted((f"k{i}", None, f"Id-k{i}") for i in range(30))
+
+
+def test_a_change_batch_that_meets_a_rename_is_applied_under_the_new_names(pg_url: str) -> None:
+    """In process, real PostgresTarget: another process renames ``id`` after the replicator converted a batch
+    and before it applies it. The batch is converted again and applied once, its checkpoint with it."""
+    spec = TableSpec("T", "public", short(), KeyAttribute("pk", "S"), lower_case=True)
+    description = dynamodb.TableDescription(spec, "arn:stream", "NEW_AND_OLD_IMAGES", item_count=0, size_bytes=0)
+
+    class RenamingBeforeTheFirstApply(PostgresTarget):
+        refused = 0
+
+        def apply_changes(self, conn: Any, schema: TableSchema, *args: Any, **kwargs: Any) -> bool:
+            if schema.generation == 0:
+                RowConverter(schema, PostgresTarget(pg_url)).convert([{"pk": {"S": "x"}, "id": {"S": "v"}}])
+            try:
+                return super().apply_changes(conn, schema, *args, **kwargs)
+            except MappingChanged:
+                self.refused += 1
+                raise
+
+    target = RenamingBeforeTheFirstApply(pg_url)
+    schema = target.prepare_table(spec, create=True, citus=False)
+    replicator = TableReplicator(description, schema, target, None, None, threading.Event())
+    records = RecordMaker()
+    batch = [records.put(f"k{i}", i, Id={"S": f"Id-k{i}"}) for i in range(5)]
+    position = ShardPosition("shard-1", None, batch[-1]["dynamodb"]["SequenceNumber"], False)
+    with target.connect() as conn:
+        replicator._apply(conn, "arn:stream", [ShardBatch("shard-1", None, batch, position)])
+    assert target.refused == 1
+    moved = "id_" + name_tag("Id")
+    with connect(pg_url) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT pk, {}, {} FROM {}").format(
+                sql.Identifier("id"), sql.Identifier(moved), sql.Identifier(spec.table)
+            )
+        ).fetchall()
+        shard = conn.execute("SELECT sequence_number, records_applied FROM podyn.shards").fetchone()
+    assert sorted(rows) == sorted((f"k{i}", None, f"Id-k{i}") for i in range(5))
+    assert shard == (position.sequence_number, 5)
