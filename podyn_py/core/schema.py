@@ -2,8 +2,9 @@
 
 A :class:`TableSpec` is what DescribeTable tells (keys, indexes) plus the user's choices (schema, conversion mode,
 lowercasing). A :class:`TableSchema` adds the columns, each mapping one (attribute, PostgreSQL type) pair to one
-column name. :func:`evolve` looks at items and returns only the columns they need that the schema lacks (a schema
-delta), leaving the schema itself unchanged; the caller adds them to the database and to the metadata first.
+column name. :func:`plan_evolution` looks at items and returns only the columns they need that the schema lacks,
+and the existing columns to rename so that names follow :func:`naming.assign_names` (a schema delta), leaving the
+schema itself unchanged; the caller applies it to the database and to the metadata first.
 
 In ``columns`` mode an attribute's first type seen gets the plain column; a later different type goes to a variant
 column ``<column>_<type>``, so a row is never rejected for a type conflict. A NULL never decides a type. In ``jsonb``
