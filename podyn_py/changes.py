@@ -38,7 +38,7 @@ from podyn_py.core.changes import (
 )
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.values import split_value, to_column_value
-from podyn_py.errors import ConfigError, DataError, PodynError, StreamGapError, TableHeldElsewhere
+from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
 from podyn_py.target.postgres import PostgresTarget, TableHold
@@ -351,22 +351,29 @@ class TableReplicator:
                 changes.append(change)
         changes = self._resolve(compact(changes))
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
-        untagged_before = self.rows.untagged_map_counts.total()
-        schema, rows, rejected = self.rows.convert(upserts)
-        untagged = self.rows.untagged_map_counts.total() - untagged_before
-        delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
         lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
         moves = self._moves(batches)
-        if not self.target.apply_changes(
-            conn,
-            schema,
-            stream_arn,
-            rows=rows,
-            delete_keys=delete_keys,
-            rejected=rejected + bad,
-            moves=moves,
-            lag_seconds=lag,
-        ):
+        while True:
+            untagged_before = self.rows.untagged_map_counts.total()
+            schema, rows, rejected = self.rows.convert(upserts)
+            untagged = self.rows.untagged_map_counts.total() - untagged_before
+            delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
+            try:
+                applied = self.target.apply_changes(
+                    conn,
+                    schema,
+                    stream_arn,
+                    rows=rows,
+                    delete_keys=delete_keys,
+                    rejected=rejected + bad,
+                    moves=moves,
+                    lag_seconds=lag,
+                )
+                break
+            except MappingChanged as exc:  # columns renamed by another process: same batch, new names
+                log.info("table %s: %s", spec.source, exc.message)
+                self.rows.refresh(schema)
+        if not applied:
             raise _CheckpointMoved(
                 "a shard checkpoint moved under this process (another podyn applied these records); continuing"
                 " from the stored checkpoints",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podyn_py.core.rows import MissingColumn, RowBuilder
-from podyn_py.core.schema import Column, TableSchema, evolve
+from podyn_py.core.schema import SchemaChange, TableSchema, plan_evolution
 from podyn_py.errors import DataError, PodynError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ class Rejected:
 
 
 class SchemaTarget(Protocol):
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema: ...
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...
+
+    def current_schema(self, schema: TableSchema) -> TableSchema: ...
 
 
 class RowConverter:
@@ -55,7 +57,7 @@ class RowConverter:
         rows, rejected, pending = self._build(builder, items)
         if pending:
             with self._lock:
-                self.schema = self.target.add_columns(self.schema, lambda current: evolve(current, pending))
+                self.schema = self.target.add_columns(self.schema, lambda current: plan_evolution(current, pending))
                 self.builder = builder = RowBuilder(self.schema, self.nul_counts, self.untagged_map_counts)
             rows, rejected, pending = self._build(builder, items)
             if pending:  # pragma: no cover - evolve covers every valid attribute value
@@ -65,6 +67,14 @@ class RowConverter:
         for each in rejected:
             log.error("rejected an item, kept in podyn.rejected: %s", each.error)
         return builder.schema, rows, rejected
+
+    def refresh(self, stale: TableSchema) -> None:
+        """Read the mapping again after a writer found ``stale`` outdated (MappingChanged): columns were renamed."""
+        with self._lock:
+            if self.schema.generation > stale.generation:
+                return  # another thread has read it since
+            self.schema = self.target.current_schema(self.schema)
+            self.builder = RowBuilder(self.schema, self.nul_counts)
 
     def _build(
         self, builder: RowBuilder, items: list[dict[str, Any]]

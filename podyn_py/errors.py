@@ -65,6 +65,13 @@ class TransientTargetError(TargetError):
     transient = True
 
 
+class MappingChanged(TransientTargetError):
+    """Columns were renamed since this writer read the mapping: read it again and convert the rows again.
+
+    Raised before any row of the page or batch is written, so nothing is half-written under the old names.
+    """
+
+
 class DataError(PodynError):
     """A DynamoDB value or record that podyn cannot understand (unknown type tag, malformed number or JSON)."""
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from podyn_py import metrics
 from podyn_py.conversion import Rejected, RowConverter
-from podyn_py.core.schema import Column, TableSchema, TableSpec
-from podyn_py.errors import Interrupted, PodynError
+from podyn_py.core.schema import SchemaChange, TableSchema, TableSpec
+from podyn_py.errors import Interrupted, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 class LoadTarget(Protocol):
     """What the load needs from the target: PostgreSQL, or the dry run that prints SQL instead."""
 
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema: ...
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...
+
+    def current_schema(self, schema: TableSchema) -> TableSchema: ...
 
     def begin_load(
         self,
@@ -254,9 +256,15 @@ def _load_page(
     )
     load.limiter.charge(page.consumed)
     sizer.observe(len(page.items), page.consumed)
-    schema, rows, rejected = load.rows.convert(page.items)
     new_key = dynamodb.key_to_json(page.last_key)
-    conn = _write_with_reconnect(load, conn, schema, rows, rejected, segment, key, new_key)
+    while True:
+        schema, rows, rejected = load.rows.convert(page.items)
+        try:
+            conn = _write_with_reconnect(load, conn, schema, rows, rejected, segment, key, new_key)
+            break
+        except MappingChanged as exc:  # columns renamed by another worker: same page, new names
+            log.info("table %s: %s", source, exc.message)
+            load.rows.refresh(schema)
     with load.lock:
         load.rejected += len(rejected)
     load.progress.add(len(page.items), page.consumed)
@@ -293,7 +301,7 @@ def _write_with_reconnect(
                 )
             return conn
         except PodynError as exc:
-            if not exc.transient or time.monotonic() > deadline:
+            if isinstance(exc, MappingChanged) or not exc.transient or time.monotonic() > deadline:
                 raise
             log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
             metrics.ERRORS.labels(schema.spec.source).inc()

@@ -254,7 +254,7 @@ def test_metadata_of_the_previous_release_is_migrated_in_place(
         conn.execute(
             """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
                DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
-               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at"""
+               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at, DROP COLUMN mapping_generation"""
         )
     ddb.put_item(TableName=table, Item={"pk": {"S": "late"}, "v": {"N": "1"}})  # not loaded: the load was done
     result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))

@@ -44,6 +44,14 @@ def add_columns(schema: TableSchema, columns: Sequence[Column]) -> sql.Composed:
     )
 
 
+def rename_column(schema: TableSchema, old: str, new: str) -> sql.Composed:
+    """RENAME COLUMN cannot share an ALTER TABLE with other actions: one statement per column."""
+    spec = schema.spec
+    return sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+        qualified(spec.schema, spec.table), sql.Identifier(old), sql.Identifier(new)
+    )
+
+
 def create_index(schema: TableSchema, index: IndexSpec, name: str | None = None) -> sql.Composed:
     """CREATE INDEX for a GSI or LSI, named ``name`` (default: ``naming.index_name``)."""
     spec = schema.spec

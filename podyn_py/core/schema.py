@@ -2,8 +2,9 @@
 
 A :class:`TableSpec` is what DescribeTable tells (keys, indexes) plus the user's choices (schema, conversion mode,
 lowercasing). A :class:`TableSchema` adds the columns, each mapping one (attribute, PostgreSQL type) pair to one
-column name. :func:`evolve` looks at items and returns only the columns they need that the schema lacks (a schema
-delta), leaving the schema itself unchanged; the caller adds them to the database and to the metadata first.
+column name. :func:`plan_evolution` looks at items and returns only the columns they need that the schema lacks,
+and the existing columns to rename so that names follow :func:`naming.assign_names` (a schema delta), leaving the
+schema itself unchanged; the caller applies it to the database and to the metadata first.
 
 In ``columns`` mode an attribute's first type seen gets the plain column; a later different type goes to a variant
 column ``<column>_<type>``, so a row is never rejected for a type conflict. A NULL never decides a type. In ``jsonb``
@@ -122,6 +123,8 @@ class TableSchema:
     columns: tuple[Column, ...]
     #: Names taken by columns podyn does not manage (a table that existed before podyn): never given to attributes.
     reserved: frozenset[str] = frozenset()
+    #: ``podyn.tables.mapping_generation`` when the mapping was read: writers check it is still current.
+    generation: int = 0
     #: Those of ``reserved`` (name, type) that an attribute may claim: a table podyn finds without its mapping (its
     #: ``podyn`` schema lost, or made by hand) keeps the column ``v numeric`` for attribute ``v``'s numbers
     #: instead of giving them a second, tagged column.
@@ -168,34 +171,65 @@ class TableSchema:
         return tuple(self.key_column(k) for k in self.spec.primary_key)
 
     def with_columns(self, added: Iterable[Column]) -> TableSchema:
-        return TableSchema(self.spec, self.columns + tuple(added), self.reserved, self.adoptable)
+        return TableSchema(self.spec, self.columns + tuple(added), self.reserved, self.generation, self.adoptable)
+
+    def with_change(self, change: SchemaChange, generation: int | None = None) -> TableSchema:
+        """The schema after ``change``: existing columns renamed (same positions), then the new ones."""
+        renamed = tuple(
+            Column(change.renamed.get(c.name, c.name), c.type, c.attribute, c.variant) for c in self.columns
+        )
+        return TableSchema(
+            self.spec,
+            renamed + change.added,
+            self.reserved,
+            self.generation if generation is None else generation,
+            self.adoptable,
+        )
 
 
 def initial_schema(spec: TableSpec) -> TableSchema:
     """Key and index-key columns (and ``data`` in jsonb mode): what CREATE TABLE makes."""
-    taken: set[str] = {DATA_COLUMN} if spec.mode is ConversionMode.JSONB else set()
-    columns = []
-    for attribute in spec.key_columns_attributes:
-        name = naming.column_name(attribute.name, taken, lower_case=spec.lower_case)
-        taken.add(name)
-        columns.append(Column(name, attribute.pg_type, attribute.name))
+    fixed = {DATA_COLUMN} if spec.mode is ConversionMode.JSONB else set()
+    claims = [naming.NameClaim(a.name, a.pg_type.value) for a in spec.key_columns_attributes]
+    names = naming.assign_names(claims, lower_case=spec.lower_case, fixed=fixed)
+    columns = [Column(names[c], a.pg_type, a.name) for c, a in zip(claims, spec.key_columns_attributes, strict=True)]
     if spec.mode is ConversionMode.JSONB:
         columns.append(Column(DATA_COLUMN, PgType.JSONB, None))
     return TableSchema(spec, tuple(columns))
 
 
-def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Column]:
-    """The columns ``items`` need that ``schema`` lacks, in the order first needed (empty in jsonb mode).
+@dataclass(frozen=True)
+class SchemaChange:
+    """What a schema needs to hold new items: existing columns to rename (old → new name), then columns to add."""
 
-    Values that are not valid attribute values are passed over: rejecting the item is the row builder's job.
+    added: tuple[Column, ...] = ()
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.renamed)
+
+
+def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Column]:
+    """The columns ``items`` need that ``schema`` lacks (see :func:`plan_evolution`, which also gives renames)."""
+    return list(plan_evolution(schema, items).added)
+
+
+def plan_evolution(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> SchemaChange:
+    """The columns ``items`` need that ``schema`` lacks, in the order first needed (none in jsonb mode), and the
+    existing columns to rename so that every name follows :func:`naming.assign_names` over all the columns.
+
+    A rename happens when a new attribute has the better claim to a name: ``id`` arriving after ``Id`` took ``id``
+    under ``-lc``. Values that are not valid attribute values are passed over: rejecting the item is the row
+    builder's job.
     """
     if schema.spec.mode is ConversionMode.JSONB:
-        return []
-    added: list[Column] = []
-    added_by_value: set[tuple[str, PgType]] = set()
-    added_primary: dict[str, Column] = {}
-    taken = set(schema.column_names) | schema.reserved
+        return SchemaChange()
+    new: list[tuple[str, PgType, bool]] = []
+    new_by_value: set[tuple[str, PgType]] = set()
+    new_primary: set[str] = set()
+    count = len(set(schema.column_names) | schema.reserved)
     full = schema.overflow_position is not None
+    overflow = False
     for item in items:
         for attribute, value in item.items():
             try:
@@ -205,43 +239,41 @@ def evolve(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> list[Colu
             pg_type = PG_TYPE_OF_TAG.get(tag)
             if pg_type is None:
                 continue
-            if full or schema.position(attribute, pg_type) is not None or (attribute, pg_type) in added_by_value:
+            if full or schema.position(attribute, pg_type) is not None or (attribute, pg_type) in new_by_value:
                 continue
-            if len(taken) + 1 >= MAX_COLUMNS:
-                overflow = Column(naming.unique_name(OVERFLOW_COLUMN, taken, OVERFLOW_COLUMN), PgType.JSONB, None)
-                taken.add(overflow.name)
-                added.append(overflow)
-                full = True
+            if count + 1 >= MAX_COLUMNS:
+                overflow = full = True
                 continue
-            primary = schema.primary_column(attribute) or added_primary.get(attribute)
-            if primary is None:
-                wanted = naming.base_name(attribute, schema.spec.lower_case)
-                column = Column(
-                    wanted
-                    if _adoptable(schema, wanted, pg_type, added)
-                    else naming.column_name(attribute, taken, lower_case=schema.spec.lower_case),
-                    pg_type,
-                    attribute,
-                )
-                added_primary[attribute] = column
-            else:
-                wanted = naming.tagged(primary.name, pg_type.value)
-                column = Column(
-                    wanted
-                    if _adoptable(schema, wanted, pg_type, added)
-                    else naming.variant_name(primary.name, attribute, pg_type.value, taken),
-                    pg_type,
-                    attribute,
-                    True,
-                )
-            taken.add(column.name)
-            added_by_value.add((attribute, pg_type))
-            added.append(column)
-    return added
-
-
-def _adoptable(schema: TableSchema, name: str, pg_type: PgType, added: list[Column]) -> bool:
-    """May a new column take over the existing, unmapped column ``name`` (same type, not claimed yet)?"""
-    return (
-        (name, pg_type) in schema.adoptable and name not in schema.column_names and all(c.name != name for c in added)
-    )
+            variant = schema.primary_column(attribute) is not None or attribute in new_primary
+            if not variant:
+                new_primary.add(attribute)
+            new.append((attribute, pg_type, variant))
+            new_by_value.add((attribute, pg_type))
+            count += 1
+    if not new and not overflow:
+        return SchemaChange()
+    existing = {
+        naming.NameClaim(c.attribute, c.type.value, c.variant): c.name
+        for c in schema.columns
+        if c.attribute is not None
+    }
+    claims = [naming.NameClaim(a, t.value, v) for a, t, v in new]
+    # Unmapped columns of the right type may be claimed (see TableSchema.adoptable); any other name of the table
+    # is never given out. Should the rule give a released name to a column of another type, or rename onto it,
+    # that name is held back too and the names assigned again.
+    fixed = {c.name for c in schema.columns if c.attribute is None} | schema.reserved
+    adoptable = {name: pg_type.value for name, pg_type in schema.adoptable}
+    fixed -= adoptable.keys()
+    for _ in range(len(adoptable) + 1):
+        names = naming.assign_names([*existing, *claims], lower_case=schema.spec.lower_case, fixed=fixed)
+        clashes = {names[c] for c in claims if names[c] in schema.reserved and adoptable.get(names[c]) != c.pg_type}
+        clashes |= {names[c] for c, old in existing.items() if names[c] != old and names[c] in schema.reserved}
+        if not clashes:
+            break
+        fixed |= clashes
+    added = [Column(names[c], t, a, v) for c, (a, t, v) in zip(claims, new, strict=True)]
+    if overflow:
+        taken = fixed | schema.reserved | set(names.values())
+        added.append(Column(naming.unique_name(OVERFLOW_COLUMN, taken, OVERFLOW_COLUMN), PgType.JSONB, None))
+    renamed = {old: names[claim] for claim, old in existing.items() if names[claim] != old}
+    return SchemaChange(tuple(added), renamed)

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 
 from psycopg import sql
 
-from podyn_py.core import ddl
-from podyn_py.core.schema import Column, SourceIdentity, TableSchema, TableSpec, initial_schema
+from podyn_py.core import ddl, naming
+from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
 from podyn_py.target.state import SegmentRecord
 
 
@@ -47,12 +47,16 @@ class DryRunTarget:
                 self._print(statement)
         return schema
 
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
-        added = evolve(schema)
-        if not added:
-            return schema
-        self._print(ddl.add_columns(schema, added))
-        return schema.with_columns(added)
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema:
+        change = evolve(schema)
+        for old, new in naming.rename_steps(change.renamed, set(schema.column_names)):
+            self._print(ddl.rename_column(schema, old, new))
+        if change.added:
+            self._print(ddl.add_columns(schema, change.added))
+        return schema.with_change(change)
+
+    def current_schema(self, schema: TableSchema) -> TableSchema:
+        return schema
 
     def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool, **stream: Any) -> list[SegmentRecord]:
         return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]

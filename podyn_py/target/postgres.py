@@ -31,6 +31,7 @@ from podyn_py.core.schema import (
     Column,
     ConversionMode,
     KeyAttribute,
+    SchemaChange,
     SourceIdentity,
     TableSchema,
     TableSpec,
@@ -41,6 +42,7 @@ from podyn_py.errors import (
     ConfigError,
     Interrupted,
     LockKeyCollision,
+    MappingChanged,
     PodynError,
     SchemaError,
     TableHeldElsewhere,
@@ -383,13 +385,23 @@ class PostgresTarget:
         reserved = frozenset(existing) - set(schema.column_names)
         pg_types = {t.value: t for t in PgType}
         adoptable = frozenset((n, pg_types[existing[n]]) for n in reserved if existing[n] in pg_types)
-        return TableSchema(schema.spec, schema.columns, reserved, adoptable)
+        return TableSchema(schema.spec, schema.columns, reserved, state.read_mapping_generation(conn, spec), adoptable)
 
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], list[Column]]) -> TableSchema:
-        """Add the columns ``evolve`` asks for, agreeing with other processes through the stored mapping.
+    def current_schema(self, schema: TableSchema) -> TableSchema:
+        """The stored mapping as it is now (after another writer renamed columns)."""
 
-        Under the table's advisory lock, re-read the mapping (another process may have added columns), evolve
-        against it, then ALTER TABLE and record the new columns in one transaction.
+        def read(conn: psycopg.Connection[Any]) -> TableSchema:
+            generation = state.read_mapping_generation(conn, schema.spec)
+            return TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation)
+
+        return self.run("reading the column mapping", read, table=schema.spec.source)
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema:
+        """Make the changes ``evolve`` asks for, agreeing with other processes through the stored mapping.
+
+        Under the table's advisory lock, re-read the mapping (another process may have changed it), evolve against
+        it, then rename and add columns and record the mapping in one transaction. A rename bumps the mapping
+        generation, so that writers still holding the old names convert their rows again (see ``_check_mapping``).
         """
 
         def add(conn: psycopg.Connection[Any]) -> TableSchema:
@@ -397,11 +409,27 @@ class PostgresTarget:
                 "SELECT pg_advisory_xact_lock(%s::bigint)",
                 (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
             )
-            current = TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, schema.adoptable)
-            added = evolve(current)
-            if not added:
+            generation = state.read_mapping_generation(conn, schema.spec)
+            current = TableSchema(
+                schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation, schema.adoptable
+            )
+            change = evolve(current)
+            if not change:
                 return current
-            return _add_and_record(conn, current, added)
+            if change.renamed:
+                for old, new in naming.rename_steps(change.renamed, set(current.column_names) | current.reserved):
+                    conn.execute(ddl.rename_column(current, old, new))
+                current = current.with_change(
+                    SchemaChange((), change.renamed), state.bump_mapping_generation(conn, schema.spec)
+                )
+                state.replace_columns(conn, current)
+                log.info(
+                    "table %s: renamed column%s %s (another attribute has the better claim to the name)",
+                    schema.spec.source,
+                    "s" if len(change.renamed) > 1 else "",
+                    ", ".join(f"{old} to {new}" for old, new in change.renamed.items()),
+                )
+            return _add_and_record(conn, current, change.added) if change.added else current
 
         return self.run("adding columns", add, table=schema.spec.source)
 
@@ -516,6 +544,7 @@ class PostgresTarget:
         spec = schema.spec
         try:
             with conn.transaction():
+                _check_mapping(conn, schema)
                 for old, new, records in moves:
                     before = None if old is None else (old.sequence_number, old.finished)
                     after = (new.sequence_number, new.finished)
@@ -551,6 +580,7 @@ class PostgresTarget:
         """Commit a scanned page's rows with its segment's new position. False if the page was already applied."""
         try:
             with conn.transaction():
+                _check_mapping(conn, schema)
                 if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
                     raise _AlreadyApplied
                 for item in rejected:
@@ -567,6 +597,24 @@ class PostgresTarget:
         except psycopg.Error as exc:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
         return True
+
+
+def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
+    """Keep renames out until this transaction ends, and make sure they did not happen before it began.
+
+    The shared lock is the one ``add_columns`` takes exclusively. Taken in a statement of its own: under READ
+    COMMITTED the next statement's snapshot then sees a rename that committed while this one waited.
+    """
+    conn.execute(
+        "SELECT pg_advisory_xact_lock_shared(%s::bigint)",
+        (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
+    )
+    stored = state.read_mapping_generation(conn, schema.spec)
+    if stored != schema.generation:
+        raise MappingChanged(
+            f"columns were renamed (mapping generation {schema.generation} → {stored}); converting again",
+            table=schema.spec.source,
+        )
 
 
 def _now(conn: psycopg.Connection[Any]) -> Any:

@@ -120,7 +120,8 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
 #: add one.
 _MIGRATIONS: tuple[str, ...] = (
     # 2: the identity of both ends (the target relation's OID, the DynamoDB table's id and creation time), a
-    # request to empty the table before its next load, and the process holding the table with its heartbeat.
+    # request to empty the table before its next load, the process holding the table with its heartbeat, and
+    # the generation of the column mapping (bumped when columns are renamed; writers check it).
     """
     ALTER TABLE podyn.tables
         ADD COLUMN target_oid oid,
@@ -129,7 +130,8 @@ _MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN truncate_before_load boolean NOT NULL DEFAULT false,
         ADD COLUMN holder text,
         ADD COLUMN holder_pid integer,
-        ADD COLUMN heartbeat_at timestamptz;
+        ADD COLUMN heartbeat_at timestamptz,
+        ADD COLUMN mapping_generation integer NOT NULL DEFAULT 0;
     CREATE TABLE podyn.schema_version (version integer NOT NULL);
     """,
 )
@@ -420,6 +422,32 @@ def save_columns(conn: psycopg.Connection[Any], schema: TableSchema, start: int 
                 for ordinal, c in enumerate(schema.columns[start:], start)
             ],
         )
+
+
+def replace_columns(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
+    """Record the whole mapping of ``schema`` anew (after columns were renamed)."""
+    spec = schema.spec
+    conn.execute("DELETE FROM podyn.columns WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    save_columns(conn, schema)
+
+
+def read_mapping_generation(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    """How many times the table's columns were renamed (0 for a table podyn does not know yet)."""
+    row = conn.execute(
+        "SELECT mapping_generation FROM podyn.tables WHERE target_schema = %s AND target_table = %s",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump_mapping_generation(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    """Mark the mapping as changed (columns renamed): writers holding the old one must read it again."""
+    row = conn.execute(
+        """UPDATE podyn.tables SET mapping_generation = mapping_generation + 1, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s RETURNING mapping_generation""",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[SegmentRecord]:
