@@ -124,15 +124,15 @@ _MIGRATIONS: tuple[str, ...] = (
     # the generation of the column mapping (bumped when columns are renamed; writers check it).
     """
     ALTER TABLE podyn.tables
-        ADD COLUMN target_oid oid,
-        ADD COLUMN source_table_id text,
-        ADD COLUMN source_created_at timestamptz,
-        ADD COLUMN truncate_before_load boolean NOT NULL DEFAULT false,
-        ADD COLUMN holder text,
-        ADD COLUMN holder_pid integer,
-        ADD COLUMN heartbeat_at timestamptz,
-        ADD COLUMN mapping_generation integer NOT NULL DEFAULT 0;
-    CREATE TABLE podyn.schema_version (version integer NOT NULL);
+        ADD COLUMN IF NOT EXISTS target_oid oid,
+        ADD COLUMN IF NOT EXISTS source_table_id text,
+        ADD COLUMN IF NOT EXISTS source_created_at timestamptz,
+        ADD COLUMN IF NOT EXISTS truncate_before_load boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS holder text,
+        ADD COLUMN IF NOT EXISTS holder_pid integer,
+        ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz,
+        ADD COLUMN IF NOT EXISTS mapping_generation integer NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS podyn.schema_version (version integer NOT NULL);
     """,
 )
 
@@ -237,11 +237,15 @@ def require_current_metadata(conn: psycopg.Connection[Any]) -> None:
 
 def read_schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The metadata schema's version: None when there is none yet, 1 for podyn_py 0.1's layout (no version)."""
+    # pg_class read through SQL, with the statement's snapshot: to_regclass() looks in the backend's catalog cache,
+    # which an advisory lock does not refresh, so a process that waited for another's migration could miss it.
     row = conn.execute(
-        "SELECT to_regclass('podyn.schema_version') IS NOT NULL, to_regclass('podyn.tables') IS NOT NULL"
+        """SELECT bool_or(c.relname = 'schema_version'), bool_or(c.relname = 'tables') FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'podyn' AND c.relname IN ('schema_version', 'tables') AND c.relkind IN ('r', 'p')"""
     ).fetchone()
     assert row is not None
-    has_version, has_tables = row
+    has_version, has_tables = bool(row[0]), bool(row[1])
     if not has_version:
         return 1 if has_tables else None
     found = conn.execute("SELECT max(version) FROM podyn.schema_version").fetchone()
