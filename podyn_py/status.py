@@ -158,6 +158,10 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after
     state: TableState | Activity = stored
     if not row[20]:
         state = Activity.TARGET_MISSING
+    elif stored is TableState.LOADING:
+        # A load holds the table's lock for as long as it runs (it writes no heartbeat between pages).
+        if postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table)) is None:
+            state = Activity.NOT_RUNNING
     elif stored in _REPLICATING:
         holder_pid, heartbeat_age = row[17], row[19]
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))

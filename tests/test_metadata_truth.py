@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -249,13 +251,7 @@ def test_metadata_of_the_previous_release_is_migrated_in_place(
     assert " ".join(V1_DDL.read_text().split("\n", 1)[1].split()) == " ".join(state._V1_DDL.split())
     table = create_table(name=fresh(), items=items(8))
     ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
-    with connect(pg_url) as conn:  # back to version 1 exactly: its tables and columns, nothing newer
-        conn.execute("DROP TABLE podyn.schema_version")
-        conn.execute(
-            """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
-               DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
-               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at, DROP COLUMN mapping_generation"""
-        )
+    downgrade_to_v1(pg_url)
     ddb.put_item(TableName=table, Item={"pk": {"S": "late"}, "v": {"N": "1"}})  # not loaded: the load was done
     result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "already loaded" in result.stderr
@@ -298,3 +294,129 @@ def test_starting_over_keeps_hostile_names_apart(
     status = podyn(ddb_server, pg_url, "--status", "--json", *both)
     states = {t["source"]: t["state"] for t in json.loads(status.stdout)["tables"]}
     assert states == {table: "loaded", neighbour: "loaded"}
+
+
+def downgrade_to_v1(url: str) -> None:
+    """Back to podyn_py 0.1's layout exactly: its tables and columns, nothing newer."""
+    with connect(url) as conn:
+        conn.execute("DROP TABLE podyn.schema_version")
+        conn.execute(
+            """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
+               DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
+               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at, DROP COLUMN mapping_generation,
+               DROP COLUMN naming_rule"""
+        )
+
+
+def test_an_upgraded_table_keeps_its_column_names(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
+    """A table podyn_py 0.1 named (first come, first named: ``Id`` took ``id``) is not renamed under its users when
+    ``id`` arrives after the upgrade: the newcomer gets the tagged name."""
+    table = create_table(name=fresh(), items=[{"pk": {"S": f"k{i}"}, "Id": {"S": f"I{i}"}} for i in range(4)])
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-lc", "-t", table))
+    downgrade_to_v1(pg_url)
+    ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "Id": {"S": "I"}, "id": {"S": "i"}})
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-lc", "-t", table))
+    with connect(pg_url) as conn:
+        mapping = dict(
+            conn.execute(
+                "SELECT attribute_name, column_name FROM podyn.columns WHERE target_table = %s", (table,)
+            ).fetchall()
+        )
+        generation = conn.execute(
+            "SELECT mapping_generation, naming_rule FROM podyn.tables WHERE target_table = %s", (table,)
+        ).fetchone()
+    assert mapping["Id"] == "id"
+    assert re.fullmatch(r"id_[0-9a-f]{8}", mapping["id"]), mapping
+    assert generation == (0, 1)
+    assert table_differences(ddb, pg_url, table) == []
+
+
+def test_concurrent_first_runs_create_and_migrate_the_metadata_once(
+    ddb_server: Any, pg_url: str, create_table: Any
+) -> None:
+    """Four processes meeting a database without a ``podyn`` schema, then one of podyn_py 0.1's layout: each
+    waits for the one that creates or migrates it, and none runs a step again."""
+    table = create_table(name=fresh(), items=items(2))
+
+    def four_at_once() -> None:
+        runs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "podyn_py",
+                    "--endpoint-url",
+                    ddb_server.endpoint_url,
+                    "--no-progress",
+                    "-u",
+                    pg_url,
+                    "-s",
+                    "-t",
+                    table,
+                    "--pg-schema",
+                    f"s{i}",
+                ],  # fmt: skip
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        for run in runs:
+            _, err = run.communicate(timeout=120)
+            assert run.returncode == 0, err
+
+    four_at_once()
+    downgrade_to_v1(pg_url)
+    four_at_once()
+    with connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM podyn.schema_version").fetchall() == [(state.SCHEMA_VERSION,)]
+
+
+def test_a_killed_load_is_not_shown_as_loading(ddb_server: Any, pg_url: str, create_table: Any) -> None:
+    """A load whose process is gone holds no lock: --status says not running, exit 3, not 'loading'."""
+    table = create_table(name=fresh(), items=items(2000))
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "podyn_py",
+            "--endpoint-url",
+            ddb_server.endpoint_url,
+            "--no-progress",
+            "-u",
+            pg_url,
+            "-s",
+            "-d",
+            "-t",
+            table,
+            "-r",
+            "0.5",
+            "-n",
+            "1",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_state(ddb_server, pg_url, table, "loading")
+        assert podyn(ddb_server, pg_url, "--status", "-t", table).returncode == 0
+    finally:
+        load.kill()
+        load.wait()
+    record = wait_for_state(ddb_server, pg_url, table, "not running")
+    assert record["stored_state"] == "loading"
+    assert podyn(ddb_server, pg_url, "--status", "-t", table).returncode == 3
+
+
+def wait_for_state(ddb_server: Any, url: str, table: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
+    """The table's --status --json record once it shows ``wanted``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = podyn(ddb_server, url, "--status", "--json", "-t", table)
+        tables = json.loads(result.stdout)["tables"] if result.stdout.strip() else []
+        if tables and tables[0]["state"] == wanted:
+            found: dict[str, Any] = tables[0]
+            return found
+        assert time.monotonic() < deadline, f"{table} never showed {wanted!r}: {result.stdout}{result.stderr}"
+        time.sleep(0.2)

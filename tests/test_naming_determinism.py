@@ -7,6 +7,7 @@ several others goes to none of them (each is tagged); when a better claim arrive
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -124,6 +125,29 @@ def test_no_rename_without_a_better_claim() -> None:
     schema = grow(initial_schema(spec()), [{"Id": {"S": "x"}}])
     assert plan_evolution(schema, [{"Other": {"S": "y"}}]).renamed == {}
     assert plan_evolution(schema, [{"Id": {"S": "x"}}]).renamed == {}
+
+
+def test_a_table_named_by_the_old_rule_keeps_its_names() -> None:
+    """keep_names (tables from podyn_py 0.1): the newcomer is named around the existing columns, none renamed."""
+    schema = replace(grow(initial_schema(spec()), [{"Id": {"S": "x"}}, {"Id": {"N": "1"}}]), keep_names=True)
+    change = plan_evolution(schema, [{"id": {"S": "y"}}, {"id": {"N": "2"}}, {"ID": {"S": "z"}}])
+    assert change.renamed == {}
+    added = {(c.attribute, c.type): c.name for c in change.added}
+    assert added[("id", PgType.TEXT)] == "id_" + name_tag("id")
+    assert added[("ID", PgType.TEXT)] == "id_" + name_tag("ID")
+    assert added[("id", PgType.NUMERIC)] == f"id_{name_tag('id')}_numeric"
+    grown = schema.with_change(change)
+    assert grown.keep_names and len(set(grown.column_names)) == len(grown.column_names)
+
+
+def test_pinned_claims_keep_their_names_and_variants_follow_them() -> None:
+    pinned = {NameClaim("Id", "text"): "id"}
+    got = assign_names(
+        [*pinned, NameClaim("Id", "numeric", True), NameClaim("id", "text")], lower_case=True, pinned=pinned
+    )
+    assert got[NameClaim("Id", "text")] == "id"
+    assert got[NameClaim("Id", "numeric", True)] == "id_numeric"
+    assert got[NameClaim("id", "text")] == "id_" + name_tag("id")
 
 
 TEMPORARY = tagged("a", "podyn_rename_1")

@@ -101,7 +101,13 @@ class NameClaim:
     variant: bool = False
 
 
-def assign_names(claims: Iterable[NameClaim], *, lower_case: bool, fixed: Collection[str] = ()) -> dict[NameClaim, str]:
+def assign_names(
+    claims: Iterable[NameClaim],
+    *,
+    lower_case: bool,
+    fixed: Collection[str] = (),
+    pinned: Mapping[NameClaim, str] | None = None,
+) -> dict[NameClaim, str]:
     """Column names for a set of claims: a function of the set alone, never of the order the claims arrived in.
 
     ``fixed`` names (columns podyn does not manage, ``data``, ``podyn_overflow``) are never given out. Then, in
@@ -113,10 +119,13 @@ def assign_names(claims: Iterable[NameClaim], *, lower_case: bool, fixed: Collec
 
     Tagged names carry the SHA-1 of the attribute (and type), so they differ between claims; a counter is added
     only where even that is taken, in sorted order. Every variant claim needs a primary claim of its attribute.
+    ``pinned`` claims keep the names given (a table whose names an older rule chose); the others are named around
+    them.
     """
-    every = sorted(set(claims))
-    taken = set(fixed)
-    names: dict[NameClaim, str] = {}
+    pinned = pinned or {}
+    every = sorted(set(claims) - pinned.keys())
+    taken = set(fixed) | set(pinned.values())
+    names: dict[NameClaim, str] = dict(pinned)
     primaries = [c for c in every if not c.variant]
     wanted = {c: base_name(c.attribute, lower_case) for c in primaries}
     pending: list[tuple[NameClaim, str, tuple[str, ...]]] = []
@@ -127,7 +136,7 @@ def assign_names(claims: Iterable[NameClaim], *, lower_case: bool, fixed: Collec
         else:
             pending.append((claim, wanted[claim], (claim.attribute,)))
     _settle(pending, taken, names)
-    primary_names = {c.attribute: names[c] for c in primaries}
+    primary_names = {c.attribute: names[c] for c in [*primaries, *pinned] if not c.variant}
     variants: list[tuple[NameClaim, str, tuple[str, ...]]] = [
         (c, tagged(primary_names[c.attribute], c.pg_type), (c.attribute, c.pg_type)) for c in every if c.variant
     ]

@@ -17,7 +17,7 @@ types) without a column of their own go into one jsonb column, ``podyn_overflow`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -129,6 +129,9 @@ class TableSchema:
     #: ``podyn`` schema lost, or made by hand) keeps the column ``v numeric`` for attribute ``v``'s numbers
     #: instead of giving them a second, tagged column.
     adoptable: frozenset[tuple[str, PgType]] = frozenset()
+    #: The names of existing columns never change (a table named by podyn_py 0.1's first-come rule: renaming its
+    #: columns on upgrade would change what its users' queries read); new columns still follow the rule.
+    keep_names: bool = False
     _by_value: dict[tuple[str, PgType], int] = field(init=False, repr=False, compare=False)
     _primary: dict[str, Column] = field(init=False, repr=False, compare=False)
 
@@ -171,19 +174,15 @@ class TableSchema:
         return tuple(self.key_column(k) for k in self.spec.primary_key)
 
     def with_columns(self, added: Iterable[Column]) -> TableSchema:
-        return TableSchema(self.spec, self.columns + tuple(added), self.reserved, self.generation, self.adoptable)
+        return replace(self, columns=self.columns + tuple(added))
 
     def with_change(self, change: SchemaChange, generation: int | None = None) -> TableSchema:
         """The schema after ``change``: existing columns renamed (same positions), then the new ones."""
         renamed = tuple(
             Column(change.renamed.get(c.name, c.name), c.type, c.attribute, c.variant) for c in self.columns
         )
-        return TableSchema(
-            self.spec,
-            renamed + change.added,
-            self.reserved,
-            self.generation if generation is None else generation,
-            self.adoptable,
+        return replace(
+            self, columns=renamed + change.added, generation=self.generation if generation is None else generation
         )
 
 
@@ -265,7 +264,12 @@ def plan_evolution(schema: TableSchema, items: Iterable[Mapping[str, Any]]) -> S
     adoptable = {name: pg_type.value for name, pg_type in schema.adoptable}
     fixed -= adoptable.keys()
     for _ in range(len(adoptable) + 1):
-        names = naming.assign_names([*existing, *claims], lower_case=schema.spec.lower_case, fixed=fixed)
+        names = naming.assign_names(
+            [*existing, *claims],
+            lower_case=schema.spec.lower_case,
+            fixed=fixed,
+            pinned=existing if schema.keep_names else None,
+        )
         clashes = {names[c] for c in claims if names[c] in schema.reserved and adoptable.get(names[c]) != c.pg_type}
         clashes |= {names[c] for c, old in existing.items() if names[c] != old and names[c] in schema.reserved}
         if not clashes:

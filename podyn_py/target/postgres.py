@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -385,14 +386,21 @@ class PostgresTarget:
         reserved = frozenset(existing) - set(schema.column_names)
         pg_types = {t.value: t for t in PgType}
         adoptable = frozenset((n, pg_types[existing[n]]) for n in reserved if existing[n] in pg_types)
-        return TableSchema(schema.spec, schema.columns, reserved, state.read_mapping_generation(conn, spec), adoptable)
+        return TableSchema(
+            schema.spec,
+            schema.columns,
+            reserved,
+            state.read_mapping_generation(conn, spec),
+            adoptable,
+            keep_names=current is not None and current.keep_names,
+        )
 
     def current_schema(self, schema: TableSchema) -> TableSchema:
         """The stored mapping as it is now (after another writer renamed columns)."""
 
         def read(conn: psycopg.Connection[Any]) -> TableSchema:
             generation = state.read_mapping_generation(conn, schema.spec)
-            return TableSchema(schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation)
+            return replace(schema, columns=state.read_columns(conn, schema.spec), generation=generation)
 
         return self.run("reading the column mapping", read, table=schema.spec.source)
 
@@ -410,9 +418,7 @@ class PostgresTarget:
                 (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
             )
             generation = state.read_mapping_generation(conn, schema.spec)
-            current = TableSchema(
-                schema.spec, state.read_columns(conn, schema.spec), schema.reserved, generation, schema.adoptable
-            )
+            current = replace(schema, columns=state.read_columns(conn, schema.spec), generation=generation)
             change = evolve(current)
             if not change:
                 return current

@@ -120,8 +120,9 @@ CREATE TABLE IF NOT EXISTS podyn.rejected (
 #: add one.
 _MIGRATIONS: tuple[str, ...] = (
     # 2: the identity of both ends (the target relation's OID, the DynamoDB table's id and creation time), a
-    # request to empty the table before its next load, the process holding the table with its heartbeat, and
-    # the generation of the column mapping (bumped when columns are renamed; writers check it).
+    # request to empty the table before its next load, the process holding the table with its heartbeat, the
+    # generation of the column mapping (bumped when columns are renamed; writers check it), and the naming
+    # rule of the table's columns (1: podyn_py 0.1's first come, first named, kept as it is; 2: order-free).
     """
     ALTER TABLE podyn.tables
         ADD COLUMN IF NOT EXISTS target_oid oid,
@@ -131,7 +132,9 @@ _MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN IF NOT EXISTS holder text,
         ADD COLUMN IF NOT EXISTS holder_pid integer,
         ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz,
-        ADD COLUMN IF NOT EXISTS mapping_generation integer NOT NULL DEFAULT 0;
+        ADD COLUMN IF NOT EXISTS mapping_generation integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS naming_rule smallint NOT NULL DEFAULT 1;
+    ALTER TABLE podyn.tables ALTER COLUMN naming_rule SET DEFAULT 2;
     CREATE TABLE IF NOT EXISTS podyn.schema_version (version integer NOT NULL);
     """,
 )
@@ -177,6 +180,8 @@ class TableRecord:
     source: SourceIdentity = SourceIdentity()
     #: The next load that starts from scratch empties the table first: its rows are not known to be current.
     truncate_before_load: bool = False
+    #: The table's column names came from podyn_py 0.1's first-come rule: existing names are never changed.
+    keep_names: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,7 +297,7 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
     row = conn.execute(
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
-                  target_oid, source_table_id, source_created_at, truncate_before_load
+                  target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
@@ -313,6 +318,7 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         target_oid=row[12],
         source=SourceIdentity(row[13], row[14]),
         truncate_before_load=row[15],
+        keep_names=row[16],
     )
 
 
