@@ -8,7 +8,10 @@
 
 Segment and shard positions are written in the same transaction as the rows they cover (see ``postgres.py``):
 that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the caller's
-transaction; none commits.
+transaction; none commits. This is the only module that reads or writes ``podyn.*``.
+
+A change of a table's state returns a :class:`StateChange` instead of logging it or setting its metric: the
+caller shows it (``postgres.show_state``) once the transaction committed, so a rollback shows nothing.
 """
 
 from __future__ import annotations
