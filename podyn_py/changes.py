@@ -317,9 +317,8 @@ class TableReplicator:
                     " made during the load are gone; re-run with --data --reload --changes",
                     table=spec.source,
                 )
-        self.target.update_table(
+        self.target.start_catching_up(
             spec,
-            TableState.CATCHING_UP,
             stream_arn=stream_arn,
             stream_view_type=self.description.stream_view_type,
             replay_from=self.replay_from,
@@ -465,4 +464,4 @@ class TableReplicator:
         )
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()
-        self.target.update_table(self.spec, TableState.LIVE, replication_lag_seconds=lag)
+        self.target.become_live(self.spec, lag)

@@ -29,6 +29,7 @@ from podyn_py.config import Config, parse_postgres_url, redact
 from podyn_py.errors import PodynError
 from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres, local_client
 from podyn_py.source.dynamodb import AwsSettings
+from podyn_py.target import state
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +270,10 @@ def run_demo(
                 def all_live() -> bool:
                     if not worker.is_alive():
                         raise click.ClickException("podyn stopped early; see the log above")
-                    exists = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
-                    if not (exists and exists[0]):
+                    if state.read_schema_version(conn) is None:
                         return False
-                    row = conn.execute("SELECT count(*) FILTER (WHERE state = 'live') FROM podyn.tables").fetchone()
-                    return bool(row and row[0] == len(names))
+                    live = [t for t in state.read_progress(conn) if t.state is state.TableState.LIVE]
+                    return len(live) == len(names)
 
                 wait_for(all_live, 120, "the tables to go live")
                 click.echo("\nall tables loaded and live; now changing DynamoDB:")
@@ -304,10 +304,9 @@ def run_demo(
                 click.echo(
                     "\nstatus of the replication (podyn --status):\n"
                     + "\n".join(
-                        f"  {r[0]}: {r[1]}, {r[2]} items loaded, {r[3]} changes applied"
-                        for r in conn.execute(
-                            "SELECT source_table, state, items_loaded, changes_applied FROM podyn.tables ORDER BY 1"
-                        )
+                        f"  {t.source_table}: {t.state.value}, {t.items_loaded} items loaded,"
+                        f" {t.changes_applied} changes applied"
+                        for t in state.read_progress(conn)
                     )
                 )
         finally:

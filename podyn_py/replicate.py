@@ -20,8 +20,7 @@ from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.source import dynamodb
 from podyn_py.target import state
 from podyn_py.target.dryrun import DryRunTarget
-from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
-from podyn_py.target.state import TableState
+from podyn_py.target.postgres import PostgresTarget, refuse_other_choices, show_state
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +233,10 @@ def _record_failure(target: PostgresTarget | DryRunTarget, config: Config, name:
         if stored is None:
             return
 
-        def mark(conn: Any) -> None:
+        def mark(conn: Any) -> state.StateChange | None:
             record = state.read_table(conn, config.pg_schema, dynamodb.table_name(name))
-            if record is not None:
-                state.set_state(conn, record.spec, TableState.STOPPED, error=str(exc))
+            return None if record is None else state.stop(conn, record.spec, str(exc))
 
-        target.run("recording the failure", mark, table=name)
+        show_state(target.run("recording the failure", mark, table=name))
     except PodynError as second:
         log.warning("could not record the failure of %s in podyn.tables: %s", name, second)

@@ -20,8 +20,14 @@ from typing import Any
 import psycopg
 
 from podyn_py.config import redact, redact_text
-from podyn_py.target import postgres
-from podyn_py.target.state import HEARTBEAT_STALE_SECONDS, TableState, require_current_metadata
+from podyn_py.target import postgres, state
+from podyn_py.target.state import (
+    HEARTBEAT_STALE_SECONDS,
+    SegmentProgress,
+    ShardProgress,
+    TableState,
+    require_current_metadata,
+)
 
 #: Above this many segments, the human-readable output lists only the unfinished ones.
 _SEGMENTS_SHOWN = 32
@@ -40,25 +46,6 @@ class Activity(StrEnum):
 
 
 _REPLICATING = frozenset({TableState.CATCHING_UP, TableState.LIVE})
-
-
-@dataclass(frozen=True)
-class SegmentStatus:
-    segment: int
-    done: bool
-    items_loaded: int
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class ShardStatus:
-    shard_id: str
-    parent_shard_id: str | None
-    #: As text: sequence numbers have more digits than a float holds.
-    sequence_number: str | None
-    finished: bool
-    records_applied: int
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -83,8 +70,8 @@ class TableStatus:
     replication_lag_seconds: float | None
     updated_at: datetime
     rejected: int
-    segments: tuple[SegmentStatus, ...]
-    shards: tuple[ShardStatus, ...]
+    segments: tuple[SegmentProgress, ...]
+    shards: tuple[ShardProgress, ...]
 
 
 @dataclass(frozen=True)
@@ -111,85 +98,55 @@ def read_status(
     with postgres.connect(conninfo) as conn:
         conn.read_only = True
         require_current_metadata(conn)
-        rows = conn.execute(
-            """SELECT target_schema, target_table, source_table, conversion_mode, state, last_error, items_loaded,
-                      load_started_at, load_finished_at, stream_arn, stream_view_type, changes_applied,
-                      last_change_at, replication_lag_seconds, updated_at,
-                      (SELECT count(*) FROM podyn.rejected r
-                       WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table),
-                      holder, holder_pid, heartbeat_at,
-                      extract(epoch FROM statement_timestamp() - heartbeat_at)::float8,
-                      -- is the target the relation podyn recorded (or, recorded by an older podyn, there at all)?
-                      coalesce(r.oid = coalesce(t.target_oid, r.oid), false)
-               FROM podyn.tables t
-               LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
-                   ON true
-               WHERE (%(schema)s::text IS NULL OR target_schema = %(schema)s)
-                 AND (cardinality(%(tables)s::text[]) = 0 OR source_table = ANY(%(tables)s))
-               ORDER BY source_table, target_schema""",
-            {"schema": pg_schema, "tables": list(tables)},
-        ).fetchall()
-        statuses = tuple(_table_status(conn, row, stale_after_seconds) for row in rows)
+        statuses = tuple(
+            _table_status(conn, progress, stale_after_seconds)
+            for progress in state.read_progress(conn, tables, pg_schema)
+        )
     known = {t.source for t in statuses}
     return Status(redact(conninfo), statuses, tuple(t for t in tables if t not in known))
 
 
-def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after_seconds: float) -> TableStatus:
-    schema, table = row[0], row[1]
-    segments = tuple(
-        SegmentStatus(*r)
-        for r in conn.execute(
-            """SELECT segment, done, items_loaded, updated_at FROM podyn.segments
-               WHERE target_schema = %s AND target_table = %s ORDER BY segment""",
-            (schema, table),
-        )
-    )
-    shards = tuple(
-        ShardStatus(shard_id, parent, None if sequence is None else str(sequence), finished, records, updated)
-        for shard_id, parent, sequence, finished, records, updated in conn.execute(
-            """SELECT shard_id, parent_shard_id, sequence_number, finished, records_applied, updated_at
-               FROM podyn.shards WHERE target_schema = %s AND target_table = %s
-                 AND (%s::text IS NULL OR stream_arn = %s)  -- the current stream's shards, not a replaced one's
-               ORDER BY updated_at, shard_id""",
-            (schema, table, row[9], row[9]),
-        )
-    )
-    stored = TableState(row[4])
-    state: TableState | Activity = stored
-    if not row[20]:
-        state = Activity.TARGET_MISSING
+def _table_status(
+    conn: psycopg.Connection[Any], progress: state.TableProgress, stale_after_seconds: float
+) -> TableStatus:
+    schema, table = progress.target_schema, progress.target_table
+    segments = tuple(state.read_segment_progress(conn, schema, table))
+    shards = tuple(state.read_shard_progress(conn, schema, table, progress.stream_arn))
+    stored = progress.state
+    shown: TableState | Activity = stored
+    if not progress.target_present:
+        shown = Activity.TARGET_MISSING
     elif stored is TableState.LOADING:
         # A load holds the table's lock for as long as it runs (it writes no heartbeat between pages).
         if postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table)) is None:
-            state = Activity.NOT_RUNNING
+            shown = Activity.NOT_RUNNING
     elif stored in _REPLICATING:
-        holder_pid, heartbeat_age = row[17], row[19]
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
-        if lock_pid is None or lock_pid != holder_pid:
-            state = Activity.NOT_RUNNING
-        elif heartbeat_age is None or heartbeat_age > stale_after_seconds:
-            state = Activity.STALLED
+        if lock_pid is None or lock_pid != progress.holder_pid:
+            shown = Activity.NOT_RUNNING
+        elif progress.heartbeat_age_seconds is None or progress.heartbeat_age_seconds > stale_after_seconds:
+            shown = Activity.STALLED
     # While a load runs, only the segments know how far it got; the table's count is set when it finishes.
-    items = row[6] if row[8] is not None else sum(s.items_loaded for s in segments)
+    items = progress.items_loaded if progress.load_finished_at is not None else sum(s.items_loaded for s in segments)
     return TableStatus(
-        source=row[2],
+        source=progress.source_table,
         target=f"{schema}.{table}",
-        mode=row[3],
-        state=state,
+        mode=progress.conversion_mode,
+        state=shown,
         stored_state=stored,
-        holder=row[16],
-        last_seen=row[18],
-        last_error=None if row[5] is None else redact_text(row[5]),
+        holder=progress.holder,
+        last_seen=progress.heartbeat_at,
+        last_error=None if progress.last_error is None else redact_text(progress.last_error),
         items_loaded=items,
-        load_started_at=row[7],
-        load_finished_at=row[8],
-        stream_arn=row[9],
-        stream_view_type=row[10],
-        changes_applied=row[11],
-        last_change_at=row[12],
-        replication_lag_seconds=row[13],
-        updated_at=row[14],
-        rejected=row[15],
+        load_started_at=progress.load_started_at,
+        load_finished_at=progress.load_finished_at,
+        stream_arn=progress.stream_arn,
+        stream_view_type=progress.stream_view_type,
+        changes_applied=progress.changes_applied,
+        last_change_at=progress.last_change_at,
+        replication_lag_seconds=progress.replication_lag_seconds,
+        updated_at=progress.updated_at,
+        rejected=progress.rejected,
         segments=segments,
         shards=shards,
     )

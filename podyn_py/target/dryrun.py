@@ -58,7 +58,15 @@ class DryRunTarget:
     def current_schema(self, schema: TableSchema) -> TableSchema:
         return schema
 
-    def begin_load(self, spec: TableSpec, total_segments: int, *, reload: bool, **stream: Any) -> list[SegmentRecord]:
+    def begin_load(
+        self,
+        spec: TableSpec,
+        total_segments: int,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[SegmentRecord]:
         return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
 
     def finish_load(self, spec: TableSpec) -> int:

@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from podyn_py import metrics
 from podyn_py.core import ddl, naming
 from podyn_py.core.schema import (
     Column,
@@ -238,8 +239,7 @@ class PostgresTarget:
         """The conversion mode and lowercasing a table was created with, if podyn knows it."""
 
         def read(conn: psycopg.Connection[Any]) -> tuple[ConversionMode, bool] | None:
-            exists = conn.execute("SELECT to_regclass('podyn.tables') IS NOT NULL").fetchone()
-            if not (exists and exists[0]):
+            if state.read_schema_version(conn) is None:
                 return None
             record = state.read_table(conn, schema, table)
             if record is None:
@@ -457,7 +457,7 @@ class PostgresTarget:
         start are recorded: change replication starts from this moment and must find the same stream.
         """
 
-        def begin(conn: psycopg.Connection[Any]) -> list[state.SegmentRecord] | None:
+        def begin(conn: psycopg.Connection[Any]) -> tuple[list[state.SegmentRecord] | None, state.StateChange | None]:
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),)
             )
@@ -467,60 +467,52 @@ class PostgresTarget:
             segments = state.read_segments(conn, spec)
             if not reload:
                 if record.load_finished_at is not None:
-                    return None
+                    return None, None
                 if segments:  # an interrupted load: resume it with the segmentation it started with
-                    return segments
+                    return segments, None
             if reload or record.truncate_before_load:
                 # A load from scratch over rows whose provenance podyn does not know (see _prepare) empties the
                 # table first, as a reload does, in the same transaction that resets the segments.
                 conn.execute(sql.SQL("TRUNCATE {}").format(ddl.qualified(spec.schema, spec.table)))
             if reload:
-                conn.execute(
-                    "DELETE FROM podyn.shards WHERE target_schema = %s AND target_table = %s",
-                    (spec.schema, spec.table),
-                )
+                state.forget_shards(conn, spec)
             state.reset_segments(conn, spec, total_segments)
-            state.set_state(
-                conn,
-                spec,
-                state.TableState.LOADING,
-                total_segments=total_segments,
-                items_loaded=0,
-                load_started_at=_now(conn),
-                load_finished_at=None,
-                stream_arn=stream_arn,
-                stream_view_type=stream_view_type,
-                replay_from=None,
-                truncate_before_load=False,
+            change = state.start_load(
+                conn, spec, total_segments, stream_arn=stream_arn, stream_view_type=stream_view_type
             )
-            return state.read_segments(conn, spec)
+            return state.read_segments(conn, spec), change
 
-        return self.run("starting the load", begin, table=spec.source)
+        segments, change = self.run("starting the load", begin, table=spec.source)
+        show_state(change)
+        return segments
 
     def finish_load(self, spec: TableSpec) -> int:
-        def finish(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(
-                """SELECT coalesce(sum(items_loaded), 0)::bigint FROM podyn.segments
-                   WHERE target_schema = %s AND target_table = %s""",
-                (spec.schema, spec.table),
-            ).fetchone()
-            items = int(row[0]) if row else 0
-            state.set_state(conn, spec, state.TableState.LOADED, items_loaded=items, load_finished_at=_now(conn))
-            return items
-
-        return self.run("finishing the load", finish, table=spec.source)
+        items, change = self.run("finishing the load", lambda conn: state.finish_load(conn, spec), table=spec.source)
+        show_state(change)
+        return items
 
     # -- changes --------------------------------------------------------------------------------------------------
 
     def read_table(self, spec: TableSpec) -> state.TableRecord | None:
         return self.run("reading podyn.tables", lambda conn: state.read_table(conn, spec.schema, spec.table))
 
-    def update_table(self, spec: TableSpec, table_state: state.TableState, **fields: Any) -> None:
-        self.run(
+    def start_catching_up(
+        self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
+    ) -> None:
+        change = self.run(
             "updating podyn.tables",
-            lambda conn: state.set_state(conn, spec, table_state, **fields),
+            lambda conn: state.start_catching_up(
+                conn, spec, stream_arn=stream_arn, stream_view_type=stream_view_type, replay_from=replay_from
+            ),
             table=spec.source,
         )
+        show_state(change)
+
+    def become_live(self, spec: TableSpec, lag_seconds: float) -> None:
+        change = self.run(
+            "updating podyn.tables", lambda conn: state.become_live(conn, spec, lag_seconds), table=spec.source
+        )
+        show_state(change)
 
     def record_lag(self, spec: TableSpec, lag_seconds: float) -> None:
         self.run("updating podyn.tables", lambda conn: state.record_changes(conn, spec, 0, lag_seconds))
@@ -623,9 +615,13 @@ def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
         )
 
 
-def _now(conn: psycopg.Connection[Any]) -> Any:
-    row = conn.execute("SELECT now()").fetchone()
-    return row[0] if row else None
+def show_state(change: state.StateChange | None) -> None:
+    """Log a table's new state and set its metric: after the transaction that wrote it committed, never before."""
+    if change is None:
+        return
+    log.info("table %s: %s%s", change.source, change.state.value, f" ({change.error})" if change.error else "")
+    for each in state.TableState:
+        metrics.TABLE_STATE.labels(change.source, each.value).set(1 if each is change.state else 0)
 
 
 class TableHold:

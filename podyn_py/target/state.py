@@ -8,13 +8,17 @@
 
 Segment and shard positions are written in the same transaction as the rows they cover (see ``postgres.py``):
 that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the caller's
-transaction; none commits.
+transaction; none commits. This is the only module that reads or writes ``podyn.*``.
+
+A change of a table's state returns a :class:`StateChange` instead of logging it or setting its metric: the
+caller shows it (``postgres.show_state``) once the transaction committed, so a rollback shows nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,7 +29,6 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from podyn_py import metrics
 from podyn_py.core.schema import (
     Column,
     ConversionMode,
@@ -381,33 +384,96 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     return removed
 
 
-def set_state(
+@dataclass(frozen=True)
+class StateChange:
+    """A table's new state, as written in a transaction: shown (log, metric) only once that transaction commits."""
+
+    source: str
+    state: TableState
+    error: str | None = None
+
+
+def _set_state(
     conn: psycopg.Connection[Any],
     spec: TableSpec,
     state: TableState,
-    *,
-    error: str | None = None,
-    **fields: Any,
-) -> None:
-    """Set a table's state (and any other ``podyn.tables`` columns given as keywords); log the change."""
-    assignments: list[sql.Composable] = [
-        sql.SQL("state = %s"),
-        sql.SQL("last_error = %s"),
-        sql.SQL("updated_at = now()"),
-    ]
-    values: list[Any] = [state.value, error]
-    for name, value in fields.items():
-        assignments.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
-        values.append(value)
+    error: str | None,
+    assignments: str = "",
+    values: tuple[Any, ...] = (),
+) -> StateChange:
+    """Set a table's state and last error, with ``assignments`` (SQL of this module) to more columns."""
     conn.execute(
-        sql.SQL("UPDATE podyn.tables SET {} WHERE target_schema = %s AND target_table = %s").format(
-            sql.SQL(", ").join(assignments)
-        ),
-        (*values, spec.schema, spec.table),
+        f"""UPDATE podyn.tables SET state = %s, last_error = %s, updated_at = now(){assignments}
+            WHERE target_schema = %s AND target_table = %s""",
+        (state.value, error, *values, spec.schema, spec.table),
     )
-    log.info("table %s: %s%s", spec.source, state.value, f" ({error})" if error else "")
-    for each in TableState:
-        metrics.TABLE_STATE.labels(spec.source, each.value).set(1 if each is state else 0)
+    return StateChange(spec.source, state, error)
+
+
+def forget_shards(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Remove the table's shard checkpoints (a reload: changes are replayed from the new load's start)."""
+    conn.execute("DELETE FROM podyn.shards WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+
+
+def start_load(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    total_segments: int,
+    *,
+    stream_arn: str | None,
+    stream_view_type: str | None,
+) -> StateChange:
+    """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty."""
+    return _set_state(
+        conn,
+        spec,
+        TableState.LOADING,
+        None,
+        """, total_segments = %s, items_loaded = 0, load_started_at = now(), load_finished_at = NULL,
+             stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false""",
+        (total_segments, stream_arn, stream_view_type),
+    )
+
+
+def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
+    """``loaded``, now, with the items the segments loaded; how many."""
+    row = conn.execute(
+        """SELECT coalesce(sum(items_loaded), 0)::bigint FROM podyn.segments
+           WHERE target_schema = %s AND target_table = %s""",
+        (spec.schema, spec.table),
+    ).fetchone()
+    items = int(row[0]) if row else 0
+    change = _set_state(conn, spec, TableState.LOADED, None, ", items_loaded = %s, load_finished_at = now()", (items,))
+    return items, change
+
+
+def start_catching_up(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    *,
+    stream_arn: str,
+    stream_view_type: str | None,
+    replay_from: datetime | None,
+) -> StateChange:
+    """``catching up`` on the stream, replaying (with its margin) from the load's start."""
+    return _set_state(
+        conn,
+        spec,
+        TableState.CATCHING_UP,
+        None,
+        ", stream_arn = %s, stream_view_type = %s, replay_from = %s",
+        (stream_arn, stream_view_type, replay_from),
+    )
+
+
+def become_live(conn: psycopg.Connection[Any], spec: TableSpec, lag_seconds: float) -> StateChange:
+    """``live``: caught up with the stream, ``lag_seconds`` behind it."""
+    return _set_state(conn, spec, TableState.LIVE, None, ", replication_lag_seconds = %s", (lag_seconds,))
+
+
+def stop(conn: psycopg.Connection[Any], spec: TableSpec, error: str) -> StateChange:
+    """``stopped`` by ``error``: the table needs attention before it is replicated again."""
+    return _set_state(conn, spec, TableState.STOPPED, error)
 
 
 def read_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[Column, ...]:
@@ -641,3 +707,111 @@ def tables_held_by(
     except psycopg.errors.UndefinedTable:
         return []
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+# -- what --status shows -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableProgress:
+    """A row of ``podyn.tables`` as ``--status`` shows it, with its rejects and what PostgreSQL says of it now."""
+
+    target_schema: str
+    target_table: str
+    source_table: str
+    conversion_mode: str
+    state: TableState
+    last_error: str | None
+    items_loaded: int
+    load_started_at: datetime | None
+    load_finished_at: datetime | None
+    stream_arn: str | None
+    stream_view_type: str | None
+    changes_applied: int
+    last_change_at: datetime | None
+    replication_lag_seconds: float | None
+    updated_at: datetime
+    rejected: int
+    holder: str | None
+    holder_pid: int | None
+    heartbeat_at: datetime | None
+    #: Seconds since the heartbeat, by the database's clock; None without one.
+    heartbeat_age_seconds: float | None
+    #: The target is the relation podyn recorded (or, recorded by an older podyn without its OID, there at all).
+    target_present: bool
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    segment: int
+    done: bool
+    items_loaded: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    shard_id: str
+    parent_shard_id: str | None
+    #: As text: sequence numbers have more digits than a float holds.
+    sequence_number: str | None
+    finished: bool
+    records_applied: int
+    updated_at: datetime
+
+
+def read_progress(
+    conn: psycopg.Connection[Any], sources: Sequence[str] = (), target_schema: str | None = None
+) -> list[TableProgress]:
+    """Every table recorded (or those whose DynamoDB name is in ``sources``, optionally in one schema), ordered by
+    DynamoDB name and schema."""
+    rows = conn.execute(
+        """SELECT target_schema, target_table, source_table, conversion_mode, state, last_error, items_loaded,
+                  load_started_at, load_finished_at, stream_arn, stream_view_type, changes_applied,
+                  last_change_at, replication_lag_seconds, updated_at,
+                  (SELECT count(*) FROM podyn.rejected r
+                   WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table),
+                  holder, holder_pid, heartbeat_at,
+                  extract(epoch FROM statement_timestamp() - heartbeat_at)::float8,
+                  coalesce(r.oid = coalesce(t.target_oid, r.oid), false)
+           FROM podyn.tables t
+           LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
+               ON true
+           WHERE (%(schema)s::text IS NULL OR target_schema = %(schema)s)
+             AND (cardinality(%(tables)s::text[]) = 0 OR source_table = ANY(%(tables)s))
+           ORDER BY source_table, target_schema""",
+        {"schema": target_schema, "tables": list(sources)},
+    ).fetchall()
+    return [_table_progress(list(row)) for row in rows]
+
+
+def _table_progress(values: list[Any]) -> TableProgress:
+    values[4] = TableState(values[4])
+    return TableProgress(*values)
+
+
+def read_segment_progress(conn: psycopg.Connection[Any], schema: str, table: str) -> list[SegmentProgress]:
+    rows = conn.execute(
+        """SELECT segment, done, items_loaded, updated_at FROM podyn.segments
+           WHERE target_schema = %s AND target_table = %s ORDER BY segment""",
+        (schema, table),
+    ).fetchall()
+    return [SegmentProgress(*row) for row in rows]
+
+
+def read_shard_progress(
+    conn: psycopg.Connection[Any], schema: str, table: str, stream_arn: str | None
+) -> list[ShardProgress]:
+    """The checkpoints of the table's shards in ``stream_arn`` (not a replaced stream's; all when None), oldest
+    update first."""
+    rows = conn.execute(
+        """SELECT shard_id, parent_shard_id, sequence_number, finished, records_applied, updated_at
+           FROM podyn.shards WHERE target_schema = %s AND target_table = %s
+             AND (%s::text IS NULL OR stream_arn = %s)
+           ORDER BY updated_at, shard_id""",
+        (schema, table, stream_arn, stream_arn),
+    ).fetchall()
+    return [
+        ShardProgress(shard_id, parent, None if sequence is None else str(sequence), finished, records, updated)
+        for shard_id, parent, sequence, finished, records, updated in rows
+    ]
