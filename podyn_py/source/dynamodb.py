@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import random
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import botocore.exceptions
 import botocore.httpsession
 import botocore.utils
 
+from podyn_py import retry
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.core.values import split_value
@@ -30,16 +30,6 @@ from podyn_py.errors import ConfigError, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
 
 log = logging.getLogger(__name__)
-
-THROTTLING_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "LimitExceededException",
-    }
-)
-TRANSIENT_CODES = THROTTLING_CODES | {"InternalServerError", "ServiceUnavailable", "InternalFailure"}
 
 
 @dataclass(frozen=True)
@@ -128,10 +118,6 @@ class ScanPage:
     last_key: dict[str, Any] | None
     consumed: float
     throttled: int = 0
-
-
-def error_code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def list_tables(client: Any) -> list[str]:
@@ -239,7 +225,7 @@ def batch_get_items(
     found: list[dict[str, Any]] = []
     for start in range(0, len(keys), 100):
         pending: list[dict[str, Any]] = keys[start : start + 100]
-        attempt = 0
+        retries = 0
         while pending:
             request = {table: {"Keys": pending, "ConsistentRead": True}}
             response, _ = call_waiting_out_throttling(
@@ -251,8 +237,8 @@ def batch_get_items(
             found.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if pending:  # unprocessed keys mean the table is busy: back off like throttling
-                attempt += 1
-                sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+                retries += 1
+                sleep(retry.UNPROCESSED_KEYS.delay(retries))
     return found
 
 
@@ -261,9 +247,9 @@ def call(fn: Callable[[], Any], what: str, *, table: str | None = None) -> Any:
     try:
         return fn()
     except botocore.exceptions.ClientError as exc:
-        code = error_code(exc)
-        message = f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}"
-        if code in TRANSIENT_CODES:
+        code = retry.error_code(exc)
+        message = f"{what}: {code}: {retry.error_message(exc)}"
+        if retry.is_transient(exc):
             raise TransientSourceError(message, table=table) from exc
         raise SourceError(message, table=table) from exc
     except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as exc:
@@ -279,12 +265,12 @@ def call_waiting_out_throttling(
     *,
     table: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    max_wait: float = 30.0,
 ) -> tuple[Any, int]:
-    """Call boto3; when throttling outlasts botocore's retries, wait (jittered, growing) and call again, forever.
+    """Call boto3; when throttling outlasts botocore's retries, wait (``retry.DYNAMODB_THROTTLED``) and call again,
+    forever.
 
-    Returns the response and how many times this level waited. Other transient errors are retried a bounded number
-    of times, then raised.
+    Returns the response and how many times this level waited. Other transient errors are retried
+    ``retry.DYNAMODB_FAILED_RETRIES`` times (``retry.DYNAMODB_FAILED``), then raised.
     """
     throttled = 0
     failures = 0
@@ -293,10 +279,9 @@ def call_waiting_out_throttling(
             return call(fn, what, table=table), throttled
         except TransientSourceError as exc:
             cause = exc.__cause__
-            is_throttling = isinstance(cause, botocore.exceptions.ClientError) and error_code(cause) in THROTTLING_CODES
-            if is_throttling:
+            if isinstance(cause, botocore.exceptions.ClientError) and retry.is_throttling(cause):
                 throttled += 1
-                delay = min(max_wait, 0.2 * 2 ** min(throttled, 8))
+                delay = retry.DYNAMODB_THROTTLED.delay(throttled)
                 if throttled == 1 or throttled % 10 == 0:
                     log.warning(
                         "%s: throttled by DynamoDB (%d times); waiting %.1f s",
@@ -306,11 +291,11 @@ def call_waiting_out_throttling(
                     )
             else:
                 failures += 1
-                if failures > 8:
+                if failures > retry.DYNAMODB_FAILED_RETRIES:
                     raise
-                delay = min(max_wait, 0.5 * 2**failures)
+                delay = retry.DYNAMODB_FAILED.delay(failures)
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
-            sleep(delay * (0.5 + random.random() / 2))
+            sleep(delay)
 
 
 def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
