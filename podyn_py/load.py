@@ -254,6 +254,7 @@ def _load_page(
         start_key=dynamodb.key_from_json(key),
         limit=sizer.limit(),
         consistent_read=load.options.consistent_read,
+        stop=load.stop,
     )
     load.limiter.charge(page.consumed)
     sizer.observe(len(page.items), page.consumed)

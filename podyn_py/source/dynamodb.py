@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import time
+import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from podyn_py import retry
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.core.values import split_value
-from podyn_py.errors import ConfigError, SourceError, TransientSourceError
+from podyn_py.errors import ConfigError, Interrupted, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,11 @@ def scan_page(
     start_key: dict[str, Any] | None,
     limit: int | None,
     consistent_read: bool,
-    sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
+    clock: retry.Clock = retry.SYSTEM_CLOCK,
 ) -> ScanPage:
+    """One page of one scan segment. Throttling is waited out (see :func:`call_waiting_out_throttling`) until
+    ``stop`` is set."""
     request: dict[str, Any] = {
         "TableName": table,
         "Segment": segment,
@@ -203,7 +206,7 @@ def scan_page(
     if limit is not None:
         request["Limit"] = limit
     response, throttled = call_waiting_out_throttling(
-        lambda: client.scan(**request), "scanning", table=table, sleep=sleep
+        lambda: client.scan(**request), "scanning", table=table, stop=stop, clock=clock
     )
     consumed = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0.0)
     return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
@@ -219,7 +222,7 @@ def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | N
 
 
 def batch_get_items(
-    client: Any, table: str, keys: list[dict[str, Any]], *, sleep: Callable[[float], None] = time.sleep
+    client: Any, table: str, keys: list[dict[str, Any]], *, clock: retry.Clock = retry.SYSTEM_CLOCK
 ) -> list[dict[str, Any]]:
     """The current items for ``keys`` (consistent reads, 100 keys a request); items that no longer exist are absent."""
     found: list[dict[str, Any]] = []
@@ -232,13 +235,13 @@ def batch_get_items(
                 lambda request=request: client.batch_get_item(RequestItems=request),  # type: ignore[misc]
                 "reading items",
                 table=table,
-                sleep=sleep,
+                clock=clock,
             )
             found.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if pending:  # unprocessed keys mean the table is busy: back off like throttling
                 retries += 1
-                sleep(retry.UNPROCESSED_KEYS.delay(retries))
+                clock.wait(retry.UNPROCESSED_KEYS.delay(retries, clock.random))
     return found
 
 
@@ -264,13 +267,15 @@ def call_waiting_out_throttling(
     what: str,
     *,
     table: str | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
+    clock: retry.Clock = retry.SYSTEM_CLOCK,
 ) -> tuple[Any, int]:
     """Call boto3; when throttling outlasts botocore's retries, wait (``retry.DYNAMODB_THROTTLED``) and call again,
     forever.
 
     Returns the response and how many times this level waited. Other transient errors are retried
-    ``retry.DYNAMODB_FAILED_RETRIES`` times (``retry.DYNAMODB_FAILED``), then raised.
+    ``retry.DYNAMODB_FAILED_RETRIES`` times (``retry.DYNAMODB_FAILED``), then raised. A set ``stop`` ends a
+    wait at once with :class:`~podyn_py.errors.Interrupted`: throttling can last longer than a SIGTERM may wait.
     """
     throttled = 0
     failures = 0
@@ -281,7 +286,7 @@ def call_waiting_out_throttling(
             cause = exc.__cause__
             if isinstance(cause, botocore.exceptions.ClientError) and retry.is_throttling(cause):
                 throttled += 1
-                delay = retry.DYNAMODB_THROTTLED.delay(throttled)
+                delay = retry.DYNAMODB_THROTTLED.delay(throttled, clock.random)
                 if throttled == 1 or throttled % 10 == 0:
                     log.warning(
                         "%s: throttled by DynamoDB (%d times); waiting %.1f s",
@@ -293,9 +298,10 @@ def call_waiting_out_throttling(
                 failures += 1
                 if failures > retry.DYNAMODB_FAILED_RETRIES:
                     raise
-                delay = retry.DYNAMODB_FAILED.delay(failures)
+                delay = retry.DYNAMODB_FAILED.delay(failures, clock.random)
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
-            sleep(delay)
+            if clock.wait(delay, stop):
+                raise Interrupted(f"stopped on request while {what}", table=table) from exc
 
 
 def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
