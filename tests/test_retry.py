@@ -8,6 +8,7 @@ BatchGetItem's unprocessed keys) with scripted calls through the same clock.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from podyn_py import retry
+from podyn_py.core.schema import KeyAttribute, TableSpec
 from podyn_py.errors import Interrupted, SourceError, TransientSourceError
+from podyn_py.load import LoadOptions, load_table
 from podyn_py.retry import Backoff, Clock, Jitter, Retrier
 from podyn_py.source import dynamodb
+from podyn_py.target.dryrun import DryRunTarget
 
 
 @dataclass
@@ -383,3 +387,34 @@ def test_unprocessed_keys_are_asked_for_again_after_a_growing_wait() -> None:
     assert [i["pk"]["S"] for i in items] == ["0", "1", "2"]
     assert [len(r) for r in client.requests] == [3, 2, 1]
     assert time_.sleeps == pytest.approx([0.1, 0.2])
+
+
+def test_a_load_throttled_without_end_stops_on_request() -> None:
+    """The load passes its stop event down to the wait for throttling (a dry run: no database needed)."""
+    stop = threading.Event()
+
+    class Storm:
+        calls = 0
+
+        def scan(self, **request: Any) -> Any:
+            self.calls += 1
+            stop.set()  # SIGTERM arrives while DynamoDB throttles
+            if self.calls >= 3:  # without the stop event podyn would wait on: end the test instead of hanging
+                raise client_error("ValidationException")
+            raise client_error("ProvisionedThroughputExceededException")
+
+    spec = TableSpec(source="storm", schema="public", table="storm", partition_key=KeyAttribute("pk", "S"))
+    target = DryRunTarget(io.StringIO(), citus=False)
+    description = dynamodb.TableDescription(spec, None, None, 0, 0)
+    client = Storm()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        load_table(
+            description,
+            target.prepare_table(spec, create=False, citus=False),
+            target,
+            client,
+            LoadOptions(segments=1, connections=1),
+            stop=stop,
+        )
+    assert client.calls == 1 and time.monotonic() - started < 5.0
