@@ -1,15 +1,17 @@
 """podyn's one retry policy: which DynamoDB failures are transient, and how long to wait before trying again.
 
-Every back-off loop in podyn takes its delays from a :class:`Backoff` (initial delay, growth factor, cap, jitter),
-and the loops that have a deadline, an attempt limit or a stop event count their tries with a :class:`Retrier`,
-whose waits end at once when the stop event is set. Time comes from a :class:`Clock` that tests replace, so no
-unit test sleeps. What each loop does between tries (reconnect, re-read checkpoints, log, count a metric) stays
-in the loop; this module decides nothing but "again?" and "after how long?".
+Every back-off loop in podyn takes its delays from one of the :class:`Backoff` policies below (initial delay,
+growth factor, cap, jitter), one per level, from a single HTTP request to a table's whole replication. The loops
+with a deadline, an attempt limit or a stop event count their tries with a :class:`Retrier`, whose waits end at
+once when the stop event is set; the two that keep their own counters (the fast path's per-request attempts,
+DynamoDB's wait for throttling) ask the policy for each delay. Waits go through a :class:`Clock` (the fast path:
+its injected ``sleep``) that tests replace, so no unit test sleeps. What each loop does between tries (reconnect,
+re-read checkpoints, log, count a metric) stays in the loop; this module decides nothing but "again?" and "after
+how long?".
 
 It is not for PostgreSQL's errors: which of those a retry can fix is ``target.postgres.classify``'s business,
 which marks them with :class:`~podyn_py.errors.TransientTargetError`. Nor does it do I/O: it imports neither
-boto3 nor psycopg (a ``ClientError`` is only read through its ``response`` dict), like psycopg's ``waiting.py``
-it is the one place that waits.
+boto3 nor psycopg (a ``ClientError`` is only read through its ``response`` dict).
 """
 
 from __future__ import annotations
