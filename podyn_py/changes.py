@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,7 @@ from podyn_py.core.changes import (
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.values import split_value, to_column_value
 from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
+from podyn_py.retry import CHANGES_RESTART, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
 from podyn_py.target.postgres import PostgresTarget, TableHold
@@ -171,7 +172,7 @@ class TableReplicator:
         stream_arn = self._start()
         reader: _ReadAhead | None = None
         conn: Any = None
-        delay = 0.5
+        retrier = Retrier(replace(CHANGES_RESTART, cap=self.options.max_backoff_seconds), stop=self.stop)
         try:
             while not self.stop.is_set():
                 try:
@@ -204,7 +205,7 @@ class TableReplicator:
                         raise self._with_table_stream(gap, stream_arn)
                     else:
                         self._idle()
-                    delay = 0.5
+                    retrier.reset()
                 except PodynError as exc:
                     if not exc.transient or isinstance(exc, TableHeldElsewhere):
                         raise
@@ -212,9 +213,9 @@ class TableReplicator:
                     if isinstance(exc, _CheckpointMoved):
                         log.warning("table %s: %s", self.spec.source, exc.message)
                     else:
+                        delay = retrier.advance()
                         log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
                         self._pause(delay)
-                        delay = min(delay * 2, self.options.max_backoff_seconds)
                     if reader is not None:
                         reader.close()  # its in-memory positions may be ahead of what was committed
                         reader = None

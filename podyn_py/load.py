@@ -20,6 +20,7 @@ from podyn_py.conversion import Rejected, RowConverter
 from podyn_py.core.schema import SchemaChange, TableSchema, TableSpec
 from podyn_py.errors import Interrupted, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
+from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
 from podyn_py.target.state import SegmentRecord
@@ -253,6 +254,7 @@ def _load_page(
         start_key=dynamodb.key_from_json(key),
         limit=sizer.limit(),
         consistent_read=load.options.consistent_read,
+        stop=load.stop,
     )
     load.limiter.charge(page.consumed)
     sizer.observe(len(page.items), page.consumed)
@@ -287,8 +289,7 @@ def _write_with_reconnect(
     new_key: dict[str, Any] | None,
 ) -> Any:
     """Write a page; on a lost connection, reconnect with back-off and write it again (the write is idempotent)."""
-    deadline = time.monotonic() + load.options.reconnect_seconds
-    delay = 0.5
+    retrier = Retrier(POSTGRES_RECONNECT, stop=load.stop, deadline=load.options.reconnect_seconds)
     while True:
         try:
             if conn is None:
@@ -301,15 +302,15 @@ def _write_with_reconnect(
                 )
             return conn
         except PodynError as exc:
-            if isinstance(exc, MappingChanged) or not exc.transient or time.monotonic() > deadline:
+            delay = None if isinstance(exc, MappingChanged) or not exc.transient else retrier.next_delay()
+            if delay is None:
                 raise
             log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
             metrics.ERRORS.labels(schema.spec.source).inc()
             if conn is not None:
                 conn.close()
             conn = None
-            if load.stop.wait(delay):
+            if retrier.wait(delay):
                 raise Interrupted(
                     "stopped on request while PostgreSQL was unreachable", table=schema.spec.source
                 ) from exc
-            delay = min(delay * 2, 30.0)

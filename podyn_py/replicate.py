@@ -17,6 +17,7 @@ from podyn_py.config import Config
 from podyn_py.core.schema import ConversionMode, TableSpec
 from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
+from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.target import state
 from podyn_py.target.dryrun import DryRunTarget
@@ -170,7 +171,7 @@ def _follow_table(
     """One table's change replication, standing by while another process holds the table."""
     name = description.spec.source
     standing_by = False
-    delay = 1.0
+    retrier = Retrier(TABLE_RESTART, stop=stop)
     while not stop.is_set():
         try:
             with target.hold(description.spec) as hold:
@@ -193,9 +194,9 @@ def _follow_table(
             if not exc.transient:
                 _fail_table(summary, target, config, name, exc)
                 return
+            delay = retrier.advance()
             log.warning("table %s: %s; retrying in %.0f s", name, exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 30.0)
+            retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
             _fail_table(summary, target, config, name, PodynError(f"unexpected error: {exc!r}", table=name))

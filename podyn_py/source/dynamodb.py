@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import random
-import time
+import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,23 +22,14 @@ import botocore.exceptions
 import botocore.httpsession
 import botocore.utils
 
+from podyn_py import retry
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.core.values import split_value
-from podyn_py.errors import ConfigError, SourceError, TransientSourceError
+from podyn_py.errors import ConfigError, Interrupted, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
 
 log = logging.getLogger(__name__)
-
-THROTTLING_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "LimitExceededException",
-    }
-)
-TRANSIENT_CODES = THROTTLING_CODES | {"InternalServerError", "ServiceUnavailable", "InternalFailure"}
 
 
 @dataclass(frozen=True)
@@ -130,10 +120,6 @@ class ScanPage:
     throttled: int = 0
 
 
-def error_code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def list_tables(client: Any) -> list[str]:
     names: list[str] = []
     for page in call(client.get_paginator("list_tables").paginate, "listing tables"):
@@ -203,8 +189,11 @@ def scan_page(
     start_key: dict[str, Any] | None,
     limit: int | None,
     consistent_read: bool,
-    sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
+    clock: retry.Clock = retry.SYSTEM_CLOCK,
 ) -> ScanPage:
+    """One page of one scan segment. Throttling is waited out (see :func:`call_waiting_out_throttling`) until
+    ``stop`` is set."""
     request: dict[str, Any] = {
         "TableName": table,
         "Segment": segment,
@@ -217,7 +206,7 @@ def scan_page(
     if limit is not None:
         request["Limit"] = limit
     response, throttled = call_waiting_out_throttling(
-        lambda: client.scan(**request), "scanning", table=table, sleep=sleep
+        lambda: client.scan(**request), "scanning", table=table, stop=stop, clock=clock
     )
     consumed = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0.0)
     return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
@@ -233,26 +222,26 @@ def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | N
 
 
 def batch_get_items(
-    client: Any, table: str, keys: list[dict[str, Any]], *, sleep: Callable[[float], None] = time.sleep
+    client: Any, table: str, keys: list[dict[str, Any]], *, clock: retry.Clock = retry.SYSTEM_CLOCK
 ) -> list[dict[str, Any]]:
     """The current items for ``keys`` (consistent reads, 100 keys a request); items that no longer exist are absent."""
     found: list[dict[str, Any]] = []
     for start in range(0, len(keys), 100):
         pending: list[dict[str, Any]] = keys[start : start + 100]
-        attempt = 0
+        retries = 0
         while pending:
             request = {table: {"Keys": pending, "ConsistentRead": True}}
             response, _ = call_waiting_out_throttling(
                 lambda request=request: client.batch_get_item(RequestItems=request),  # type: ignore[misc]
                 "reading items",
                 table=table,
-                sleep=sleep,
+                clock=clock,
             )
             found.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if pending:  # unprocessed keys mean the table is busy: back off like throttling
-                attempt += 1
-                sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+                retries += 1
+                clock.wait(retry.UNPROCESSED_KEYS.delay(retries, clock.random))
     return found
 
 
@@ -261,9 +250,9 @@ def call(fn: Callable[[], Any], what: str, *, table: str | None = None) -> Any:
     try:
         return fn()
     except botocore.exceptions.ClientError as exc:
-        code = error_code(exc)
-        message = f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}"
-        if code in TRANSIENT_CODES:
+        code = retry.error_code(exc)
+        message = f"{what}: {code}: {retry.error_message(exc)}"
+        if retry.is_transient(exc):
             raise TransientSourceError(message, table=table) from exc
         raise SourceError(message, table=table) from exc
     except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as exc:
@@ -278,13 +267,15 @@ def call_waiting_out_throttling(
     what: str,
     *,
     table: str | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    max_wait: float = 30.0,
+    stop: threading.Event | None = None,
+    clock: retry.Clock = retry.SYSTEM_CLOCK,
 ) -> tuple[Any, int]:
-    """Call boto3; when throttling outlasts botocore's retries, wait (jittered, growing) and call again, forever.
+    """Call boto3; when throttling outlasts botocore's retries, wait (``retry.DYNAMODB_THROTTLED``) and call again,
+    forever.
 
-    Returns the response and how many times this level waited. Other transient errors are retried a bounded number
-    of times, then raised.
+    Returns the response and how many times this level waited. Other transient errors are retried
+    ``retry.DYNAMODB_FAILED_RETRIES`` times (``retry.DYNAMODB_FAILED``), then raised. A set ``stop`` ends a
+    wait at once with :class:`~podyn_py.errors.Interrupted`: throttling can last longer than a SIGTERM may wait.
     """
     throttled = 0
     failures = 0
@@ -293,10 +284,9 @@ def call_waiting_out_throttling(
             return call(fn, what, table=table), throttled
         except TransientSourceError as exc:
             cause = exc.__cause__
-            is_throttling = isinstance(cause, botocore.exceptions.ClientError) and error_code(cause) in THROTTLING_CODES
-            if is_throttling:
+            if isinstance(cause, botocore.exceptions.ClientError) and retry.is_throttling(cause):
                 throttled += 1
-                delay = min(max_wait, 0.2 * 2 ** min(throttled, 8))
+                delay = retry.DYNAMODB_THROTTLED.delay(throttled, clock.random)
                 if throttled == 1 or throttled % 10 == 0:
                     log.warning(
                         "%s: throttled by DynamoDB (%d times); waiting %.1f s",
@@ -306,11 +296,12 @@ def call_waiting_out_throttling(
                     )
             else:
                 failures += 1
-                if failures > 8:
+                if failures > retry.DYNAMODB_FAILED_RETRIES:
                     raise
-                delay = min(max_wait, 0.5 * 2**failures)
+                delay = retry.DYNAMODB_FAILED.delay(failures, clock.random)
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
-            sleep(delay * (0.5 + random.random() / 2))
+            if clock.wait(delay, stop):
+                raise Interrupted(f"stopped on request while {what}", table=table) from exc
 
 
 def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ rules), no parameter validation. The caller passes the proxy and CA bundle boto3
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import logging
 import random
@@ -45,34 +46,12 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
-__all__ = ["THROTTLING_CODES", "RawJsonClient"]
+from podyn_py import retry
+
+__all__ = ["RawJsonClient"]
 
 _log = logging.getLogger(__name__)
 
-#: botocore's standard mode: error codes that mean "slow down" (backed off from 1 s).
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
-#: botocore's standard mode: other failures a retry can fix (backed off from 25 ms for DynamoDB).
-_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
-_TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
-_THROTTLING_BASE = 1.0
-_TRANSIENT_BASE = 0.025
 _RETRY_AFTER_EXTRA = 5.0
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 _NOT_ERROR_FIELDS = frozenset({"__type", "message", "Message"})
@@ -135,7 +114,8 @@ class RawJsonClient:
         self._credentials: Credentials | None = (
             credentials if credentials is not None else client._request_signer._credentials
         )
-        self._max_backoff = max_backoff
+        self._throttled_backoff = dataclasses.replace(retry.REQUEST_THROTTLED, cap=max_backoff)
+        self._failed_backoff = dataclasses.replace(retry.REQUEST_FAILED, cap=max_backoff)
         self._sleep = sleep
         self._random = random
         config = meta.config
@@ -181,20 +161,20 @@ class RawJsonClient:
             except (BotoConnectionError, HTTPClientError) as error:
                 if attempt == self.max_attempts:
                     raise
-                delay = self._backoff(attempt, _TRANSIENT_BASE)
+                delay = self._failed_backoff.delay(attempt, self._random)
                 failure = str(error)
             else:
                 if response.status == 200:
                     return _parse(response.data)
                 error_response = _error_response(response, attempt - 1)
                 code = error_response["Error"]["Code"]
-                throttled = code in THROTTLING_CODES
-                if not (throttled or code in _TRANSIENT_CODES or response.status in _TRANSIENT_STATUSES):
+                throttled = code in retry.THROTTLING_CODES
+                if not (throttled or code in retry.TRANSIENT_CODES or response.status in retry.TRANSIENT_STATUSES):
                     raise ClientError(error_response, operation)  # type: ignore[arg-type]
                 if attempt == self.max_attempts:
                     error_response["ResponseMetadata"]["MaxAttemptsReached"] = True
                     raise ClientError(error_response, operation)  # type: ignore[arg-type]
-                delay = self._backoff(attempt, _THROTTLING_BASE if throttled else _TRANSIENT_BASE)
+                delay = (self._throttled_backoff if throttled else self._failed_backoff).delay(attempt, self._random)
                 delay = _honour_retry_after(delay, response.headers.get("x-amz-retry-after"))
                 failure = f"{code}: {error_response['Error']['Message']}"
             _log.debug("%s attempt %d failed (%s); retrying in %.3f s", target, attempt, failure, delay)
@@ -248,10 +228,6 @@ class RawJsonClient:
             raise ConnectionClosedError(endpoint_url=url, error=error) from error
         except urllib3.exceptions.HTTPError as error:
             raise HTTPClientError(error=error) from error
-
-    def _backoff(self, attempt: int, base: float) -> float:
-        """botocore's truncated binary exponential back-off with full jitter."""
-        return self._random() * min(base * 2.0 ** (attempt - 1), self._max_backoff)
 
 
 def _bytes_as_base64(value: Any) -> str:

@@ -15,7 +15,7 @@ How the service is used, and why:
   ``ClientError`` codes, never by client-specific exception classes, so scripted clients act like real ones.
 * Every GetRecords call is billed, so an idle open shard is polled with back-off (``idle_min`` doubling to
   ``idle_max``); closed shards are drained without waiting. Throttling and 5xx errors are retried with
-  bounded exponential back-off and end in :class:`~podyn_py.errors.TransientSourceError`.
+  bounded exponential back-off (``retry.STREAM_CALL``) and end in :class:`~podyn_py.errors.TransientSourceError`.
 * Records older than 24 hours are trimmed. A shard we hold an unfinished position for that is no longer
   listed, or a read after our position that the service reports as trimmed, is a gap. So is a finished shard
   that is no longer listed while none of its children is known: they were trimmed before we read them.
@@ -37,30 +37,15 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from podyn_py import retry
 from podyn_py.errors import DataError, SourceError, StreamGapError, TransientSourceError
+from podyn_py.retry import error_code as _code
+from podyn_py.retry import error_message as _message
 
 __all__ = ["ShardBatch", "ShardPosition", "StreamReader", "StreamsClient"]
 
 _log = logging.getLogger(__name__)
 
-#: Error codes a later retry can fix: throttling, limits, server-side failures.
-_TRANSIENT_CODES = frozenset(
-    {
-        "LimitExceededException",
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-_RETRY_FIRST_DELAY = 0.1
-_RETRY_MAX_DELAY = 10.0
 _GET_RECORDS_MAX_LIMIT = 1000
 _DESCRIBE_STREAM_MAX_LIMIT = 100
 
@@ -193,6 +178,7 @@ class StreamReader:
         self._retry_attempts = retry_attempts
         self._clock = clock
         self._sleep = sleep
+        self._retry_clock = retry.Clock(monotonic=clock, sleep=sleep)
         self._status: str | None = None
         self._next_listing = float("-inf")
         self._shards: dict[str, _Shard] = {}
@@ -526,12 +512,12 @@ class StreamReader:
 
     def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
         """Call ``method``, retrying what a retry can fix with bounded exponential back-off."""
-        delay = _RETRY_FIRST_DELAY
-        for attempt in range(1, self._retry_attempts + 1):
+        retrier = retry.Retrier(retry.STREAM_CALL, max_retries=self._retry_attempts - 1, clock=self._retry_clock)
+        while True:
             try:
                 response = method(**params)
             except ClientError as error:
-                if not _is_transient(error):
+                if not retry.is_transient(error):
                     raise
                 last: Exception = error
                 failure = f"{_code(error)}: {_message(error)}"
@@ -539,36 +525,22 @@ class StreamReader:
                 last = error
                 failure = str(error)
             else:
-                _log.debug("%s %s: ok after %d attempt(s)", operation, self._arn, attempt)
+                _log.debug("%s %s: ok after %d attempt(s)", operation, self._arn, retrier.retries + 1)
                 return response
-            if attempt == self._retry_attempts:
+            delay = retrier.next_delay()
+            if delay is None:
                 raise TransientSourceError(
-                    f"{operation} on stream {self._arn} failed {attempt} times; last error: {failure}",
+                    f"{operation} on stream {self._arn} failed {retrier.retries + 1} times; last error: {failure}",
                     table=self._table,
                 ) from last
-            log = _log.warning if attempt >= 3 else _log.debug
+            log = _log.warning if retrier.retries >= 3 else _log.debug
             log("%s %s: %s; retrying in %.2f s", operation, self._arn, failure, delay)
-            self._sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_DELAY)
-        raise AssertionError("unreachable")  # pragma: no cover
+            retrier.wait(delay)
 
     def _error(self, operation: str, error: ClientError) -> SourceError:
         return SourceError(
             f"{operation} on stream {self._arn} failed: {_code(error)}: {_message(error)}", table=self._table
         )
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _message(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Message", ""))
-
-
-def _is_transient(error: ClientError) -> bool:
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return _code(error) in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
 
 
 def _sequence_number(record: Mapping[str, Any]) -> str:

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -51,6 +50,7 @@ from podyn_py.errors import (
     TargetError,
     TransientTargetError,
 )
+from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source.streams import ShardPosition
 from podyn_py.target import state
 
@@ -257,8 +257,7 @@ class PostgresTarget:
         Transient failures are retried with back-off for up to ``retry_seconds``: ``fn`` must be safe to run again
         (every caller's is: a rolled-back transaction left nothing behind).
         """
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
+        retrier = Retrier(POSTGRES_RECONNECT, stop=self.stop, deadline=self.retry_seconds)
         while True:
             try:
                 with self.connect() as conn, conn.transaction():
@@ -270,12 +269,12 @@ class PostgresTarget:
                 error = classify(exc, what, table=table)
             except TransientTargetError as exc:
                 error = exc
-            if not error.transient or time.monotonic() + delay > deadline:
+            delay = retrier.next_delay() if error.transient else None
+            if delay is None:
                 raise error
             log.warning("%s%s; retrying in %.1f s", f"table {table}: " if table else "", error.message, delay)
-            if self.stop.wait(delay):
+            if retrier.wait(delay):
                 raise Interrupted(f"stopped on request while {what}", table=table) from error
-            delay = min(delay * 2, 30.0)
 
     def check_connection(self) -> None:
         """Connect once, without retrying: a wrong address, database or password is an error before any table."""
