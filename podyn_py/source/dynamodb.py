@@ -13,7 +13,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ import botocore.exceptions
 import botocore.httpsession
 import botocore.utils
 
+from podyn_py.config import AwsSettings
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.core.values import split_value
@@ -40,19 +41,6 @@ THROTTLING_CODES = frozenset(
     }
 )
 TRANSIENT_CODES = THROTTLING_CODES | {"InternalServerError", "ServiceUnavailable", "InternalFailure"}
-
-
-@dataclass(frozen=True)
-class AwsSettings:
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    max_attempts: int = 10
-    #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
-    fast_path: bool = True
-    #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
 
 
 def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10, data: bool = False) -> Any:
