@@ -63,7 +63,7 @@ class VerifyOptions:
     rechecks: int = 4
     recheck_delay: float = 0.5
     #: Suspect keys re-checked per table; beyond, they are counted as first seen, so that a table far off does not
-    #: cost a GetItem and several pauses per row.
+    #: cost a BatchGetItem and several pauses per row.
     recheck_limit: int = 1000
 
 

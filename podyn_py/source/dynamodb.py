@@ -1,4 +1,4 @@
-"""The DynamoDB edge: clients, table descriptions, scan pages and single-item reads.
+"""The DynamoDB edge: clients, table descriptions, scan pages and batched item reads.
 
 Retries of throttling and transient errors are botocore's (``standard`` mode); on top of that, throttling that
 outlasts botocore's attempts is waited out here, so a throttled load slows down but never fails.
@@ -209,15 +209,6 @@ def scan_page(
     )
     consumed = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0.0)
     return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
-
-
-def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The current item, read consistently (for KEYS_ONLY and OLD_IMAGE streams)."""
-    response, _ = call_waiting_out_throttling(
-        lambda: client.get_item(TableName=table, Key=key, ConsistentRead=True), "reading an item", table=table
-    )
-    item: dict[str, Any] | None = response.get("Item")
-    return item
 
 
 def batch_get_items(
