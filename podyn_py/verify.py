@@ -36,9 +36,10 @@ from psycopg.types.json import set_json_loads
 from podyn_py import metrics
 from podyn_py.config import Config
 from podyn_py.core import ddl
+from podyn_py.core.keys import key_from_values, key_values
 from podyn_py.core.rows import MissingColumn, RowBuilder
 from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema, TableSpec
-from podyn_py.core.values import PgType, key_text, split_value, to_column_value
+from podyn_py.core.values import PgType, key_text
 from podyn_py.errors import ConfigError, DataError, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.source import dynamodb
@@ -253,19 +254,6 @@ def _read_view(conn: psycopg.Connection[Any], spec: TableSpec) -> _View:
     return _View(schema, RowBuilder(schema), select, missing)
 
 
-def pg_key(spec: TableSpec, item: Item) -> tuple[Any, ...]:
-    """An item's (or a DynamoDB key's) primary key as the row holds it."""
-    return tuple(to_column_value(*split_value(item[k.name])) for k in spec.primary_key)
-
-
-def ddb_key(spec: TableSpec, values: Sequence[Any]) -> Item:
-    """A row's primary key values as a DynamoDB key."""
-    return {
-        k.name: {k.tag: str(v) if k.tag == "N" else bytes(v) if k.tag == "B" else v}
-        for k, v in zip(spec.primary_key, values, strict=True)
-    }
-
-
 class _TableCheck:
     """One table's verification, shared by its segment workers."""
 
@@ -360,7 +348,7 @@ class _TableCheck:
 
     def _check_page(self, conn: psycopg.Connection[Any], items: list[Item]) -> None:
         spec = self.view.spec
-        keys = [pg_key(spec, item) for item in items]
+        keys = [key_values(spec, item) for item in items]
         if self.keys_conn is not None:
             self._save_keys(keys)
         for attempt in range(2):
@@ -405,11 +393,12 @@ class _TableCheck:
     def recheck(self, conn: psycopg.Connection[Any], keys: list[Item]) -> list[list[Difference]]:
         """Compare these keys again: the item read consistently, the row read again."""
         view = self.view
-        pks = [pg_key(view.spec, key) for key in keys]
+        pks = [key_values(view.spec, key) for key in keys]
         rows = view.fetch(conn, pks)
         unique = list({pk: key for pk, key in zip(pks, keys, strict=True)}.values())
         items = {
-            pg_key(view.spec, item): item for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
+            key_values(view.spec, item): item
+            for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
         }
         return [
             compare(view, items.get(pk), rows.get(pk), key_text(key, view.spec.key_names))
@@ -473,7 +462,7 @@ class _TableCheck:
         with self.keys_conn.transaction(), self.keys_conn.cursor(name="podyn_verify_extra") as cur:
             cur.execute(statement)
             while batch := cur.fetchmany(1000):
-                keys = [ddb_key(spec, row) for row in batch]
+                keys = [key_from_values(spec, row) for row in batch]
                 self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
 
 

@@ -6,7 +6,6 @@ outlasts botocore's attempts is waited out here, so a throttled load slows down 
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import random
@@ -26,7 +25,6 @@ import botocore.utils
 from podyn_py.config import AwsSettings
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
-from podyn_py.core.values import split_value
 from podyn_py.errors import ConfigError, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
 
@@ -290,28 +288,6 @@ def call_waiting_out_throttling(
                 delay = min(max_wait, 0.5 * 2**failures)
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
             sleep(delay * (0.5 + random.random() / 2))
-
-
-def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A key in wire form that JSON can hold: boto3's binary values become base64 text."""
-    if key is None:
-        return None
-    result = {}
-    for name, value in key.items():
-        tag, raw = split_value(value)
-        result[name] = {tag: base64.b64encode(raw).decode("ascii") if isinstance(raw, bytes) else raw}
-    return result
-
-
-def key_from_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The inverse of :func:`key_to_json`, ready for boto3 (binary as bytes)."""
-    if key is None:
-        return None
-    result = {}
-    for name, value in key.items():
-        tag, raw = split_value(value)
-        result[name] = {tag: base64.b64decode(raw) if tag == "B" else raw}
-    return result
 
 
 def table_name(source: str) -> str:
