@@ -30,7 +30,7 @@ from test_changes import STREAM, Service, add_audit, assert_counters_strictly_in
 
 import podyn_py.replicate
 from podyn_py.config import AwsSettings, Config
-from podyn_py.local import LocalPostgres
+from podyn_py.demo_services import LocalPostgres
 from podyn_py.replicate import RunSummary, replicate
 from podyn_py.target.postgres import REPLICATION_LOCK, PostgresTarget, lock_key_oids, table_lock_key
 
