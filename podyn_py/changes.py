@@ -37,10 +37,11 @@ from podyn_py.core.changes import (
     to_change,
 )
 from podyn_py.core.keys import key_values
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
+from podyn_py.source.streams import ShardBatch, StreamReader
 from podyn_py.target.postgres import PostgresTarget, TableHold
 from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 

@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py.core import ddl, naming
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import (
     Column,
     ConversionMode,
@@ -50,7 +51,6 @@ from podyn_py.errors import (
     TargetError,
     TransientTargetError,
 )
-from podyn_py.source.streams import ShardPosition
 from podyn_py.target import state
 
 log = logging.getLogger(__name__)
