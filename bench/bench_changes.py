@@ -38,7 +38,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from podyn_py.local import LocalDynamoDB, LocalPostgres, find_dynamodb_local  # noqa: E402
+from podyn_py.demo_services import LocalDynamoDB, LocalPostgres, find_dynamodb_local  # noqa: E402
 
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="podyn", AWS_SECRET_ACCESS_KEY="podyn", AWS_DEFAULT_REGION="us-east-1")
 TABLE = "bench_changes"

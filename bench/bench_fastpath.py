@@ -26,7 +26,7 @@ import botocore.config
 import botocore.parsers
 import orjson
 
-from podyn_py.local import LocalDynamoDB, local_client
+from podyn_py.demo_services import LocalDynamoDB, local_client
 from podyn_py.source.fastpath import RawJsonClient
 
 TABLE = "bench_fastpath"

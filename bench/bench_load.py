@@ -11,8 +11,8 @@ Run from the repository root, never as a test:
 Output: RUN lines (one per measurement), FIGURE lines (each figure's best run), TARGET lines (ratios against the
 project's targets), and PROFILE lines; bench/RESULTS.md explains them and holds the measured results.
 
-It starts its own DynamoDB Local and PostgreSQL (``podyn_py.local``), fills a table of N items of about 300 bytes
-with BatchWriteItem from several threads (no stream), then measures in the same run:
+It starts its own DynamoDB Local and PostgreSQL (``podyn_py.demo_services``), fills a table of N items of about 300
+bytes with BatchWriteItem from several threads (no stream), then measures in the same run:
 
   source ceiling   the parallel scan podyn does (same segments, threads and page Limit, boto3 client), items
                    thrown away
@@ -66,7 +66,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from podyn_py.config import SEGMENTS_PER_CONNECTION
-from podyn_py.local import (
+from podyn_py.demo_services import (
     LOCAL_ACCESS_KEY,
     LOCAL_REGION,
     LOCAL_SECRET_KEY,

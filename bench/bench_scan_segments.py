@@ -31,7 +31,7 @@ from bench_load import (
     scan_ceiling,
 )
 
-from podyn_py.local import LocalDynamoDB
+from podyn_py.demo_services import LocalDynamoDB
 
 
 def scan_sequentially(client: Any, total_segments: int, limit: int | None) -> tuple[int, int]:

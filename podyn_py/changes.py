@@ -36,12 +36,13 @@ from podyn_py.core.changes import (
     key_identity,
     to_change,
 )
+from podyn_py.core.keys import key_values
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import TableSchema, TableSpec
-from podyn_py.core.values import split_value, to_column_value
 from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.retry import CHANGES_RESTART, Retrier
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
+from podyn_py.source.streams import ShardBatch, StreamReader
 from podyn_py.target.postgres import PostgresTarget, TableHold
 from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 
@@ -357,7 +358,7 @@ class TableReplicator:
             untagged_before = self.rows.untagged_map_counts.total()
             schema, rows, rejected = self.rows.convert(upserts)
             untagged = self.rows.untagged_map_counts.total() - untagged_before
-            delete_keys = [self._key_values(schema, c.key) for c in changes if isinstance(c, Delete)]
+            delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
             try:
                 applied = self.target.apply_changes(
                     conn,
@@ -433,13 +434,6 @@ class TableReplicator:
             else:
                 resolved.append(change)
         return resolved
-
-    def _key_values(self, schema: TableSchema, key: dict[str, Any]) -> list[Any]:
-        values = []
-        for attribute in schema.spec.primary_key:
-            tag, raw = split_value(key[attribute.name])
-            values.append(to_column_value(tag, raw))
-        return values
 
     # -- states ---------------------------------------------------------------------------------------------------
 

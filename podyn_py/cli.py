@@ -23,10 +23,9 @@ import click
 from click.core import ParameterSource
 
 from podyn_py import metrics
-from podyn_py.config import Config, parse_postgres_url, redact
+from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
 from podyn_py.core.schema import ConversionMode
 from podyn_py.errors import ConfigError, PodynError
-from podyn_py.source.dynamodb import AwsSettings
 from podyn_py.verify import VerifyOptions
 
 log = logging.getLogger("podyn_py")

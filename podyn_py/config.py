@@ -17,7 +17,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from podyn_py.core.schema import ConversionMode
 from podyn_py.errors import ConfigError
-from podyn_py.source.dynamodb import AwsSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,21 @@ def redact_text(text: str) -> str:
     """Best effort for text that did not parse: hide whatever follows ``password``, and URI user info."""
     text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", text)
     return re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", text)
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """Where and how to reach DynamoDB; plain values, so that config loads no boto3 (the source edge uses them)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_attempts: int = 10
+    #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
+    fast_path: bool = True
+    #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
 
 
 #: Default scan segments per connection (``--segments``): workers take the next segment as one finishes.

@@ -25,10 +25,9 @@ from psycopg import sql
 
 from podyn_py import verify
 from podyn_py.cli import EXIT_DIFFERENCES, EXIT_ERROR, EXIT_OK, EXIT_TABLES_FAILED
-from podyn_py.config import Config, parse_postgres_url, redact
+from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
+from podyn_py.demo_services import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres, local_client
 from podyn_py.errors import PodynError
-from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres, local_client
-from podyn_py.source.dynamodb import AwsSettings
 from podyn_py.target import state
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from podyn_py import metrics
 from podyn_py.conversion import Rejected, RowConverter
+from podyn_py.core.keys import key_from_json, key_to_json
 from podyn_py.core.schema import SchemaChange, TableSchema, TableSpec
 from podyn_py.errors import Interrupted, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
@@ -251,14 +252,14 @@ def _load_page(
         source,
         segment=segment,
         total_segments=total_segments,
-        start_key=dynamodb.key_from_json(key),
+        start_key=key_from_json(key),
         limit=sizer.limit(),
         consistent_read=load.options.consistent_read,
         stop=load.stop,
     )
     load.limiter.charge(page.consumed)
     sizer.observe(len(page.items), page.consumed)
-    new_key = dynamodb.key_to_json(page.last_key)
+    new_key = key_to_json(page.last_key)
     while True:
         schema, rows, rejected = load.rows.convert(page.items)
         try:

@@ -11,11 +11,14 @@ the scan goes on meanwhile; only keys still wrong after that are reported.
 
 Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
 not repair: ``--data --reload`` does.
+
+This module is the orchestration (segments, re-checks, the report) and its rendering. The comparison of an expected
+row with a stored one is pure, in :mod:`podyn_py.core.compare`; the SQL is in :mod:`podyn_py.target.verify_sql`
+(and :mod:`podyn_py.target.state` for ``podyn.*``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -24,31 +27,27 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_loads
 
 from podyn_py import metrics
 from podyn_py.config import Config
-from podyn_py.core import ddl
-from podyn_py.core.rows import MissingColumn, RowBuilder
-from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema, TableSpec
-from podyn_py.core.values import PgType, key_text, split_value, to_column_value
-from podyn_py.errors import ConfigError, DataError, PodynError
+from podyn_py.core.compare import Difference, Kind, compare
+from podyn_py.core.keys import key_from_values, key_values
+from podyn_py.core.rows import RowBuilder
+from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.values import key_text
+from podyn_py.errors import ConfigError, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
-from podyn_py.target import postgres, state
+from podyn_py.target import postgres, state, verify_sql
 
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
-_KEYS_TABLE = sql.Identifier("pg_temp", "podyn_verify_keys")
 
 
 @dataclass(frozen=True)
@@ -63,26 +62,8 @@ class VerifyOptions:
     rechecks: int = 4
     recheck_delay: float = 0.5
     #: Suspect keys re-checked per table; beyond, they are counted as first seen, so that a table far off does not
-    #: cost a GetItem and several pauses per row.
+    #: cost a BatchGetItem and several pauses per row.
     recheck_limit: int = 1000
-
-
-class Kind(StrEnum):
-    MISSING = "missing"  # an item without its row
-    EXTRA = "extra"  # a row without its item
-    VALUE = "differs"  # a column whose value is not the item's
-    UNMAPPED = "unmapped"  # an attribute (of this type) that no column holds
-    INVALID = "invalid"  # an item podyn cannot convert (the load keeps it in podyn.rejected)
-    COLUMN = "column"  # a mapped column the table lacks
-
-
-@dataclass(frozen=True)
-class Difference:
-    kind: Kind
-    key: str | None
-    column: str | None = None
-    expected: str | None = None
-    found: str | None = None
 
 
 @dataclass
@@ -133,15 +114,13 @@ def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | No
 
 
 def _replicated_tables(conninfo: str, pg_schema: str) -> list[str]:
-    with _connect(conninfo) as conn:
+    with verify_sql.connect(conninfo) as conn:
         if not _has_metadata(conn):
             raise ConfigError("no podyn metadata in this database (schema podyn): nothing was loaded here")
-        rows = conn.execute(
-            "SELECT source_table FROM podyn.tables WHERE target_schema = %s ORDER BY 1", (pg_schema,)
-        ).fetchall()
-    if not rows:
+        names = state.source_tables(conn, pg_schema)
+    if not names:
         raise ConfigError(f"podyn has loaded no table into schema {pg_schema!r}; nothing to verify")
-    return [r[0] for r in rows]
+    return names
 
 
 def _verify_table(
@@ -150,7 +129,7 @@ def _verify_table(
     started = time.monotonic()
     assert config.postgres is not None
     try:
-        with _connect(config.postgres) as conn:
+        with verify_sql.connect(config.postgres) as conn:
             view = _read_view(conn, _loaded_spec(conn, config.pg_schema, report.source))
         check = _TableCheck(config, options, client, view, report, stop)
         try:
@@ -192,16 +171,6 @@ def _has_metadata(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
-def _exact_loads(data: bytes | str) -> Any:
-    return json.loads(data, parse_float=Decimal, parse_int=Decimal)
-
-
-def _connect(conninfo: str) -> psycopg.Connection[Any]:
-    conn = postgres.connect(conninfo, autocommit=True)
-    set_json_loads(_exact_loads, conn)
-    return conn
-
-
 @dataclass(frozen=True)
 class _View:
     """One version of a table's mapping: the builder of expected rows and the query for actual ones."""
@@ -217,53 +186,13 @@ class _View:
 
     def fetch(self, conn: psycopg.Connection[Any], keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
         """The rows of these keys (in primary key order), by key."""
-        if not keys:
-            return {}
-        positions = [self.schema.columns.index(c) for c in self.schema.primary_key_columns]
-        with psycopg.RawCursor(conn) as cur:  # $n placeholders: see postgres.positional
-            rows = cur.execute(self.select, [list(values) for values in zip(*keys, strict=True)]).fetchall()
-        return {tuple(row[p] for p in positions): row for row in rows}
+        return verify_sql.fetch_rows(conn, self.schema, self.select, keys)
 
 
 def _read_view(conn: psycopg.Connection[Any], spec: TableSpec) -> _View:
     schema = TableSchema(spec, state.read_columns(conn, spec))
-    existing = postgres.existing_columns(conn, spec)
-    if existing is None:
-        raise ConfigError(f"table {spec.schema}.{spec.table} does not exist", table=spec.source)
-    missing = tuple(c.name for c in schema.columns if c.name not in existing)
-    keys = schema.primary_key_columns
-    names = [sql.Identifier(f"k{i}") for i in range(len(keys))]
-    select = sql.SQL("SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("NULL::{}").format(sql.SQL(c.type.value))
-            if c.name in missing
-            else sql.SQL("t.{}").format(sql.Identifier(c.name))
-            for c in schema.columns
-        ),
-        ddl.qualified(spec.schema, spec.table),
-        sql.SQL(", ").join(
-            sql.SQL("{}::{}[]").format(p, sql.SQL(c.type.value))
-            for c, p in zip(keys, postgres.positional(len(keys)), strict=True)
-        ),
-        sql.SQL(", ").join(names),
-        sql.SQL(" AND ").join(
-            sql.SQL("t.{} = k.{}").format(sql.Identifier(c.name), n) for c, n in zip(keys, names, strict=True)
-        ),
-    )
-    return _View(schema, RowBuilder(schema), select, missing)
-
-
-def pg_key(spec: TableSpec, item: Item) -> tuple[Any, ...]:
-    """An item's (or a DynamoDB key's) primary key as the row holds it."""
-    return tuple(to_column_value(*split_value(item[k.name])) for k in spec.primary_key)
-
-
-def ddb_key(spec: TableSpec, values: Sequence[Any]) -> Item:
-    """A row's primary key values as a DynamoDB key."""
-    return {
-        k.name: {k.tag: str(v) if k.tag == "N" else bytes(v) if k.tag == "B" else v}
-        for k, v in zip(spec.primary_key, values, strict=True)
-    }
+    missing = verify_sql.missing_columns(conn, schema)
+    return _View(schema, RowBuilder(schema), verify_sql.rows_by_key_statement(schema, missing), missing)
 
 
 class _TableCheck:
@@ -333,7 +262,7 @@ class _TableCheck:
         rate = self.config.scan_rate / max(1, min(self.config.connections, total)) if self.config.scan_rate else None
         sizer = PageSizer(rate, consistent_read=self.config.consistent_read)
         start: Item | None = None
-        with _connect(self.conninfo) as conn:
+        with verify_sql.connect(self.conninfo) as conn:
             while not self.stopped():
                 self.limiter.wait()
                 page = dynamodb.scan_page(
@@ -360,7 +289,7 @@ class _TableCheck:
 
     def _check_page(self, conn: psycopg.Connection[Any], items: list[Item]) -> None:
         spec = self.view.spec
-        keys = [pg_key(spec, item) for item in items]
+        keys = [key_values(spec, item) for item in items]
         if self.keys_conn is not None:
             self._save_keys(keys)
         for attempt in range(2):
@@ -369,7 +298,7 @@ class _TableCheck:
             suspects = [
                 (item, found)
                 for item, key in zip(items, keys, strict=True)
-                if (found := compare(view, item, rows.get(key), key_text(item, spec.key_names)))
+                if (found := compare(view.builder, item, rows.get(key), key_text(item, spec.key_names)))
             ]
             if attempt or not any(d.kind is Kind.UNMAPPED for _, found in suspects for d in found):
                 break
@@ -405,14 +334,15 @@ class _TableCheck:
     def recheck(self, conn: psycopg.Connection[Any], keys: list[Item]) -> list[list[Difference]]:
         """Compare these keys again: the item read consistently, the row read again."""
         view = self.view
-        pks = [pg_key(view.spec, key) for key in keys]
+        pks = [key_values(view.spec, key) for key in keys]
         rows = view.fetch(conn, pks)
         unique = list({pk: key for pk, key in zip(pks, keys, strict=True)}.values())
         items = {
-            pg_key(view.spec, item): item for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
+            key_values(view.spec, item): item
+            for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
         }
         return [
-            compare(view, items.get(pk), rows.get(pk), key_text(key, view.spec.key_names))
+            compare(view.builder, items.get(pk), rows.get(pk), key_text(key, view.spec.key_names))
             for key, pk in zip(keys, pks, strict=True)
         ]
 
@@ -434,47 +364,21 @@ class _TableCheck:
                 report.difference_count += len(found)
 
     def _create_keys_table(self) -> None:
-        columns = self.view.schema.primary_key_columns
-        self.keys_conn = _connect(self.conninfo)
-        self.keys_conn.execute(
-            sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(
-                _KEYS_TABLE,
-                sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(f"k{i}"), sql.SQL(c.type.value))
-                    for i, c in enumerate(columns)
-                ),
-            )
-        )
+        self.keys_conn = verify_sql.connect(self.conninfo)
+        verify_sql.create_keys_table(self.keys_conn, self.view.schema)
 
     def _save_keys(self, keys: list[tuple[Any, ...]]) -> None:
         assert self.keys_conn is not None
-        types = [c.type.value for c in self.view.schema.primary_key_columns]
-        statement = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_KEYS_TABLE)
-        with self.keys_lock, self.keys_conn.cursor() as cur, cur.copy(statement) as copy:
-            copy.set_types(types)
-            for key in keys:
-                copy.write_row(key)
+        with self.keys_lock:
+            verify_sql.save_keys(self.keys_conn, self.view.schema, keys)
 
     def _find_extra_rows(self) -> None:
-        """Rows whose key no scanned item had: an anti-join against the keys table, read with a cursor."""
+        """Rows whose key no scanned item had (see :func:`verify_sql.extra_row_keys`): suspects, read again."""
         assert self.keys_conn is not None
         spec = self.view.spec
-        columns = self.view.schema.primary_key_columns
-        statement = sql.SQL("SELECT {} FROM {} t WHERE NOT EXISTS (SELECT FROM {} k WHERE {})").format(
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c.name)) for c in columns),
-            ddl.qualified(spec.schema, spec.table),
-            _KEYS_TABLE,
-            sql.SQL(" AND ").join(
-                sql.SQL("k.{} = t.{}").format(sql.Identifier(f"k{i}"), sql.Identifier(c.name))
-                for i, c in enumerate(columns)
-            ),
-        )
-        self.keys_conn.execute(sql.SQL("ANALYZE {}").format(_KEYS_TABLE))
-        with self.keys_conn.transaction(), self.keys_conn.cursor(name="podyn_verify_extra") as cur:
-            cur.execute(statement)
-            while batch := cur.fetchmany(1000):
-                keys = [ddb_key(spec, row) for row in batch]
-                self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
+        for batch in verify_sql.extra_row_keys(self.keys_conn, self.view.schema):
+            keys = [key_from_values(spec, row) for row in batch]
+            self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
 
 
 @dataclass(frozen=True)
@@ -519,7 +423,7 @@ class _Rechecker:
 
     def _run(self) -> None:
         try:
-            with _connect(self.check.conninfo) as conn:
+            with verify_sql.connect(self.check.conninfo) as conn:
                 while (due := self._wait_for_due()) is not None:
                     for start in range(0, len(due), 100):
                         self._settle(conn, due[start : start + 100])
@@ -554,98 +458,6 @@ class _Rechecker:
         self.check.record(settled)
         with self.cond:
             self.pending.extend(again)
-
-
-def compare(view: _View, item: Item | None, row: Sequence[Any] | None, key: str) -> list[Difference]:
-    """How a row (None: no row) differs from what podyn makes of the item (None: no item); empty when equal."""
-    if item is None:
-        return [] if row is None else [Difference(Kind.EXTRA, key)]
-    try:
-        expected = view.builder.build(item)
-    except MissingColumn as exc:
-        return [Difference(Kind.UNMAPPED, key, f"(attribute {exc.args[0]!r})", found="no column holds it")]
-    except DataError as exc:
-        return [Difference(Kind.INVALID, key, exc.attribute, expected=exc.message)]
-    if row is None:
-        return [Difference(Kind.MISSING, key)]
-    found: list[Difference] = []
-    jsonb_mode = view.spec.mode is ConversionMode.JSONB
-    for column, want, have in zip(view.schema.columns, expected, row, strict=True):
-        if column.type is not PgType.JSONB:
-            if not _same(want, have):
-                found.append(Difference(Kind.VALUE, key, column.name, show(want), show(have)))
-            continue
-        want = None if want is None else _exact_loads(want)
-        if jsonb_mode and column.name == DATA_COLUMN and isinstance(want, dict) and isinstance(have, dict):
-            found.extend(_data_differences(item, want, have, key))
-        elif not _same_json(item.get(column.attribute) if column.attribute else {"M": item}, want, have):
-            found.append(Difference(Kind.VALUE, key, column.name, show(want), show(have)))
-    return found
-
-
-def _data_differences(item: Item, want: dict[str, Any], have: dict[str, Any], key: str) -> list[Difference]:
-    """jsonb mode: name the top-level attributes that differ inside ``data``."""
-    shapes = {name.replace("\x00", ""): value for name, value in item.items()}
-    return [
-        Difference(
-            Kind.VALUE,
-            key,
-            f"{DATA_COLUMN}.{name}",
-            show(want[name]) if name in want else "(absent)",
-            show(have[name]) if name in have else "(absent)",
-        )
-        for name in sorted(want.keys() | have.keys())
-        if name not in want or name not in have or not _same_json(shapes.get(name), want[name], have[name])
-    ]
-
-
-def _same(want: Any, have: Any) -> bool:
-    """Equal values of the same type: JSON's true is not 1, 1.50 is 1.5."""
-    if isinstance(want, dict):
-        return isinstance(have, dict) and want.keys() == have.keys() and all(_same(want[k], have[k]) for k in want)
-    if isinstance(want, list):
-        return isinstance(have, list) and len(want) == len(have) and all(map(_same, want, have))
-    return type(want) is type(have) and want == have
-
-
-def _same_json(shape: Any, want: Any, have: Any) -> bool:
-    """Like :func:`_same`, except that DynamoDB sets (found through the attribute value ``shape``) have no order."""
-    tag: str | None = None
-    raw: Any = None
-    if isinstance(shape, dict) and len(shape) == 1:
-        ((tag, raw),) = shape.items()
-    if tag == "M" and isinstance(want, dict) and isinstance(have, dict) and want.keys() == have.keys():
-        shapes = {name.replace("\x00", ""): value for name, value in raw.items()}
-        return all(_same_json(shapes.get(k), want[k], have[k]) for k in want)
-    if tag == "L" and isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
-        return all(map(_same_json, raw, want, have))
-    if tag in ("SS", "NS", "BS") and isinstance(want, list) and isinstance(have, list):
-        try:
-            return _same(sorted(want, key=_order), sorted(have, key=_order))
-        except TypeError:  # members that do not sort together are not the same set
-            return False
-    return _same(want, have)
-
-
-def _order(value: Any) -> tuple[str, Any]:
-    return type(value).__name__, value
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """A value, short: bytea as hex, the rest as JSON with exact numbers."""
-    if value is None:
-        text = "NULL"
-    elif isinstance(value, bytes):
-        text = "\\x" + value.hex()
-    else:
-        text = orjson.dumps(value, default=_exact_number).decode()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _exact_number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return orjson.Fragment(str(value))
-    raise TypeError
 
 
 def summary(report: TableReport) -> str:

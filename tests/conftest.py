@@ -17,7 +17,7 @@ from helpers import REPO_ROOT
 from proxy import ThrottlingProxy
 from psycopg import sql
 
-from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres
+from podyn_py.demo_services import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

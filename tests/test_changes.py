@@ -23,7 +23,7 @@ from helpers import REPO_ROOT, run_podyn
 from oracle import connect, table_differences
 from psycopg import sql
 
-from podyn_py.local import LocalPostgres
+from podyn_py.demo_services import LocalPostgres
 
 STREAM = "NEW_AND_OLD_IMAGES"
 

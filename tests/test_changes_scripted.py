@@ -38,10 +38,11 @@ from scripted_streams import (
 )
 
 from podyn_py.changes import ChangeOptions, TableReplicator
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
 from podyn_py.errors import StreamGapError
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardPosition, StreamReader
+from podyn_py.source.streams import StreamReader
 from podyn_py.target.postgres import PostgresTarget
 
 SPEC = TableSpec(source=TABLE, schema="public", table="orders", partition_key=KeyAttribute("pk", "S"))

@@ -42,7 +42,7 @@ FORBIDDEN_PREFIXES = (
     "podyn_py.cli",
     "podyn_py.load",
     "podyn_py.replicate",
-    "podyn_py.local",
+    "podyn_py.demo_services",
     "click",
     "tqdm",
 )

@@ -33,10 +33,11 @@ from helpers import run_podyn
 from proxy import ThrottlingProxy
 from psycopg import sql
 
+from podyn_py.config import AwsSettings
 from podyn_py.core.changes import Delete, Upsert, to_change
 from podyn_py.core.values import decode_binary
-from podyn_py.local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, free_port, local_client
-from podyn_py.source.dynamodb import AwsSettings, make_client
+from podyn_py.demo_services import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalDynamoDB, free_port, local_client
+from podyn_py.source.dynamodb import make_client
 from podyn_py.source.fastpath import RawJsonClient
 from podyn_py.source.streams import StreamReader
 

@@ -29,10 +29,9 @@ from psycopg import sql
 from test_changes import STREAM, Service, add_audit, assert_counters_strictly_increase, increment, wait_equal
 
 import podyn_py.replicate
-from podyn_py.config import Config
-from podyn_py.local import LocalPostgres
+from podyn_py.config import AwsSettings, Config
+from podyn_py.demo_services import LocalPostgres
 from podyn_py.replicate import RunSummary, replicate
-from podyn_py.source.dynamodb import AwsSettings
 from podyn_py.target.postgres import REPLICATION_LOCK, PostgresTarget, lock_key_oids, table_lock_key
 
 

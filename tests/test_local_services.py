@@ -14,8 +14,8 @@ from botocore.exceptions import ClientError
 from proxy import ThrottlingProxy
 from psycopg import sql
 
+from podyn_py.demo_services import LocalPostgres, find_dynamodb_local, find_postgres_bin, local_client
 from podyn_py.errors import ConfigError
-from podyn_py.local import LocalPostgres, find_dynamodb_local, find_postgres_bin, local_client
 
 if TYPE_CHECKING:
     from conftest import CreateTable

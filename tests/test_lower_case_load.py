@@ -28,12 +28,13 @@ from scripted_streams import RecordMaker
 from podyn_py.changes import TableReplicator
 from podyn_py.conversion import RowConverter
 from podyn_py.core.naming import name_tag
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
+from podyn_py.demo_services import LocalPostgres
 from podyn_py.errors import MappingChanged
 from podyn_py.load import LoadOptions, load_table
-from podyn_py.local import LocalPostgres
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardBatch, ShardPosition
+from podyn_py.source.streams import ShardBatch
 from podyn_py.target.postgres import PostgresTarget
 
 SPELLINGS = ("Id", "id", "ID")

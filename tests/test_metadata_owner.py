@@ -23,9 +23,9 @@ from podyn_py.target.postgres import PostgresTarget
 PACKAGE = Path(__file__).resolve().parent.parent / "podyn_py"
 OWNER = PACKAGE / "target" / "state.py"
 
-#: Modules whose SQL on podyn.* another change of issue 11 moves (point 4: verify.py's split). Remove each entry
-#: when that lands: the test fails while an entry names a module that no longer has such SQL.
-NOT_YET_MOVED = {PACKAGE / "verify.py"}
+#: Modules whose SQL on podyn.* has yet to move into state.py (none left). The test fails while an entry names a
+#: module that no longer has such SQL.
+NOT_YET_MOVED: set[Path] = set()
 
 _TABLES = "|".join(name.split(".")[1] for name in (*state.METADATA_TABLES, "podyn.schema_version"))
 #: SQL naming a metadata table: after a keyword that names a relation, or as to_regclass's argument. A message

@@ -24,10 +24,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from oracle import connect, table_differences
 
-from podyn_py.config import Config
+from podyn_py.config import AwsSettings, Config
 from podyn_py.core.schema import ConversionMode
 from podyn_py.replicate import RunSummary, replicate
-from podyn_py.source.dynamodb import AwsSettings
 
 SETTINGS = settings(
     max_examples=15,

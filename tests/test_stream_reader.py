@@ -34,8 +34,9 @@ from scripted_streams import (
     shard_id,
 )
 
+from podyn_py.core.positions import ShardPosition
 from podyn_py.errors import SourceError, StreamGapError, TransientSourceError
-from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
+from podyn_py.source.streams import ShardBatch, StreamReader
 
 DATA = Path(__file__).parent / "data" / "stream-events"
 

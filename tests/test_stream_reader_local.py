@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from podyn_py.source.streams import ShardBatch, ShardPosition, StreamReader
+from podyn_py.core.positions import ShardPosition
+from podyn_py.source.streams import ShardBatch, StreamReader
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

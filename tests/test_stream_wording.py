@@ -17,8 +17,9 @@ from helpers import REPO_ROOT
 from oracle import connect
 from scripted_streams import STREAM_ARN, Clock, FakeShard, RecordMaker, ScriptedStreams, shard_id
 
+from podyn_py.core.positions import ShardPosition
 from podyn_py.errors import StreamGapError
-from podyn_py.source.streams import ShardPosition, StreamReader
+from podyn_py.source.streams import StreamReader
 
 A = shard_id(1)
 

@@ -19,7 +19,7 @@ from oracle import connect
 from psycopg import sql
 
 from podyn_py import metrics
-from podyn_py.local import free_port
+from podyn_py.demo_services import free_port
 
 BIG = "12345678901234567890123456789012345678"  # 38 significant digits, DynamoDB's most
 BIG_CHANGED = BIG[:-1] + "9"  # differs in the 38th digit only

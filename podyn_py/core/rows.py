@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from podyn_py.core.schema import ConversionMode, TableSchema
+from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema
 from podyn_py.core.values import (
     NULL_TAG,
     PG_TYPE_OF_TAG,
@@ -51,7 +51,7 @@ class RowBuilder:
         self._keys = tuple((k.name, schema.columns.index(schema.key_column(k))) for k in spec.key_columns_attributes)
         self._required = tuple((k.name, k.tag) for k in spec.primary_key)
         self._jsonb = spec.mode is ConversionMode.JSONB
-        self._data_position = schema.column_names.index("data") if self._jsonb else -1
+        self._data_position = schema.column_names.index(DATA_COLUMN) if self._jsonb else -1
         self._overflow = schema.overflow_position
 
     def build(self, item: Item) -> list[Any]:
@@ -153,7 +153,7 @@ class RowBuilder:
             if PG_TYPE_OF_TAG.get(tag) is self.schema.columns[index].type:
                 row[index] = to_column_value(tag, raw)
         if nuls or any("\x00" in a for a in item):
-            self.nul_counts["data"] += 1
+            self.nul_counts[DATA_COLUMN] += 1
         row[self._data_position] = dump_json(tree)
         self.untagged_map_counts.update(found)
         return row

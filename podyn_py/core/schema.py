@@ -197,6 +197,31 @@ def initial_schema(spec: TableSpec) -> TableSchema:
     return TableSchema(spec, tuple(columns))
 
 
+def complete_keys(schema: TableSchema) -> TableSchema:
+    """Add key columns for indexes created in DynamoDB since the table was first prepared.
+
+    A key attribute that already has a column of another type (``gk`` seen as S, the new index declares N) gets
+    the variant column ``<column>_<type>`` that a value of that type would get anyway; the index goes on it.
+    """
+    fresh = initial_schema(schema.spec)
+    missing = [c for c in fresh.columns if c.attribute is not None and schema.position(c.attribute, c.type) is None]
+    if not missing:
+        return schema
+    taken = set(schema.column_names) | schema.reserved
+    added = []
+    for column in missing:
+        assert column.attribute is not None
+        primary = schema.primary_column(column.attribute)
+        if primary is None:
+            name = naming.column_name(column.attribute, taken, lower_case=schema.spec.lower_case)
+            added.append(Column(name, column.type, column.attribute))
+        else:
+            name = naming.variant_name(primary.name, column.attribute, column.type.value, taken)
+            added.append(Column(name, column.type, column.attribute, True))
+        taken.add(name)
+    return schema.with_columns(added)
+
+
 @dataclass(frozen=True)
 class SchemaChange:
     """What a schema needs to hold new items: existing columns to rename (old → new name), then columns to add."""

@@ -1,4 +1,4 @@
-"""The DynamoDB edge: clients, table descriptions, scan pages and single-item reads.
+"""The DynamoDB edge: clients, table descriptions, scan pages and batched item reads.
 
 Retries of throttling and transient errors are botocore's (``standard`` mode); on top of that, throttling that
 outlasts botocore's attempts is waited out here, so a throttled load slows down but never fails.
@@ -6,13 +6,12 @@ outlasts botocore's attempts is waited out here, so a throttled load slows down 
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,26 +22,13 @@ import botocore.httpsession
 import botocore.utils
 
 from podyn_py import retry
+from podyn_py.config import AwsSettings
 from podyn_py.core.naming import base_name
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
-from podyn_py.core.values import split_value
 from podyn_py.errors import ConfigError, Interrupted, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AwsSettings:
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    max_attempts: int = 10
-    #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
-    fast_path: bool = True
-    #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
 
 
 def make_client(settings: AwsSettings, service: str = "dynamodb", *, pool_size: int = 10, data: bool = False) -> Any:
@@ -212,15 +198,6 @@ def scan_page(
     return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
 
 
-def get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The current item, read consistently (for KEYS_ONLY and OLD_IMAGE streams)."""
-    response, _ = call_waiting_out_throttling(
-        lambda: client.get_item(TableName=table, Key=key, ConsistentRead=True), "reading an item", table=table
-    )
-    item: dict[str, Any] | None = response.get("Item")
-    return item
-
-
 def batch_get_items(
     client: Any, table: str, keys: list[dict[str, Any]], *, clock: retry.Clock = retry.SYSTEM_CLOCK
 ) -> list[dict[str, Any]]:
@@ -302,28 +279,6 @@ def call_waiting_out_throttling(
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
             if clock.wait(delay, stop):
                 raise Interrupted(f"stopped on request while {what}", table=table) from exc
-
-
-def key_to_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A key in wire form that JSON can hold: boto3's binary values become base64 text."""
-    if key is None:
-        return None
-    result = {}
-    for name, value in key.items():
-        tag, raw = split_value(value)
-        result[name] = {tag: base64.b64encode(raw).decode("ascii") if isinstance(raw, bytes) else raw}
-    return result
-
-
-def key_from_json(key: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The inverse of :func:`key_to_json`, ready for boto3 (binary as bytes)."""
-    if key is None:
-        return None
-    result = {}
-    for name, value in key.items():
-        tag, raw = split_value(value)
-        result[name] = {tag: base64.b64decode(raw) if tag == "B" else raw}
-    return result
 
 
 def table_name(source: str) -> str:

@@ -132,9 +132,6 @@ class RawJsonClient:
     def scan(self, **params: Any) -> dict[str, Any]:
         return self.call("Scan", params)
 
-    def get_item(self, **params: Any) -> dict[str, Any]:
-        return self.call("GetItem", params)
-
     def batch_get_item(self, **params: Any) -> dict[str, Any]:
         return self.call("BatchGetItem", params)
 

@@ -38,6 +38,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from podyn_py import retry
+from podyn_py.core.positions import ShardPosition
 from podyn_py.errors import DataError, SourceError, StreamGapError, TransientSourceError
 from podyn_py.retry import error_code as _code
 from podyn_py.retry import error_message as _message
@@ -58,20 +59,6 @@ class StreamsClient(Protocol):
     def get_shard_iterator(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def get_records(self, *args: Any, **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ShardPosition:
-    """How far one shard has been delivered; what the caller checkpoints per shard.
-
-    ``sequence_number`` is the last delivered record's (``None``: none yet, reading starts at TRIM_HORIZON).
-    ``finished`` means every record was delivered and the shard is closed, so its children may be read.
-    """
-
-    shard_id: str
-    parent_shard_id: str | None
-    sequence_number: str | None
-    finished: bool
 
 
 @dataclass(frozen=True)

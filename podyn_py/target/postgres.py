@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import metrics
 from podyn_py.core import ddl, naming
+from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import (
     Column,
     ConversionMode,
@@ -36,6 +37,7 @@ from podyn_py.core.schema import (
     SourceIdentity,
     TableSchema,
     TableSpec,
+    complete_keys,
     initial_schema,
 )
 from podyn_py.core.values import PgType
@@ -51,7 +53,6 @@ from podyn_py.errors import (
     TransientTargetError,
 )
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
-from podyn_py.source.streams import ShardPosition
 from podyn_py.target import state
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ class PostgresTarget:
         stored = state.read_columns(conn, spec)
         if stored:
             unmanaged = frozenset(existing or ()) - {c.name for c in stored}
-            schema = _complete_keys(TableSchema(spec, stored, unmanaged))
+            schema = complete_keys(TableSchema(spec, stored, unmanaged))
         else:
             schema = initial_schema(spec)
         if not create:
@@ -927,31 +928,6 @@ def _create_missing_indexes(conn: psycopg.Connection[Any], schema: TableSchema) 
             continue
         conn.execute(ddl.create_index(schema, index, name))
         log.info("table %s: created index %s.%s for %s", spec.source, spec.schema, name, index.name)
-
-
-def _complete_keys(schema: TableSchema) -> TableSchema:
-    """Add key columns for indexes created in DynamoDB since the table was first prepared.
-
-    A key attribute that already has a column of another type (``gk`` seen as S, the new index declares N) gets
-    the variant column ``<column>_<type>`` that a value of that type would get anyway; the index goes on it.
-    """
-    fresh = initial_schema(schema.spec)
-    missing = [c for c in fresh.columns if c.attribute is not None and schema.position(c.attribute, c.type) is None]
-    if not missing:
-        return schema
-    taken = set(schema.column_names) | schema.reserved
-    added = []
-    for column in missing:
-        assert column.attribute is not None
-        primary = schema.primary_column(column.attribute)
-        if primary is None:
-            name = naming.column_name(column.attribute, taken, lower_case=schema.spec.lower_case)
-            added.append(Column(name, column.type, column.attribute))
-        else:
-            name = naming.variant_name(primary.name, column.attribute, column.type.value, taken)
-            added.append(Column(name, column.type, column.attribute, True))
-        taken.add(name)
-    return schema.with_columns(added)
 
 
 def _adopt_existing(conn: psycopg.Connection[Any], schema: TableSchema, existing: dict[str, str]) -> TableSchema:

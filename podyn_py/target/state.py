@@ -330,6 +330,14 @@ def list_tables(conn: psycopg.Connection[Any]) -> list[TableRecord]:
     return [record for s, t in rows if (record := read_table(conn, s, t)) is not None]
 
 
+def source_tables(conn: psycopg.Connection[Any], target_schema: str) -> list[str]:
+    """The DynamoDB tables podyn replicates into ``target_schema``, by name."""
+    rows = conn.execute(
+        "SELECT source_table FROM podyn.tables WHERE target_schema = %s ORDER BY 1", (target_schema,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def save_table(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
     """Record a table (or refresh its spec), keeping its state and positions."""
     conn.execute(

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and DynamoDB Local servers for the demo and the tests.
+"""Embedded PostgreSQL and DynamoDB Local servers: the demo's services (at run time) and the tests' and benches'.
 
 Each server runs as a child process in a temporary directory, listens on 127.0.0.1 on a free port and is gone
 after ``stop()``/``cleanup()``. This module is not a way to run podyn in production and never touches a system
