@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from podyn_py import metrics
-from podyn_py.conversion import Rejected, RowConverter
+from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
     Delete,
@@ -37,13 +37,14 @@ from podyn_py.core.changes import (
     to_change,
 )
 from podyn_py.core.keys import key_values
-from podyn_py.core.positions import ShardPosition
+from podyn_py.core.ports import ChangeSource, Hold, ItemClient, StreamsClient, TableClient, Target
+from podyn_py.core.positions import ShardBatch, ShardPosition
+from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.retry import CHANGES_RESTART, Retrier
 from podyn_py.source import dynamodb
-from podyn_py.source.streams import ShardBatch, StreamReader
-from podyn_py.target.postgres import PostgresTarget, TableHold
+from podyn_py.source.streams import StreamReader
 from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ class _CheckpointMoved(PodynError):
     transient = True
 
 
-ReaderFactory = Callable[[Any, str, dict[str, ShardPosition]], StreamReader]
+#: Builds a stream's reader from the committed checkpoints (tests script the stream or drive the reader's clock).
+ReaderFactory = Callable[[StreamsClient, str, dict[str, ShardPosition]], ChangeSource]
 
 
-def _default_reader(client: Any, stream_arn: str, positions: dict[str, ShardPosition]) -> StreamReader:
+def _default_reader(client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition]) -> ChangeSource:
     return StreamReader(client, stream_arn, positions)
 
 
@@ -86,7 +88,7 @@ class _ReadAhead:
     caller closes this and builds a new reader from the committed checkpoints.
     """
 
-    def __init__(self, reader: StreamReader, max_wait: float, table: str) -> None:
+    def __init__(self, reader: ChangeSource, max_wait: float, table: str) -> None:
         self.reader = reader
         self.max_wait = max_wait
         self._queue: queue.Queue[tuple[list[ShardBatch], bool, BaseException | None]] = queue.Queue(maxsize=2)
@@ -136,14 +138,14 @@ class TableReplicator:
         self,
         description: dynamodb.TableDescription,
         schema: TableSchema,
-        target: PostgresTarget,
-        client: Any,
-        streams_client: Any,
+        target: Target,
+        client: ItemClient | None,
+        streams_client: StreamsClient | None,
         stop: threading.Event,
         options: ChangeOptions | None = None,
         reader_factory: ReaderFactory = _default_reader,
-        hold: TableHold | None = None,
-        table_client: Any = None,
+        hold: Hold | None = None,
+        table_client: TableClient | None = None,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
@@ -178,6 +180,7 @@ class TableReplicator:
             while not self.stop.is_set():
                 try:
                     if reader is None:
+                        assert self.streams_client is not None, "reading a stream needs a streams client"
                         self.positions = self.target.read_positions(self.spec, stream_arn)
                         reader = _ReadAhead(
                             self.reader_factory(self.streams_client, stream_arn, dict(self.positions)),
@@ -420,6 +423,7 @@ class TableReplicator:
         refetch = [c for c in changes if isinstance(c, Refetch)]
         if not refetch:
             return changes
+        assert self.client is not None, "a KEYS_ONLY or OLD_IMAGE stream needs an item client to refetch with"
         items = dynamodb.batch_get_items(self.client, self.spec.source, [c.key for c in refetch])
         current = {key_identity({k: item[k] for k in self.spec.key_names}): item for item in items}
         resolved: list[Change] = []

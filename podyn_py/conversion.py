@@ -11,35 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from podyn_py.core.rows import MissingColumn, RowBuilder
-from podyn_py.core.schema import SchemaChange, TableSchema, plan_evolution
+from podyn_py.core.ports import Target
+from podyn_py.core.rows import MissingColumn, Rejected, RowBuilder
+from podyn_py.core.schema import TableSchema, plan_evolution
 from podyn_py.errors import DataError, PodynError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Rejected:
-    item: dict[str, Any]
-    key: str
-    attribute: str | None
-    error: str
-
-
-class SchemaTarget(Protocol):
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...
-
-    def current_schema(self, schema: TableSchema) -> TableSchema: ...
-
-
 class RowConverter:
     """Thread-safe: segment workers of one table share one converter."""
 
-    def __init__(self, schema: TableSchema, target: SchemaTarget) -> None:
+    def __init__(self, schema: TableSchema, target: Target) -> None:
         self.schema = schema
         self.target = target
         #: Per column, how many values lost a U+0000, over the converter's life.

@@ -10,56 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from podyn_py import metrics
-from podyn_py.conversion import Rejected, RowConverter
+from podyn_py.conversion import RowConverter
 from podyn_py.core.keys import key_from_json, key_to_json
-from podyn_py.core.schema import SchemaChange, TableSchema, TableSpec
+from podyn_py.core.ports import ScanClient, ScanSource, Target
+from podyn_py.core.positions import SegmentRecord
+from podyn_py.core.rows import Rejected
+from podyn_py.core.schema import TableSchema
 from podyn_py.errors import Interrupted, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
-from podyn_py.target.state import SegmentRecord
 
 log = logging.getLogger(__name__)
-
-
-class LoadTarget(Protocol):
-    """What the load needs from the target: PostgreSQL, or the dry run that prints SQL instead."""
-
-    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...
-
-    def current_schema(self, schema: TableSchema) -> TableSchema: ...
-
-    def begin_load(
-        self,
-        spec: TableSpec,
-        total_segments: int,
-        *,
-        reload: bool,
-        stream_arn: str | None = None,
-        stream_view_type: str | None = None,
-    ) -> list[SegmentRecord] | None: ...
-
-    def finish_load(self, spec: TableSpec) -> int: ...
-
-    def connect(self) -> Any: ...
-
-    def write_page(
-        self,
-        conn: Any,
-        schema: TableSchema,
-        rows: Sequence[Sequence[Any]],
-        rejected: Sequence[Rejected],
-        segment: int,
-        expected_key: dict[str, Any] | None,
-        new_key: dict[str, Any] | None,
-    ) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +60,8 @@ class _TableLoad:
     def __init__(
         self,
         schema: TableSchema,
-        target: LoadTarget,
+        target: Target,
+        source: ScanSource,
         options: LoadOptions,
         progress: LoadProgress,
         stop: threading.Event,
@@ -103,6 +72,7 @@ class _TableLoad:
         self.options = options
         self.progress = progress
         self.target = target
+        self.source = source
         self.limiter = ReadCapacityLimiter(options.scan_rate)
         self.rejected = 0
         self.lock = threading.Lock()
@@ -139,8 +109,8 @@ class _TableLoad:
 def load_table(
     description: dynamodb.TableDescription,
     schema: TableSchema,
-    target: LoadTarget,
-    client: Any,
+    target: Target,
+    client: ScanClient,
     options: LoadOptions,
     *,
     stop: threading.Event | None = None,
@@ -170,12 +140,13 @@ def load_table(
         spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
     )
     requested = stop or threading.Event()
-    load = _TableLoad(schema, target, options, progress, requested)
+    source = dynamodb.TableScan(client, spec.source, consistent_read=options.consistent_read)
+    load = _TableLoad(schema, target, source, options, progress, requested)
     stopping = _Either(requested)
     try:
         workers = max(1, min(options.connections, len(remaining)))
         with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
-            futures = [pool.submit(_load_segment, load, client, s, stopping) for s in remaining]
+            futures = [pool.submit(_load_segment, load, s, stopping) for s in remaining]
             wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if failed:
@@ -216,7 +187,7 @@ class _Either:
         self.failed.set()
 
 
-def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _Either) -> None:
+def _load_segment(load: _TableLoad, record: SegmentRecord, stop: _Either) -> None:
     sizer = PageSizer(
         load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))
         if load.options.scan_rate > 0
@@ -225,7 +196,7 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
     )
     key = record.last_key
     while not stop.is_set():
-        conn, key = _load_page(load, client, load.connection(), record.segment, record.total_segments, key, sizer)
+        conn, key = _load_page(load, load.connection(), record.segment, record.total_segments, key, sizer)
         load.keep_connection(conn)
         if key is None:
             return
@@ -233,7 +204,6 @@ def _load_segment(load: _TableLoad, client: Any, record: SegmentRecord, stop: _E
 
 def _load_page(
     load: _TableLoad,
-    client: Any,
     conn: Any,
     segment: int,
     total_segments: int,
@@ -247,16 +217,7 @@ def _load_page(
     """
     source = load.schema.spec.source
     load.limiter.wait()
-    page = dynamodb.scan_page(
-        client,
-        source,
-        segment=segment,
-        total_segments=total_segments,
-        start_key=key_from_json(key),
-        limit=sizer.limit(),
-        consistent_read=load.options.consistent_read,
-        stop=load.stop,
-    )
+    page = load.source.read_page(segment, total_segments, key_from_json(key), limit=sizer.limit(), stop=load.stop)
     load.limiter.charge(page.consumed)
     sizer.observe(len(page.items), page.consumed)
     new_key = key_to_json(page.last_key)

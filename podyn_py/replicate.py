@@ -10,18 +10,18 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import TextIO
 
 from podyn_py.changes import TableReplicator
 from podyn_py.config import Config
+from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
-from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.errors import Interrupted, PodynError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb
-from podyn_py.target import state
 from podyn_py.target.dryrun import DryRunTarget
-from podyn_py.target.postgres import PostgresTarget, refuse_other_choices, show_state
+from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RunSummary:
         return not self.failed and not self.held_elsewhere
 
 
-def make_target(config: Config, out: TextIO, stop: threading.Event | None = None) -> PostgresTarget | DryRunTarget:
+def make_target(config: Config, out: TextIO, stop: threading.Event | None = None) -> Target:
     if config.postgres is None:
         return DryRunTarget(out, citus=config.citus)
     return PostgresTarget(config.postgres, stop=stop)
@@ -53,17 +53,16 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     """
     out = out or sys.stdout
     stop = stop or threading.Event()
-    if config.changes and config.dry_run:
-        raise ConfigError("--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream")
-    client = dynamodb.make_client(config.aws, pool_size=config.connections)
-    data = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
+    target = make_target(config, out, stop)
+    if config.changes:
+        target.check_follows_changes()  # the dry run refuses here, before anything is read
+    client: TableClient = dynamodb.make_client(config.aws, pool_size=config.connections)
+    data: DataClient = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
     names = list(config.tables) or dynamodb.list_tables(client)
     if not names:
         log.warning("no DynamoDB tables found")
-    target = make_target(config, out, stop)
-    if isinstance(target, PostgresTarget):
-        target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
-        target.ensure_metadata()
+    target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
+    target.ensure_metadata()
     summary = RunSummary()
     ready: list[dynamodb.TableDescription] = []
     for name in names:
@@ -80,7 +79,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             summary.held_elsewhere.append(name)
         except PodynError as exc:
             _fail_table(summary, target, config, name, exc)
-    if config.changes and not stop.is_set() and isinstance(target, PostgresTarget):
+    if config.changes and not stop.is_set():
         for name in summary.held_elsewhere:  # the service stands by for these instead
             ready.append(_describe(config, client, target, name))
         summary.held_elsewhere.clear()
@@ -88,9 +87,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     return summary
 
 
-def _describe(
-    config: Config, client: Any, target: PostgresTarget | DryRunTarget, name: str
-) -> dynamodb.TableDescription:
+def _describe(config: Config, client: TableClient, target: Target, name: str) -> dynamodb.TableDescription:
     description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
     mode, lower_case = _choices(config, target, description.spec)
     return replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
@@ -98,9 +95,9 @@ def _describe(
 
 def _prepare_and_load(
     config: Config,
-    client: Any,
-    data: Any,
-    target: PostgresTarget | DryRunTarget,
+    client: TableClient,
+    data: DataClient,
+    target: Target,
     name: str,
     summary: RunSummary,
     stop: threading.Event,
@@ -131,15 +128,17 @@ def _prepare_and_load(
 
 def _replicate_changes(
     config: Config,
-    client: Any,
-    target: PostgresTarget,
+    client: DataClient,
+    target: Target,
     descriptions: list[dynamodb.TableDescription],
     summary: RunSummary,
     stop: threading.Event,
     *,
-    table_client: Any = None,
+    table_client: TableClient | None = None,
 ) -> None:
-    streams_client = dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True)
+    streams_client: StreamsClient = dynamodb.make_client(
+        config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True
+    )
     threads = [
         threading.Thread(
             target=_follow_table,
@@ -160,13 +159,13 @@ def _replicate_changes(
 
 def _follow_table(
     config: Config,
-    client: Any,
-    streams_client: Any,
-    target: PostgresTarget,
+    client: DataClient,
+    streams_client: StreamsClient,
+    target: Target,
     description: dynamodb.TableDescription,
     summary: RunSummary,
     stop: threading.Event,
-    table_client: Any = None,
+    table_client: TableClient | None = None,
 ) -> None:
     """One table's change replication, standing by while another process holds the table."""
     name = description.spec.source
@@ -203,15 +202,13 @@ def _follow_table(
             return
 
 
-def _fail_table(
-    summary: RunSummary, target: PostgresTarget | DryRunTarget, config: Config, name: str, exc: PodynError
-) -> None:
+def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
     log.error("table %s stopped: %s", name, exc)
     summary.failed[name] = exc
     _record_failure(target, config, name, exc)
 
 
-def _choices(config: Config, target: PostgresTarget | DryRunTarget, spec: TableSpec) -> tuple[ConversionMode, bool]:
+def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[ConversionMode, bool]:
     """The conversion mode and lowercasing: as stored for a table podyn already made, else the flags' or defaults."""
     stored = target.stored_choices(spec.schema, spec.table)
     if stored is None:
@@ -226,18 +223,8 @@ def _choices(config: Config, target: PostgresTarget | DryRunTarget, spec: TableS
     return mode, lower_case
 
 
-def _record_failure(target: PostgresTarget | DryRunTarget, config: Config, name: str, exc: PodynError) -> None:
-    if not isinstance(target, PostgresTarget):
-        return
+def _record_failure(target: Target, config: Config, name: str, exc: PodynError) -> None:
     try:
-        stored = target.stored_choices(config.pg_schema, dynamodb.table_name(name))
-        if stored is None:
-            return
-
-        def mark(conn: Any) -> state.StateChange | None:
-            record = state.read_table(conn, config.pg_schema, dynamodb.table_name(name))
-            return None if record is None else state.stop(conn, record.spec, str(exc))
-
-        show_state(target.run("recording the failure", mark, table=name))
+        target.record_failure(config.pg_schema, dynamodb.table_name(name), str(exc), source=name)
     except PodynError as second:
         log.warning("could not record the failure of %s in podyn.tables: %s", name, second)

@@ -36,6 +36,7 @@ from podyn_py import metrics
 from podyn_py.config import Config
 from podyn_py.core.compare import Difference, Kind, compare
 from podyn_py.core.keys import key_from_values, key_values
+from podyn_py.core.ports import DataClient
 from podyn_py.core.rows import RowBuilder
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.values import key_text
@@ -124,7 +125,7 @@ def _replicated_tables(conninfo: str, pg_schema: str) -> list[str]:
 
 
 def _verify_table(
-    config: Config, options: VerifyOptions, client: Any, report: TableReport, stop: threading.Event
+    config: Config, options: VerifyOptions, client: DataClient, report: TableReport, stop: threading.Event
 ) -> None:
     started = time.monotonic()
     assert config.postgres is not None
@@ -202,7 +203,7 @@ class _TableCheck:
         self,
         config: Config,
         options: VerifyOptions,
-        client: Any,
+        client: DataClient,
         view: _View,
         report: TableReport,
         stop: threading.Event,

@@ -3,7 +3,8 @@
 The floors, bottom to top (README "Design notes"):
 
 0. ``errors``, ``metrics``, ``progress``: import no other podyn module;
-1. the pure core, ``core/*`` (tests/test_core_purity.py checks that it does no I/O);
+1. the pure core, ``core/*`` (tests/test_core_purity.py checks that it does no I/O), with ``core.ports``: the
+   protocols of the sources, the target and the DynamoDB clients, which the edges satisfy and the orchestration speaks;
 2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core);
 3. the edges: ``source/*`` (DynamoDB and its streams), ``target/*`` (PostgreSQL and the ``podyn`` schema), and
    ``conversion`` (items → rows with schema growth, shared by the load and the changes); the source and the target
@@ -101,6 +102,7 @@ def test_every_module_has_a_floor_and_the_expected_ones_exist() -> None:
         "podyn_py.config",
         "podyn_py.core.compare",
         "podyn_py.core.keys",
+        "podyn_py.core.ports",
         "podyn_py.target.verify_sql",
         "podyn_py.demo_services",
         "podyn_py.verify",
@@ -162,6 +164,9 @@ def test_the_checks_see_what_they_check() -> None:
     assert "podyn_py.source.dynamodb" in GRAPH["podyn_py.verify"]
     assert "podyn_py.demo_services" in GRAPH["podyn_py.demo"]
     assert floor("podyn_py.target.state") > floor("podyn_py.core.schema") > floor("podyn_py.errors")
+    # The protocols stand below both edges, so either may import them without reaching the other.
+    assert floor("podyn_py.core.ports") < floor("podyn_py.source.streams") == floor("podyn_py.target.postgres")
+    assert "podyn_py.core.ports" in GRAPH["podyn_py.source.streams"] & GRAPH["podyn_py.changes"]
 
 
 def test_config_loads_no_aws_sdk() -> None:

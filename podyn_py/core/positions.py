@@ -4,6 +4,7 @@ that checkpoints (neither edge imports the other)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,3 +19,41 @@ class ShardPosition:
     parent_shard_id: str | None
     sequence_number: str | None
     finished: bool
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """How far one scan segment of a load has got: its last committed key (None: not started), rows so far."""
+
+    segment: int
+    total_segments: int
+    last_key: dict[str, Any] | None
+    items_loaded: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    """One page of a scan segment: its items, the key to continue after (None: the segment is done), and its cost
+    in read capacity units (with the times throttling was waited out)."""
+
+    items: list[dict[str, Any]]
+    last_key: dict[str, Any] | None
+    consumed: float
+    throttled: int = 0
+
+
+@dataclass(frozen=True)
+class ShardBatch:
+    """Records of one shard, in stream order, and the position to checkpoint in the same transaction as them.
+
+    ``records`` are boto3 stream records (``eventName``, ``dynamodb`` with ``Keys``, images and
+    ``SequenceNumber``). They are empty in two cases: the shard just finished (``position.finished``), or the
+    reader just started a shard the caller had no position for (``position.sequence_number is None``). Both
+    must be checkpointed.
+    """
+
+    shard_id: str
+    parent_shard_id: str | None
+    records: list[dict[str, Any]]
+    position: ShardPosition

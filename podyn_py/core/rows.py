@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema
@@ -25,6 +26,16 @@ from podyn_py.errors import DataError
 
 Item = Mapping[str, Any]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item (or stream record) that cannot become a row, kept whole in ``podyn.rejected`` with why."""
+
+    item: dict[str, Any]
+    key: str
+    attribute: str | None
+    error: str
 
 
 class MissingColumn(Exception):

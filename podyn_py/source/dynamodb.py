@@ -6,6 +6,7 @@ outlasts botocore's attempts is waited out here, so a throttled load slows down 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ import botocore.utils
 from podyn_py import retry
 from podyn_py.config import AwsSettings
 from podyn_py.core.naming import base_name
+from podyn_py.core.ports import ItemClient, ScanClient, TableClient
+from podyn_py.core.positions import ScanPage as ScanPage  # where it was before the core held it
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.errors import ConfigError, Interrupted, SourceError, TransientSourceError
 from podyn_py.source.fastpath import RawJsonClient
@@ -98,23 +101,19 @@ class TableDescription:
     source: SourceIdentity = SourceIdentity()
 
 
-@dataclass(frozen=True)
-class ScanPage:
-    items: list[dict[str, Any]]
-    last_key: dict[str, Any] | None
-    consumed: float
-    throttled: int = 0
-
-
-def list_tables(client: Any) -> list[str]:
+def list_tables(client: TableClient) -> list[str]:
     names: list[str] = []
-    for page in call(client.get_paginator("list_tables").paginate, "listing tables"):
+    request: dict[str, Any] = {}
+    while True:
+        page = call(functools.partial(client.list_tables, **request), "listing tables")
         names.extend(page["TableNames"])
-    return names
+        if "LastEvaluatedTableName" not in page:
+            return names
+        request = {"ExclusiveStartTableName": page["LastEvaluatedTableName"]}
 
 
 def describe_table(
-    client: Any,
+    client: TableClient,
     name: str,
     *,
     pg_schema: str,
@@ -167,7 +166,7 @@ def _utc(value: Any) -> datetime | None:
 
 
 def scan_page(
-    client: Any,
+    client: ScanClient,
     table: str,
     *,
     segment: int,
@@ -198,8 +197,38 @@ def scan_page(
     return ScanPage(response.get("Items", []), response.get("LastEvaluatedKey"), consumed, throttled)
 
 
+@dataclass(frozen=True)
+class TableScan:
+    """A table's parallel scan as a load's source (:class:`podyn_py.core.ports.ScanSource`): pages of
+    :func:`scan_page`, which also say what they cost."""
+
+    client: ScanClient
+    table: str
+    consistent_read: bool = False
+
+    def read_page(
+        self,
+        segment: int,
+        total_segments: int,
+        start_key: dict[str, Any] | None,
+        *,
+        limit: int | None,
+        stop: threading.Event | None = None,
+    ) -> ScanPage:
+        return scan_page(
+            self.client,
+            self.table,
+            segment=segment,
+            total_segments=total_segments,
+            start_key=start_key,
+            limit=limit,
+            consistent_read=self.consistent_read,
+            stop=stop,
+        )
+
+
 def batch_get_items(
-    client: Any, table: str, keys: list[dict[str, Any]], *, clock: retry.Clock = retry.SYSTEM_CLOCK
+    client: ItemClient, table: str, keys: list[dict[str, Any]], *, clock: retry.Clock = retry.SYSTEM_CLOCK
 ) -> list[dict[str, Any]]:
     """The current items for ``keys`` (consistent reads, 100 keys a request); items that no longer exist are absent."""
     found: list[dict[str, Any]] = []

@@ -30,15 +30,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from podyn_py import retry
-from podyn_py.core.positions import ShardPosition
+from podyn_py.core.ports import StreamsClient
+from podyn_py.core.positions import ShardBatch, ShardPosition
 from podyn_py.errors import DataError, SourceError, StreamGapError, TransientSourceError
 from podyn_py.retry import error_code as _code
 from podyn_py.retry import error_message as _message
@@ -49,32 +49,6 @@ _log = logging.getLogger(__name__)
 
 _GET_RECORDS_MAX_LIMIT = 1000
 _DESCRIBE_STREAM_MAX_LIMIT = 100
-
-
-class StreamsClient(Protocol):
-    """The three calls of boto3's ``dynamodbstreams`` client that the reader makes."""
-
-    def describe_stream(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def get_shard_iterator(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def get_records(self, *args: Any, **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ShardBatch:
-    """Records of one shard, in stream order, and the position to checkpoint in the same transaction as them.
-
-    ``records`` are boto3 stream records (``eventName``, ``dynamodb`` with ``Keys``, images and
-    ``SequenceNumber``). They are empty in two cases: the shard just finished (``position.finished``), or the
-    reader just started a shard the caller had no position for (``position.sequence_number is None``). Both
-    must be checkpointed.
-    """
-
-    shard_id: str
-    parent_shard_id: str | None
-    records: list[dict[str, Any]]
-    position: ShardPosition
 
 
 class _Shard:

@@ -2,6 +2,7 @@
 
 Used when no PostgreSQL URL is given. DynamoDB is still read (DescribeTable, and Scan with ``--data``, paced by
 ``--scan-rate``) so that the printed schema includes the columns the data needs; nothing is written anywhere.
+It cannot follow a stream: every change method refuses with the ConfigError that ``--changes`` gets.
 """
 
 from __future__ import annotations
@@ -9,13 +10,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TextIO
 
 from psycopg import sql
 
 from podyn_py.core import ddl, naming
+from podyn_py.core.positions import SegmentRecord, ShardPosition
+from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
-from podyn_py.target.state import SegmentRecord
+from podyn_py.errors import ConfigError
+
+CANNOT_FOLLOW_CHANGES = "--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream"
 
 
 class DryRunTarget:
@@ -31,12 +37,21 @@ class DryRunTarget:
             self.out.write(f"{text};{f'  -- {comment}' if comment else ''}\n")
             self.out.flush()
 
+    def check_connection(self) -> None:
+        """Nothing to connect to."""
+
+    def ensure_metadata(self) -> None:
+        """No ``podyn`` schema to make: the dry run prints the tables' DDL only."""
+
     @contextmanager
     def hold(self, spec: TableSpec) -> Iterator[None]:
         yield
 
     def stored_choices(self, schema: str, table: str) -> None:
         return None
+
+    def record_failure(self, schema: str, table: str, error: str, *, source: str) -> None:
+        """Nothing is recorded: the error is logged and the run's exit code says it."""
 
     def prepare_table(
         self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False
@@ -83,7 +98,7 @@ class DryRunTarget:
         conn: Any,
         schema: TableSchema,
         rows: Sequence[Sequence[Any]],
-        rejected: Sequence[Any],
+        rejected: Sequence[Rejected],
         segment: int,
         expected_key: dict[str, Any] | None,
         new_key: dict[str, Any] | None,
@@ -97,3 +112,39 @@ class DryRunTarget:
             with self._lock:
                 self.out.write(f"-- would reject item {item.key}: {item.error}\n")
         return True
+
+    # -- changes: refused ------------------------------------------------------------------------------------------
+
+    def check_follows_changes(self) -> None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES)
+
+    def read_table(self, spec: TableSpec) -> None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def start_catching_up(
+        self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
+    ) -> None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def apply_changes(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        stream_arn: str,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        lag_seconds: float | None,
+    ) -> bool:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)
+
+    def become_live(self, spec: TableSpec, lag_seconds: float) -> None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def record_lag(self, spec: TableSpec, lag_seconds: float) -> None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)

@@ -286,6 +286,20 @@ class PostgresTarget:
         """Create or migrate the ``podyn`` schema, before anything reads it."""
         self.run("preparing the podyn schema", state.ensure_metadata)
 
+    def check_follows_changes(self) -> None:
+        """PostgreSQL follows streams: nothing to refuse."""
+
+    def record_failure(self, schema: str, table: str, error: str, *, source: str) -> None:
+        """Mark a table podyn made as stopped with ``error`` in podyn.tables; nothing for a table it does not know."""
+        if self.stored_choices(schema, table) is None:
+            return
+
+        def mark(conn: psycopg.Connection[Any]) -> state.StateChange | None:
+            record = state.read_table(conn, schema, table)
+            return None if record is None else state.stop(conn, record.spec, error)
+
+        show_state(self.run("recording the failure", mark, table=source))
+
     # -- tables ---------------------------------------------------------------------------------------------------
 
     def prepare_table(

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
     Column,
     ConversionMode,
@@ -185,15 +186,6 @@ class TableRecord:
     truncate_before_load: bool = False
     #: The table's column names came from podyn_py 0.1's first-come rule: existing names are never changed.
     keep_names: bool = False
-
-
-@dataclass(frozen=True)
-class SegmentRecord:
-    segment: int
-    total_segments: int
-    last_key: dict[str, Any] | None
-    items_loaded: int
-    done: bool
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:

@@ -1,0 +1,218 @@
+"""What the orchestration needs of each edge, as protocols: the sources it reads, the target it writes, the clients.
+
+The orchestration (``load``, ``changes``, ``replicate``, ``verify``) speaks only these; the edges satisfy them
+structurally and need not import them: PostgreSQL (``target.postgres.PostgresTarget``) and the dry run
+(``target.dryrun.DryRunTarget``) are targets; a table's parallel scan (``source.dynamodb.TableScan``, paced by
+``source.scan``) and a stream's reader (``source.streams.StreamReader``) are sources. A new source (an export in
+S3) or target is a new class of the same shape, with no ``isinstance`` to add anywhere. The client protocols name
+the calls made of boto3's clients; the fast path's ``RawJsonClient`` answers the data calls too. Results stay
+``Any`` where boto3's stubs and the fast path differ (it gives binary values as base64 text).
+
+Not here: how anything is done. This module defines no behaviour and imports nothing but the core's values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from podyn_py.core.positions import ScanPage, SegmentRecord, ShardBatch, ShardPosition
+from podyn_py.core.rows import Rejected
+from podyn_py.core.schema import ConversionMode, SchemaChange, SourceIdentity, TableSchema, TableSpec
+
+# -- clients: the calls made of DynamoDB ------------------------------------------------------------------------
+# ``*args: Any, **kwargs: Any`` accepts boto3's keyword-only signatures; the method names are what is checked.
+
+
+@runtime_checkable
+class ScanClient(Protocol):
+    """Scan: what a load and ``--verify`` read items with."""
+
+    def scan(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class ItemClient(Protocol):
+    """BatchGetItem: the current items for keys (refetches of KEYS_ONLY streams, ``--verify``'s rechecks)."""
+
+    def batch_get_item(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class DataClient(ScanClient, ItemClient, Protocol):
+    """The client that moves items: boto3's ``dynamodb`` client, or the fast path on top of it."""
+
+
+@runtime_checkable
+class StreamsClient(Protocol):
+    """The three calls of boto3's ``dynamodbstreams`` client that the stream reader makes."""
+
+    def describe_stream(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def get_shard_iterator(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def get_records(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class TableClient(Protocol):
+    """The control-plane calls: which tables there are and what each is (the fast path has none of them)."""
+
+    def describe_table(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def list_tables(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# -- sources: units of work, each read from a position, at a cost ---------------------------------------------
+
+
+@runtime_checkable
+class ScanSource(Protocol):
+    """A load's source: one table read as ``total_segments`` parallel segments, the units of work.
+
+    Each segment is read a page at a time from its position (the last key committed, None at its start); a page
+    says where the segment continues and what it cost in read capacity units, which the load paces by
+    (``--scan-rate``). Throttling is waited out inside, until ``stop`` is set.
+    """
+
+    def read_page(
+        self,
+        segment: int,
+        total_segments: int,
+        start_key: dict[str, Any] | None,
+        *,
+        limit: int | None,
+        stop: threading.Event | None = None,
+    ) -> ScanPage: ...
+
+
+@runtime_checkable
+class ChangeSource(Protocol):
+    """A change feed's source: one stream's shards, the units of work, each read on from its checkpoint.
+
+    Built from the stored checkpoints (see ``changes.ReaderFactory``); each :meth:`read` returns the shards'
+    next batches with their new positions, to be committed with their rows. After a failure the caller throws it
+    away and builds a new one from what was committed. Reading a stream costs no read capacity of the table.
+    """
+
+    @property
+    def ended(self) -> bool: ...
+
+    def positions(self) -> dict[str, ShardPosition]:
+        """Each shard (a unit of work) and how far it has been handed out."""
+        ...
+
+    def read(self, max_wait: float = 1.0) -> list[ShardBatch]: ...
+
+
+# -- the target -------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Hold(Protocol):
+    """A table held by this process (PostgreSQL: a session advisory lock); beating also checks it is still held."""
+
+    def heartbeat(self) -> None: ...
+
+
+class StoredTable(Protocol):
+    """What the change feed reads of a table's stored state (``target.state.TableRecord``) before it starts."""
+
+    @property
+    def load_started_at(self) -> datetime | None: ...
+
+    @property
+    def load_finished_at(self) -> datetime | None: ...
+
+    @property
+    def stream_arn(self) -> str | None: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Where tables are written: prepare a table, write a load's page with its segment's position, apply a
+    stream's changes with their shards' checkpoints, hold a table.
+
+    ``conn`` is the target's own connection, from :meth:`connect` (None for the dry run); callers only hand it
+    back and close it. A target that cannot follow a stream (the dry run) refuses in
+    :meth:`check_follows_changes` and in every change method with a ConfigError that says why.
+    """
+
+    # -- a run and its tables
+
+    def check_connection(self) -> None: ...
+
+    def ensure_metadata(self) -> None: ...
+
+    def hold(self, spec: TableSpec) -> AbstractContextManager[Hold | None]: ...
+
+    def stored_choices(self, schema: str, table: str) -> tuple[ConversionMode, bool] | None: ...
+
+    def prepare_table(
+        self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False
+    ) -> TableSchema: ...
+
+    def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...
+
+    def current_schema(self, schema: TableSchema) -> TableSchema: ...
+
+    def record_failure(self, schema: str, table: str, error: str, *, source: str) -> None: ...
+
+    def connect(self) -> Any: ...
+
+    # -- a load: pages committed with their segment's position
+
+    def begin_load(
+        self,
+        spec: TableSpec,
+        total_segments: int,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[SegmentRecord] | None: ...
+
+    def write_page(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        segment: int,
+        expected_key: dict[str, Any] | None,
+        new_key: dict[str, Any] | None,
+    ) -> bool: ...
+
+    def finish_load(self, spec: TableSpec) -> int: ...
+
+    # -- changes: batches committed with their shards' checkpoints
+
+    def check_follows_changes(self) -> None: ...
+
+    def read_table(self, spec: TableSpec) -> StoredTable | None: ...
+
+    def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]: ...
+
+    def start_catching_up(
+        self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
+    ) -> None: ...
+
+    def apply_changes(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        stream_arn: str,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        lag_seconds: float | None,
+    ) -> bool: ...
+
+    def become_live(self, spec: TableSpec, lag_seconds: float) -> None: ...
+
+    def record_lag(self, spec: TableSpec, lag_seconds: float) -> None: ...
