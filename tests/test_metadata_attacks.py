@@ -1,0 +1,107 @@
+"""Attacks on podyn's metadata, as an operator would make them (issue 10, an adversarial pass after the fixes).
+
+Each test does to one end something the first round of fixes did not try (``--changes`` started on a table whose
+rows came from a DynamoDB table that is gone, the target dropped under a running service, the target renamed by
+hand), runs the real CLI against DynamoDB Local and PostgreSQL, and checks what podyn does and what it says.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oracle import connect, table_differences
+from psycopg import sql
+from test_changes import STREAM, Service
+from test_load import ok, podyn
+from test_metadata_truth import fresh, items, recreate, row_count
+
+
+def wait_exit(service: Service, timeout: float = 30) -> int:
+    """The service's exit code; fails if it is still running after ``timeout`` (e.g. replicating when it must not)."""
+    deadline = time.monotonic() + timeout
+    while service.process.poll() is None:
+        if time.monotonic() > deadline:
+            text = service.text()
+            service.stop(signal.SIGKILL)
+            raise AssertionError(f"still running after {timeout} s:\n{text}")
+        time.sleep(0.1)
+    return service.stop()
+
+
+@pytest.fixture
+def services(ddb_server: Any, tmp_path: Path) -> Any:
+    started: list[Service] = []
+
+    def start(url: str, table: str, *args: str) -> Service:
+        service = Service(ddb_server.endpoint_url, url, table, tmp_path / f"service{len(started)}.log", *args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("lost", ["dynamodb table re-created", "podyn schema dropped"])
+def test_changes_do_not_go_live_over_rows_podyn_must_empty_first(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any, lost: str
+) -> None:
+    table = create_table(name=fresh(), stream_view_type=STREAM, items=items(6, "old"))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    if lost == "podyn schema dropped":
+        with connect(pg_url) as conn:
+            conn.execute("DROP SCHEMA podyn CASCADE")
+        ddb.delete_item(TableName=table, Key={"pk": {"S": "old0"}})
+    else:
+        recreate(ddb, create_table, table, stream_view_type=STREAM, items=items(3, "new"))
+    ok(podyn(ddb_server, pg_url, "-s", "-t", table))  # the state is forgotten; the rows are not known to be current
+    service = services(pg_url, table, "-c")
+    assert wait_exit(service) == 3, service.text()
+    assert f"podyn -t {table} --data" in service.text(), service.text()
+    ok(podyn(ddb_server, pg_url, "-d", "-t", table))
+    assert table_differences(ddb, pg_url, table) == []
+    service = services(pg_url, table, "-c")
+    service.wait_for_log(f"table {table}: live")
+    assert service.stop() == 0, service.text()
+
+
+def test_a_target_dropped_under_a_running_service_stops_it_naming_the_repair(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    table = create_table(name=fresh(), stream_view_type=STREAM, items=items(4))
+    service = services(pg_url, table, "-s", "-d", "-c")
+    service.wait_for_log(f"table {table}: live")
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    ddb.put_item(TableName=table, Item={"pk": {"S": "after"}, "v": {"N": "1"}})
+    assert wait_exit(service) == 3, service.text()
+    assert "was dropped outside podyn" in service.text(), service.text()
+    assert f"podyn -t {table} --schema --data" in service.text(), service.text()
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert row_count(pg_url, table) == 5
+    assert table_differences(ddb, pg_url, table) == []
+
+
+def test_a_target_renamed_by_hand_is_named_as_renamed(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    table = create_table(name=fresh(), items=items(5))
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(table + "_old"))
+        )
+    refused = podyn(ddb_server, pg_url, "-c", "-t", table, timeout=60)
+    assert refused.returncode == 3
+    assert f"public.{table} was renamed to public.{table}_old outside podyn" in refused.stderr, refused.stderr
+    status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
+    assert status.returncode == 3 and json.loads(status.stdout)["tables"][0]["state"] == "target missing"
+    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert "renamed to" in result.stderr
+    assert row_count(pg_url, table) == 5 and row_count(pg_url, table + "_old") == 5
