@@ -2,8 +2,8 @@
 
 It reads only PostgreSQL, in a read-only transaction: no DynamoDB access, no lock, so it works while the service runs
 in another process or on another host. It shows what podyn committed, which is at most a page or a batch behind;
-a table stored as ``catching up`` or ``live`` shows so only while a process replicates it now (it holds the table's
-replication lock and its heartbeat is fresh), else ``not running`` or ``stalled``.
+a table stored as ``loading``, ``catching up`` or ``live`` shows so only while a process loads or replicates it now
+(it holds the table's replication lock and its heartbeat is fresh), else ``not running`` or ``stalled``.
 Never prints a password: the database is shown through :func:`podyn_py.config.redact`, errors through
 :func:`podyn_py.config.redact_text`.
 """
@@ -28,7 +28,7 @@ _SEGMENTS_SHOWN = 32
 
 
 class Activity(StrEnum):
-    """Shown instead of a stored ``catching up`` or ``live`` when no process replicates the table now."""
+    """Shown instead of a stored ``loading``, ``catching up`` or ``live`` when no process works on the table now."""
 
     #: No process holds the table's replication lock (killed, stopped, or never started here).
     NOT_RUNNING = "not running"
@@ -39,7 +39,8 @@ class Activity(StrEnum):
     TARGET_MISSING = "target missing"
 
 
-_REPLICATING = frozenset({TableState.CATCHING_UP, TableState.LIVE})
+#: Stored states that say a process works on the table now: shown only while one does.
+_RUNNING = frozenset({TableState.LOADING, TableState.CATCHING_UP, TableState.LIVE})
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after
     state: TableState | Activity = stored
     if not row[20]:
         state = Activity.TARGET_MISSING
-    elif stored in _REPLICATING:
+    elif stored in _RUNNING:
         holder_pid, heartbeat_age = row[17], row[19]
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
         if lock_pid is None or lock_pid != holder_pid:

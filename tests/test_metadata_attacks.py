@@ -105,3 +105,63 @@ def test_a_target_renamed_by_hand_is_named_as_renamed(
     result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "renamed to" in result.stderr
     assert row_count(pg_url, table) == 5 and row_count(pg_url, table + "_old") == 5
+
+
+def segments_part_done(url: str, table: str, timeout: float = 30) -> None:
+    """Wait until the load has committed pages and has segments left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connect(url) as conn:
+            row = conn.execute(
+                """SELECT count(*) FILTER (WHERE done), count(*), coalesce(sum(items_loaded), 0)
+                   FROM podyn.segments WHERE target_table = %s""",
+                (table,),
+            ).fetchone()
+        assert row is not None
+        if row[1] and row[2] > 0 and row[0] < row[1]:
+            return
+        assert time.monotonic() < deadline, f"no partial load within {timeout} s: {row}"
+        time.sleep(0.05)
+
+
+def test_a_load_killed_during_a_reload_into_a_new_mode_is_not_shown_loading(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any
+) -> None:
+    """kill -9 during ``--reload -m jsonb`` (the DROP and re-create, then the load): --status said 'loading', exit 0,
+    with nothing loading; while the load runs it says so, and its heartbeat keeps it from being called stalled."""
+    table = create_table(name=fresh(), items=[{"pk": {"S": f"k{i}"}, "pad": {"S": "p" * 200}} for i in range(1000)])
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    reload = ("-s", "-d", "--reload", "-m", "jsonb", "-n", "1", "--segments", "4", "-r", "1")
+    service = services(pg_url, table, *reload)
+    segments_part_done(pg_url, table)
+    with connect(pg_url) as conn:  # as if the last heartbeat were old: a running load refreshes it within 5 s
+        conn.execute(
+            "UPDATE podyn.tables SET heartbeat_at = now() - interval '1 minute' WHERE target_table = %s", (table,)
+        )
+    deadline = time.monotonic() + 15
+    while True:
+        status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
+        shown = json.loads(status.stdout)["tables"][0]
+        if shown["state"] == "loading":
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.5)
+    assert status.returncode == 0 and service.process.poll() is None
+    verify = podyn(ddb_server, pg_url, "--verify", "-t", table)
+    assert verify.returncode == 3 and "has not finished" in verify.stdout, verify.stdout
+    service.stop(signal.SIGKILL)
+    status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
+    shown = json.loads(status.stdout)["tables"][0]
+    assert (shown["state"], shown["stored_state"], status.returncode) == ("not running", "loading", 3), shown
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))  # resumes, in the new mode
+    assert table_differences(ddb, pg_url, table) == []
+    with connect(pg_url) as conn:
+        mode = conn.execute("SELECT conversion_mode FROM podyn.tables WHERE target_table = %s", (table,)).fetchone()
+    assert mode == ("jsonb",)
+    assert status_state(ddb_server, pg_url, table) == "loaded"
+
+
+def status_state(ddb_server: Any, url: str, table: str) -> str:
+    status = podyn(ddb_server, url, "--status", "--json", "-t", table)
+    state: str = json.loads(status.stdout)["tables"][0]["state"]
+    return state
