@@ -37,6 +37,9 @@ class Activity(StrEnum):
     #: Shown instead of any stored state: the PostgreSQL table podyn recorded was dropped (or dropped and made
     #: again) outside podyn, so whatever the state said about its rows no longer holds.
     TARGET_MISSING = "target missing"
+    #: Shown instead of a stored state past ``created`` (but ``stopped``): columns of podyn's mapping were dropped
+    #: (or renamed) outside podyn, so their values are gone from the table (``--reload`` loads it again).
+    COLUMNS_MISSING = "columns missing"
 
 
 #: Stored states that say a process works on the table now: shown only while one does.
@@ -74,6 +77,8 @@ class TableStatus:
     holder: str | None
     last_seen: datetime | None
     last_error: str | None
+    #: Columns of podyn's mapping that the target no longer has.
+    missing_columns: tuple[str, ...]
     items_loaded: int
     load_started_at: datetime | None
     load_finished_at: datetime | None
@@ -97,7 +102,13 @@ class Status:
 
     @property
     def ok(self) -> bool:
-        failed = (TableState.STOPPED, Activity.NOT_RUNNING, Activity.STALLED, Activity.TARGET_MISSING)
+        failed = (
+            TableState.STOPPED,
+            Activity.NOT_RUNNING,
+            Activity.STALLED,
+            Activity.TARGET_MISSING,
+            Activity.COLUMNS_MISSING,
+        )
         return not self.unknown and all(t.state not in failed for t in self.tables)
 
 
@@ -121,7 +132,12 @@ def read_status(
                       holder, holder_pid, heartbeat_at,
                       extract(epoch FROM statement_timestamp() - heartbeat_at)::float8,
                       -- is the target the relation podyn recorded (or, recorded by an older podyn, there at all)?
-                      coalesce(r.oid = coalesce(t.target_oid, r.oid), false)
+                      coalesce(r.oid = coalesce(t.target_oid, r.oid), false),
+                      -- the mapped columns the target no longer has (dropped or renamed by hand)
+                      (SELECT array_agg(c.column_name ORDER BY c.ordinal) FROM podyn.columns c
+                       WHERE c.target_schema = t.target_schema AND c.target_table = t.target_table
+                         AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.oid
+                                         AND a.attname = c.column_name AND NOT a.attisdropped))
                FROM podyn.tables t
                LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
                    ON true
@@ -159,6 +175,8 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after
     state: TableState | Activity = stored
     if not row[20]:
         state = Activity.TARGET_MISSING
+    elif row[21] and stored not in (TableState.CREATED, TableState.STOPPED):  # a stop's error says more
+        state = Activity.COLUMNS_MISSING
     elif stored in _RUNNING:
         holder_pid, heartbeat_age = row[17], row[19]
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
@@ -177,6 +195,7 @@ def _table_status(conn: psycopg.Connection[Any], row: Sequence[Any], stale_after
         holder=row[16],
         last_seen=row[18],
         last_error=None if row[5] is None else redact_text(row[5]),
+        missing_columns=tuple(row[21] or ()) if row[20] else (),
         items_loaded=items,
         load_started_at=row[7],
         load_finished_at=row[8],
@@ -226,6 +245,8 @@ def render(status: Status) -> str:
             lines.append(f"  stream: {t.stream_arn} ({t.stream_view_type})")
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
+        if t.missing_columns:
+            lines.append(f"  columns dropped outside podyn: {', '.join(t.missing_columns)} (load it again: --reload)")
         shown = [s for s in t.segments if len(t.segments) <= _SEGMENTS_SHOWN or not s.done]
         if shown:
             lines += _indent(

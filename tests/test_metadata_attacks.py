@@ -165,3 +165,24 @@ def status_state(ddb_server: Any, url: str, table: str) -> str:
     status = podyn(ddb_server, url, "--status", "--json", "-t", table)
     state: str = json.loads(status.stdout)["tables"][0]["state"]
     return state
+
+
+@pytest.mark.parametrize("mode", ["columns", "jsonb"])
+def test_status_does_not_call_a_table_loaded_whose_column_was_dropped(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, mode: str
+) -> None:
+    """The next run refuses such a table (its values are gone: --reload); --status said 'loaded', exit 0."""
+    table = create_table(name=fresh(), items=[{"pk": {"S": "a"}, 'o"dd %s n': {"S": "x"}}])
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode))
+    dropped = 'o"dd %s n' if mode == "columns" else "data"
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(dropped)))
+    status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
+    shown = json.loads(status.stdout)["tables"][0]
+    assert (shown["state"], shown["stored_state"], status.returncode) == ("columns missing", "loaded", 3), shown
+    assert shown["missing_columns"] == [dropped]
+    text = podyn(ddb_server, pg_url, "--status", "-t", table)
+    assert f"columns dropped outside podyn: {dropped}" in text.stdout, text.stdout
+    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
+    assert status_state(ddb_server, pg_url, table) == "loaded"
+    assert table_differences(ddb, pg_url, table) == []
