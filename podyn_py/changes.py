@@ -299,6 +299,14 @@ class TableReplicator:
             raise ConfigError("the table has not been created by podyn: run with --schema", table=spec.source)
         if record.load_started_at is not None and record.load_finished_at is None:
             raise ConfigError("the table's load has not finished: run with --data (it resumes)", table=spec.source)
+        if record.truncate_before_load:
+            # Changes applied onto these rows would go live over a copy of a DynamoDB table that is gone.
+            raise ConfigError(
+                f"{spec.schema}.{spec.table} still holds rows podyn copied before its state was lost or the DynamoDB"
+                " table was created again; they are not known to be current, so no change is applied onto them."
+                f" Load the table first (it is emptied, then copied): podyn -t {spec.source} --data",
+                table=spec.source,
+            )
         positions = self.target.read_positions(spec, stream_arn)
         if record.stream_arn != stream_arn and (record.stream_arn is not None or record.load_started_at is not None):
             raise StreamGapError(

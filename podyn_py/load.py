@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
+from podyn_py.target.state import HEARTBEAT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,13 @@ def load_table(
     options: LoadOptions,
     *,
     stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one."""
+    """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one.
+
+    ``heartbeat`` is called every HEARTBEAT_SECONDS while the segments load (the table's holder and heartbeat in
+    podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone.
+    """
     spec = schema.spec
     started = time.monotonic()
     segments = target.begin_load(
@@ -147,7 +154,11 @@ def load_table(
         workers = max(1, min(options.connections, len(remaining)))
         with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
             futures = [pool.submit(_load_segment, load, s, stopping) for s in remaining]
-            wait(futures, return_when=FIRST_EXCEPTION)
+            while True:
+                done, pending = wait(futures, timeout=HEARTBEAT_SECONDS, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() is not None for f in done):
+                    break
+                _beat(heartbeat, spec.source)
             failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if failed:
                 stopping.set()  # the other segments stop at their next page; their committed pages stay
@@ -171,6 +182,17 @@ def load_table(
         f", {untagged} empty maps without their M type accepted" if untagged else "",
     )
     return LoadResult(spec.source, total, load.rejected, False, seconds)
+
+
+def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
+    """A failed heartbeat (PostgreSQL restarting, the lock taken over) must not stop a load that is safe anyway:
+    every page commits by compare-and-set on its segment's position."""
+    if heartbeat is None:
+        return
+    try:
+        heartbeat()
+    except PodynError as exc:
+        log.warning("table %s: could not refresh the load's heartbeat (%s); the load goes on", table, exc)
 
 
 class _Either:

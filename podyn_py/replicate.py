@@ -122,7 +122,8 @@ def _prepare_and_load(
                 reload=config.reload,
                 progress_bar=config.progress,
             )
-            summary.loaded.append(load_table(description, schema, target, data, options, stop=stop))
+            beat = hold.heartbeat if hold is not None else None
+            summary.loaded.append(load_table(description, schema, target, data, options, stop=stop, heartbeat=beat))
     return description
 
 

@@ -2,8 +2,8 @@
 
 It reads only PostgreSQL, in a read-only transaction: no DynamoDB access, no lock, so it works while the service runs
 in another process or on another host. It shows what podyn committed, which is at most a page or a batch behind;
-a table stored as ``catching up`` or ``live`` shows so only while a process replicates it now (it holds the table's
-replication lock and its heartbeat is fresh), else ``not running`` or ``stalled``.
+a table stored as ``loading``, ``catching up`` or ``live`` shows so only while a process loads or replicates it now
+(it holds the table's replication lock and its heartbeat is fresh), else ``not running`` or ``stalled``.
 Never prints a password: the database is shown through :func:`podyn_py.config.redact`, errors through
 :func:`podyn_py.config.redact_text`.
 """
@@ -34,7 +34,7 @@ _SEGMENTS_SHOWN = 32
 
 
 class Activity(StrEnum):
-    """Shown instead of a stored ``catching up`` or ``live`` when no process replicates the table now."""
+    """Shown instead of a stored ``loading``, ``catching up`` or ``live`` when no process works on the table now."""
 
     #: No process holds the table's replication lock (killed, stopped, or never started here).
     NOT_RUNNING = "not running"
@@ -43,9 +43,13 @@ class Activity(StrEnum):
     #: Shown instead of any stored state: the PostgreSQL table podyn recorded was dropped (or dropped and made
     #: again) outside podyn, so whatever the state said about its rows no longer holds.
     TARGET_MISSING = "target missing"
+    #: Shown instead of a stored state past ``created`` (but ``stopped``): columns of podyn's mapping were dropped
+    #: (or renamed) outside podyn, so their values are gone from the table (``--reload`` loads it again).
+    COLUMNS_MISSING = "columns missing"
 
 
-_REPLICATING = frozenset({TableState.CATCHING_UP, TableState.LIVE})
+#: Stored states that say a process works on the table now: shown only while one does.
+_RUNNING = frozenset({TableState.LOADING, TableState.CATCHING_UP, TableState.LIVE})
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class TableStatus:
     holder: str | None
     last_seen: datetime | None
     last_error: str | None
+    #: Columns of podyn's mapping that the target no longer has.
+    missing_columns: tuple[str, ...]
     items_loaded: int
     load_started_at: datetime | None
     load_finished_at: datetime | None
@@ -83,7 +89,13 @@ class Status:
 
     @property
     def ok(self) -> bool:
-        failed = (TableState.STOPPED, Activity.NOT_RUNNING, Activity.STALLED, Activity.TARGET_MISSING)
+        failed = (
+            TableState.STOPPED,
+            Activity.NOT_RUNNING,
+            Activity.STALLED,
+            Activity.TARGET_MISSING,
+            Activity.COLUMNS_MISSING,
+        )
         return not self.unknown and all(t.state not in failed for t in self.tables)
 
 
@@ -116,11 +128,9 @@ def _table_status(
     shown: TableState | Activity = stored
     if not progress.target_present:
         shown = Activity.TARGET_MISSING
-    elif stored is TableState.LOADING:
-        # A load holds the table's lock for as long as it runs (it writes no heartbeat between pages).
-        if postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table)) is None:
-            shown = Activity.NOT_RUNNING
-    elif stored in _REPLICATING:
+    elif progress.missing_columns and stored not in (TableState.CREATED, TableState.STOPPED):  # a stop says more
+        shown = Activity.COLUMNS_MISSING
+    elif stored in _RUNNING:
         lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
         if lock_pid is None or lock_pid != progress.holder_pid:
             shown = Activity.NOT_RUNNING
@@ -137,6 +147,7 @@ def _table_status(
         holder=progress.holder,
         last_seen=progress.heartbeat_at,
         last_error=None if progress.last_error is None else redact_text(progress.last_error),
+        missing_columns=progress.missing_columns if progress.target_present else (),
         items_loaded=items,
         load_started_at=progress.load_started_at,
         load_finished_at=progress.load_finished_at,
@@ -186,6 +197,8 @@ def render(status: Status) -> str:
             lines.append(f"  stream: {t.stream_arn} ({t.stream_view_type})")
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
+        if t.missing_columns:
+            lines.append(f"  columns dropped outside podyn: {', '.join(t.missing_columns)} (load it again: --reload)")
         shown = [s for s in t.segments if len(t.segments) <= _SEGMENTS_SHOWN or not s.done]
         if shown:
             lines += _indent(

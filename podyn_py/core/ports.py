@@ -130,6 +130,9 @@ class StoredTable(Protocol):
     @property
     def stream_arn(self) -> str | None: ...
 
+    @property
+    def truncate_before_load(self) -> bool: ...
+
 
 @runtime_checkable
 class Target(Protocol):

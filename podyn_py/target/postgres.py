@@ -573,6 +573,8 @@ class PostgresTarget:
                 state.record_changes(conn, spec, len(rows) + len(delete_keys), lag_seconds)
         except _AlreadyApplied:
             return False
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, spec, exc, "applying changes") from exc
         except psycopg.Error as exc:
             raise classify(exc, "applying changes", table=spec.source) from exc
         return True
@@ -606,6 +608,8 @@ class PostgresTarget:
                         upsert_rows(conn, schema, rows)
         except _AlreadyApplied:
             return False
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, schema.spec, exc, "writing a page") from exc
         except psycopg.Error as exc:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
         return True
@@ -636,6 +640,38 @@ def show_state(change: state.StateChange | None) -> None:
     log.info("table %s: %s%s", change.source, change.state.value, f" ({change.error})" if change.error else "")
     for each in state.TableState:
         metrics.TABLE_STATE.labels(change.source, each.value).set(1 if each is change.state else 0)
+
+
+def _target_gone(conn: psycopg.Connection[Any], spec: TableSpec, exc: psycopg.Error, what: str) -> PodynError:
+    """A write that found no table: when the target is the one gone (not a podyn table), say what became of it and
+    which command loads it again, rather than PostgreSQL's bare 'relation does not exist'."""
+    try:
+        with conn.transaction():
+            relation = relation_oid(conn, spec)
+            record = state.read_table(conn, spec.schema, spec.table)
+            moved = _renamed_to(conn, record.target_oid if record else None)
+    except psycopg.Error:
+        return classify(exc, what, table=spec.source)
+    if relation is not None:
+        return classify(exc, what, table=spec.source)
+    became = f"renamed to {moved}" if moved else "dropped"
+    return ConfigError(
+        f"{spec.schema}.{spec.table} was {became} outside podyn while podyn wrote to it; its rows are gone from"
+        f" there. Load it again with: podyn -t {spec.source} --schema --data",
+        table=spec.source,
+    )
+
+
+def _renamed_to(conn: psycopg.Connection[Any], oid: int | None) -> str | None:
+    """``schema.table`` the recorded target relation has now, if it still exists (renamed, or moved by hand)."""
+    if oid is None:
+        return None
+    row = conn.execute(
+        """SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.oid = %s AND c.relkind IN ('r', 'p')""",
+        (oid,),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 class TableHold:
@@ -821,15 +857,26 @@ def is_marked(conn: psycopg.Connection[Any], spec: TableSpec) -> bool:
 
 
 def stale_reasons(
-    record: state.TableRecord, spec: TableSpec, relation: int | None, source: SourceIdentity | None
+    record: state.TableRecord,
+    spec: TableSpec,
+    relation: int | None,
+    source: SourceIdentity | None,
+    renamed_to: str | None = None,
 ) -> list[str]:
-    """Why podyn's state for a table describes another table than the one at either end now (empty: it does not)."""
+    """Why podyn's state for a table describes another table than the one at either end now (empty: it does not).
+
+    ``renamed_to``: the name the recorded relation has now, when it still exists under another one.
+    """
     target = f"{spec.schema}.{spec.table}"
     reasons = []
     if relation is None:
-        reasons.append(f"{target} was dropped outside podyn")
+        reasons.append(f"{target} was {f'renamed to {renamed_to}' if renamed_to else 'dropped'} outside podyn")
     elif record.target_oid is not None and relation != record.target_oid:
-        reasons.append(f"{target} was dropped and created again outside podyn")
+        reasons.append(
+            f"{target} was renamed to {renamed_to} and another table created as {target} outside podyn"
+            if renamed_to
+            else f"{target} was dropped and created again outside podyn"
+        )
     if source is not None and record.source.differs_from(source):
         reasons.append(
             f"DynamoDB table {spec.source} was deleted and created again (now created {_when(source)};"
@@ -869,7 +916,8 @@ def _discard_stale_state(
     still in the target must go before the next load (they are a copy of a DynamoDB table that is gone).
     Without ``create`` nothing is changed: the run is refused, naming the command that loads the table again.
     """
-    reasons = stale_reasons(record, spec, relation, source)
+    moved = _renamed_to(conn, record.target_oid) if record.target_oid != relation else None
+    reasons = stale_reasons(record, spec, relation, source, moved)
     choices_changed = record.spec.mode is not spec.mode or record.spec.lower_case != spec.lower_case
     if choices_changed and not reasons:
         if not reload:

@@ -739,6 +739,8 @@ class TableProgress:
     heartbeat_age_seconds: float | None
     #: The target is the relation podyn recorded (or, recorded by an older podyn without its OID, there at all).
     target_present: bool
+    #: Columns of podyn's mapping that the target no longer has (dropped or renamed by hand).
+    missing_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -773,7 +775,11 @@ def read_progress(
                    WHERE r.target_schema = t.target_schema AND r.target_table = t.target_table),
                   holder, holder_pid, heartbeat_at,
                   extract(epoch FROM statement_timestamp() - heartbeat_at)::float8,
-                  coalesce(r.oid = coalesce(t.target_oid, r.oid), false)
+                  coalesce(r.oid = coalesce(t.target_oid, r.oid), false),
+                  (SELECT array_agg(c.column_name ORDER BY c.ordinal) FROM podyn.columns c
+                   WHERE c.target_schema = t.target_schema AND c.target_table = t.target_table
+                     AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.oid
+                                     AND a.attname = c.column_name AND NOT a.attisdropped))
            FROM podyn.tables t
            LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
                ON true
@@ -787,6 +793,7 @@ def read_progress(
 
 def _table_progress(values: list[Any]) -> TableProgress:
     values[4] = TableState(values[4])
+    values[22] = tuple(values[22] or ())
     return TableProgress(*values)
 
 
