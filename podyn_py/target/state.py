@@ -793,7 +793,7 @@ def read_progress(
 
 def _table_progress(values: list[Any]) -> TableProgress:
     values[4] = TableState(values[4])
-    values[22] = tuple(values[22] or ())
+    values[21] = tuple(values[21] or ())
     return TableProgress(*values)
 
 
