@@ -42,16 +42,22 @@ def pytest_configure(config: pytest.Config) -> None:
 #: marked ``services``.
 SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server"})
 
-#: Test modules whose every test runs podyn against the services in subprocesses, or replicates until the databases
-#: agree: seconds each (measured with --durations=0), so marked ``slow`` as a whole. Slow tests of other modules
-#: carry ``@pytest.mark.slow`` themselves.
+#: Test modules whose tests run podyn against the services in subprocesses, or replicate until the databases agree:
+#: most take 5 to 30 s each (measured with --durations=0), the few others 1.5 to 4 s, so each module is marked
+#: ``slow`` as a whole. Slow tests of other modules carry ``@pytest.mark.slow`` themselves.
 SLOW_MODULES = frozenset(
     {
         "test_changes.py",
+        "test_demo_verify.py",
         "test_faults.py",
         "test_index_evolution.py",
         "test_liveness_and_locks.py",
+        "test_load.py",
+        "test_lower_case_load.py",
+        "test_metadata_truth.py",
         "test_properties.py",
+        "test_security.py",
+        "test_verify_status.py",
     }
 )
 
