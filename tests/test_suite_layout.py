@@ -77,11 +77,11 @@ def test_the_servers_fixtures_mark_a_test_services_directly_or_through_other_fix
     marks: dict[str, set[str]] = {}
     for line in result.stdout.splitlines():
         if line.startswith("MARKS "):
-            nodeid, found = line.removeprefix("MARKS ").rsplit(" ", 1)
-            marks[nodeid] = set(found.split(",")) - {"-"}
+            nodeid, listed = line.removeprefix("MARKS ").rsplit(" ", 1)
+            marks[nodeid] = set(listed.split(",")) - {"-"}
     by_module: dict[str, list[set[str]]] = {}
-    for nodeid, found in marks.items():
-        by_module.setdefault(nodeid.split("::")[0], []).append(found)
+    for nodeid, item_marks in marks.items():
+        by_module.setdefault(nodeid.split("::")[0], []).append(item_marks)
     assert set(by_module) == set(modules), result.stdout[-2000:]
     assert all("services" in found for found in by_module["tests/test_metadata_truth.py"])
     assert not any(found for found in by_module["tests/test_naming.py"]), "a pure test was marked"
