@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, Service
 from proxy import ThrottlingProxy
 from psycopg import sql
 
@@ -35,6 +36,39 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["AWS_DEFAULT_REGION"] = LOCAL_REGION
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
+
+
+#: Fixtures that start PostgreSQL or DynamoDB Local: a test that uses one (directly or through another fixture) is
+#: marked ``services``.
+SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server"})
+
+#: Test modules whose tests run podyn against the services in subprocesses, or replicate until the databases agree:
+#: most take 5 to 30 s each (measured with --durations=0), the few others 1.5 to 4 s, so each module is marked
+#: ``slow`` as a whole. Slow tests of other modules carry ``@pytest.mark.slow`` themselves.
+SLOW_MODULES = frozenset(
+    {
+        "test_changes.py",
+        "test_demo_verify.py",
+        "test_faults.py",
+        "test_index_evolution.py",
+        "test_liveness_and_locks.py",
+        "test_load.py",
+        "test_lower_case_load.py",
+        "test_metadata_truth.py",
+        "test_properties.py",
+        "test_security.py",
+        "test_verify_status.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what needs the services (``-m "not services"``: no PostgreSQL, no Java) and what is slow."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def _unique_name(request: pytest.FixtureRequest, max_len: int) -> str:
@@ -186,3 +220,23 @@ def create_table(ddb: DynamoDBClient, request: pytest.FixtureRequest) -> Iterato
 def throttling_proxy(ddb_server: LocalDynamoDB) -> Iterator[ThrottlingProxy]:
     with ThrottlingProxy(ddb_server.endpoint_url) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def services(ddb_server: LocalDynamoDB, tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Start ``podyn -t TABLES ARGS`` in the background: ``services(url, tables, *args, endpoint=None)``, on
+    DynamoDB Local unless ``endpoint`` (a proxy's) is given. Whatever still runs at the end is killed (a stopped
+    process is continued first, so that it can die)."""
+    started: list[Service] = []
+
+    def start(url: str, tables: str, *args: str, endpoint: str | None = None) -> Service:
+        log = tmp_path / f"service{len(started)}.log"
+        service = Service(endpoint or ddb_server.endpoint_url, url, tables, log, *args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGCONT)
+        service.stop(signal.SIGKILL)  # also closes its log file

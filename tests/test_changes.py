@@ -10,116 +10,26 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, run_podyn
-from oracle import connect, table_differences
-from psycopg import sql
+from helpers import (
+    STREAM,
+    add_audit,
+    assert_counters_strictly_increase,
+    assert_exit,
+    audited_rows,
+    increment,
+    podyn,
+    wait_equal,
+    wait_for,
+    wait_for_state,
+)
+from oracle import connect
 
 from podyn_py.demo_services import LocalPostgres
-
-STREAM = "NEW_AND_OLD_IMAGES"
-
-
-class Service:
-    """``podyn --changes`` (and whatever else is asked) running in the background, its log in a file."""
-
-    def __init__(self, endpoint: str, url: str, table: str, log: Path, *args: str) -> None:
-        self.log = log
-        command = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", url, "-t", table]
-        command += ["--no-progress", *args]
-        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self._log_file)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for_log(self, needle: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            assert self.process.poll() is None, f"service exited early:\n{self.text()}"
-            assert time.monotonic() < deadline, f"{needle!r} not logged in {timeout} s:\n{self.text()}"
-            time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log_file.close()
-
-
-@pytest.fixture
-def services(ddb_server: Any, tmp_path: Path) -> Iterator[Any]:
-    started: list[Service] = []
-
-    def start(url: str, table: str, *args: str) -> Service:
-        service = Service(ddb_server.endpoint_url, url, table, tmp_path / f"service{len(started)}.log", *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.stop(signal.SIGKILL)
-
-
-def podyn_ok(ddb_server: Any, url: str, *args: str) -> str:
-    result = run_podyn("--endpoint-url", ddb_server.endpoint_url, "-u", url, "--no-progress", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stderr
-
-
-def wait_equal(ddb: Any, url: str, table: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        problems = table_differences(ddb, url, table)
-        if not problems:
-            return
-        assert time.monotonic() < deadline, f"not equal after {timeout} s: {problems[:5]}"
-        time.sleep(0.3)
-
-
-def add_audit(url: str, table: str) -> None:
-    """Log every row version PostgreSQL receives for ``table``: key, counter, operation."""
-    with connect(url) as conn:
-        conn.execute(
-            sql.SQL(
-                """CREATE TABLE audit (pk text, counter numeric, op text, n bigserial);
-                   CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
-                   BEGIN INSERT INTO audit (pk, counter, op) VALUES (NEW.pk, NEW.counter, TG_OP); RETURN NEW; END $$;
-                   CREATE TRIGGER audit AFTER INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION audit_row();"""
-            ).format(sql.Identifier(table))
-        )
-
-
-def assert_counters_strictly_increase(url: str) -> int:
-    with connect(url) as conn:
-        rows = conn.execute("SELECT pk, counter FROM audit ORDER BY n").fetchall()
-    last: dict[str, Any] = {}
-    for pk, counter in rows:
-        assert counter is not None
-        assert pk not in last or counter > last[pk], f"{pk}: counter {counter} applied after {last[pk]}"
-        last[pk] = counter
-    return len(rows)
-
-
-def increment(ddb: Any, table: str, key: str) -> None:
-    ddb.update_item(
-        TableName=table,
-        Key={"pk": {"S": key}},
-        UpdateExpression="ADD #c :one SET touched = :now",
-        ExpressionAttributeNames={"#c": "counter"},
-        ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(time.time())}},
-    )
 
 
 def test_puts_updates_deletes_replicate_and_sigterm_is_clean(
@@ -129,7 +39,7 @@ def test_puts_updates_deletes_replicate_and_sigterm_is_clean(
         stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}, "amount": {"N": str(i)}} for i in range(10)]
     )
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     ddb.put_item(
         TableName=table, Item={"pk": {"S": "new"}, "amount": {"S": "ten"}, "flag": {"BOOL": True}}
     )  # type conflict, new attribute
@@ -167,7 +77,7 @@ def test_data_and_changes_in_one_run_with_writes_during_the_scan(
         items=[{"pk": {"S": f"k{i:04d}"}, "pad": {"S": "x" * 1000}, "counter": {"N": "0"}} for i in range(3000)],
     )
     service = services(pg_url, table, "-s", "-d", "-c", "--scan-rate", "50", "-n", "2")
-    service.wait_for_log("loading")
+    wait_for_state(pg_url, table, "loading", service=service)
     rng = random.Random(7)
     writes = 0
     deadline = time.monotonic() + 3
@@ -184,7 +94,7 @@ def test_data_and_changes_in_one_run_with_writes_during_the_scan(
     with connect(pg_url) as conn:
         loading = conn.execute("SELECT state FROM podyn.tables").fetchone()
     assert loading == ("loading",), "the writes were meant to happen during the scan"
-    service.wait_for_log(f"table {table}: live", timeout=90)
+    wait_for_state(pg_url, table, "live", service=service, timeout=90)
     wait_equal(ddb, pg_url, table, timeout=60)
     assert service.stop() == 0
 
@@ -198,7 +108,7 @@ def test_kill_9_mid_stream_then_restart_applies_every_change_once(
         stream_view_type=STREAM,
         items=[{"pk": {"S": k}, "counter": {"N": "0"}} for k in keys],
     )
-    podyn_ok(ddb_server, pg_url, "-s", "-d", "-t", table)
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     add_audit(pg_url, table)
     stop_writing = threading.Event()
 
@@ -211,13 +121,14 @@ def test_kill_9_mid_stream_then_restart_applies_every_change_once(
     thread.start()
     try:
         first = services(pg_url, table, "-c")
-        first.wait_for_log("applied")
-        time.sleep(1.5)
+        wait_for(lambda: audited_rows(pg_url) >= 20, "20 changes applied by the first process", service=first)
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-        time.sleep(0.5)
+        time.sleep(0.5)  # writes go on while no process replicates
+        applied_before = audited_rows(pg_url)
         second = services(pg_url, table, "-c")
-        second.wait_for_log("applied")
-        time.sleep(1.0)
+        wait_for(
+            lambda: audited_rows(pg_url) >= applied_before + 20, "20 changes applied by the second", service=second
+        )
     finally:
         stop_writing.set()
         thread.join()
@@ -234,7 +145,7 @@ def test_postgres_restart_mid_stream_is_survived(ddb_server: Any, ddb: Any, crea
             stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}, "counter": {"N": "0"}} for i in range(5)]
         )
         service = services(url, table, "-s", "-d", "-c")
-        service.wait_for_log(f"table {table}: live")
+        wait_for_state(url, table, "live", service=service)
         for i in range(5):
             increment(ddb, table, f"k{i}")
         wait_equal(ddb, url, table)
@@ -258,7 +169,7 @@ def test_keys_only_stream_reads_current_items(
         stream_view_type="KEYS_ONLY", items=[{"pk": {"S": f"k{i}"}, "v": {"N": str(i)}} for i in range(5)]
     )
     service = services(pg_url, table, "-s", "-d", "-c", path)
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "v": {"S": "text"}})
     ddb.update_item(
         TableName=table,
@@ -282,10 +193,10 @@ def test_two_processes_on_one_table_do_not_double_apply(
         stream_view_type=STREAM,
         items=[{"pk": {"S": k}, "counter": {"N": "0"}} for k in keys],
     )
-    podyn_ok(ddb_server, pg_url, "-s", "-d", "-t", table)
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     add_audit(pg_url, table)
     first = services(pg_url, table, "-c")
-    first.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=first)
     second = services(pg_url, table, "-c")
     second.wait_for_log("standing by")
     for round_ in range(5):
@@ -301,9 +212,7 @@ def test_two_processes_on_one_table_do_not_double_apply(
 
 def test_changes_on_a_table_without_stream_is_a_clear_error(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(items=[{"pk": {"S": "a"}}])
-    result = run_podyn(
-        "--endpoint-url", ddb_server.endpoint_url, "-u", pg_url, "-s", "-c", "-t", table, "--no-progress"
-    )
+    result = podyn(ddb_server, pg_url, "-s", "-c", "-t", table)
     assert result.returncode == 3
     assert "has no stream" in result.stderr and table in result.stderr
 
@@ -318,7 +227,7 @@ def test_binary_keys_replicate_on_both_paths(
         key=(("id", "B"),), stream_view_type="KEYS_ONLY", items=[{"id": {"B": bytes([i, 0])}} for i in range(3)]
     )
     service = services(pg_url, table, "-s", "-d", "-c", path)
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     for i in range(3):
         ddb.put_item(TableName=table, Item={"id": {"B": bytes([i, 0])}, "v": {"N": str(i)}})
         ddb.put_item(TableName=table, Item={"id": {"B": bytes([i, 0])}, "v": {"N": str(i + 10)}})

@@ -7,9 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO_ROOT
 
 from podyn_py.demo import SAMPLE_TABLES
+
+# The demo starts its own PostgreSQL and DynamoDB Local (no fixture tells conftest so) and runs for about 20 s.
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def test_demo_runs_to_completion() -> None:

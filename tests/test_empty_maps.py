@@ -134,6 +134,7 @@ def test_a_stream_record_with_untagged_maps_is_an_upsert() -> None:
 # -- DynamoDB Local: the service replicates such changes --------------------------------------------------------
 
 
+@pytest.mark.slow  # podyn -c in a subprocess until the changes arrive: about 7 s
 @pytest.mark.parametrize("fast_path", ["--fast-path", "--no-fast-path"])
 def test_changes_with_empty_maps_arrive_from_dynamodb_local(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, tmp_path: Path, fast_path: str

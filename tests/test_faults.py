@@ -17,16 +17,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from helpers import REPO_ROOT, run_podyn
+from helpers import (
+    REPO_ROOT,
+    STREAM,
+    Service,
+    add_audit,
+    assert_counters_strictly_increase,
+    increment,
+    podyn,
+    wait_equal,
+    wait_for_state,
+)
 from oracle import connect, table_differences
 from psycopg import sql
-from test_changes import STREAM, Service, add_audit, assert_counters_strictly_increase, increment, wait_equal
 
 import podyn_py.replicate
 from podyn_py.config import AwsSettings, Config
@@ -38,25 +46,6 @@ from podyn_py.target.postgres import REPLICATION_LOCK, PostgresTarget, lock_key_
 def short(prefix: str) -> str:
     """A table name that fits PostgreSQL's 63 bytes, so the target table has the same name."""
     return f"{prefix}_{os.urandom(4).hex()}"
-
-
-def podyn(endpoint: str, url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return run_podyn("--endpoint-url", endpoint, "-u", url, "--no-progress", *args, timeout=timeout)
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    """Services on any endpoint (the proxy or DynamoDB Local); whatever is still running is killed afterwards."""
-    started: list[Service] = []
-
-    def make(endpoint: str, url: str, tables: str, *args: str) -> Service:
-        service = Service(endpoint, url, tables, tmp_path / f"service{len(started)}.log", *args)
-        started.append(service)
-        return service
-
-    yield make
-    for service in started:
-        service.stop(signal.SIGKILL)  # also closes its log file
 
 
 def exit_code(service: Service, timeout: float) -> int:
@@ -174,8 +163,8 @@ def test_dropped_connections_mid_stream_are_reopened(
     table = create_table(
         stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}, "counter": {"N": "0"}} for i in range(5)]
     )
-    service = services(ddb_server.endpoint_url, pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
+    service = services(pg_url, table, "-s", "-d", "-c")
+    wait_for_state(pg_url, table, "live", service=service)
     for i in range(5):
         increment(ddb, table, f"k{i}")
     wait_equal(ddb, pg_url, table)
@@ -283,20 +272,6 @@ def test_ddl_waiting_for_a_table_lock_retries_and_applies_once_released(
     assert not thread.is_alive() and summaries and summaries[0].ok, summaries
 
 
-def wait_for_state(url: str, table: str, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with connect(url) as conn:
-                row = conn.execute("SELECT state FROM podyn.tables WHERE source_table = %s", (table,)).fetchone()
-            if row is not None and row[0] == state:
-                return
-        except psycopg.errors.UndefinedTable:
-            pass
-        assert time.monotonic() < deadline, f"{table} not {state} after {timeout} s"
-        time.sleep(0.1)
-
-
 def test_postgres_out_of_disk_mid_load_stops_the_table_and_a_rerun_resumes(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
@@ -337,9 +312,8 @@ def test_postgres_out_of_disk_during_changes_stops_with_the_checkpoint_kept(
     table = create_table(
         name=short("diskfull"), stream_view_type=STREAM, items=[{"pk": {"S": k}, "counter": {"N": "0"}} for k in keys]
     )
-    endpoint = ddb_server.endpoint_url
-    first = services(endpoint, pg_url, table, "-s", "-d", "-c")
-    first.wait_for_log(f"table {table}: live")
+    first = services(pg_url, table, "-s", "-d", "-c")
+    wait_for_state(pg_url, table, "live", service=first)
     for key in keys:
         increment(ddb, table, key)
     wait_equal(ddb, pg_url, table)
@@ -357,7 +331,7 @@ def test_postgres_out_of_disk_during_changes_stops_with_the_checkpoint_kept(
     assert checkpoints(pg_url, table) == before, "the checkpoint moved past a batch that was not applied"
 
     drop_disk_full_trigger(pg_url, table)  # disk space freed
-    second = services(endpoint, pg_url, table, "-c")
+    second = services(pg_url, table, "-c")
     wait_equal(ddb, pg_url, table)  # the batch that failed, applied now
     for key in keys:
         increment(ddb, table, key)
@@ -410,8 +384,8 @@ def test_sigterm_while_postgres_is_down_stops_within_seconds(
     table = create_table(stream_view_type=STREAM, items=[{"pk": {"S": "k"}, "counter": {"N": "0"}}])
     with LocalPostgres() as pg:
         url = pg.create_database("down")
-        service = services(ddb_server.endpoint_url, url, table, "-s", "-d", "-c")
-        service.wait_for_log(f"table {table}: live")
+        service = services(url, table, "-s", "-d", "-c")
+        wait_for_state(url, table, "live", service=service)
         pg.kill()
         increment(ddb, table, "k")  # a batch that cannot be applied now
         service.wait_for_log("retrying", timeout=20)
@@ -436,8 +410,8 @@ def test_throttling_storm_slows_load_and_replication_but_both_complete(
     proxy.throttle("Scan", 6)
     proxy.throttle("DescribeStream", 4)
     proxy.throttle("GetShardIterator", 4)
-    service = services(proxy.endpoint_url, pg_url, table, "-s", "-d", "-c", "-n", "1", "--max-attempts", "2")
-    service.wait_for_log(f"table {table}: live", timeout=60)
+    service = services(pg_url, table, "-s", "-d", "-c", "-n", "1", "--max-attempts", "2", endpoint=proxy.endpoint_url)
+    wait_for_state(pg_url, table, "live", service=service, timeout=60)
     assert "throttled by DynamoDB" in service.text(), "podyn's own wait for throttled scans was not exercised"
     proxy.throttle("GetRecords", 8)
     for i in range(10):
@@ -465,9 +439,9 @@ def test_table_deleted_or_stream_disabled_stops_that_table_telling_to_reload(
     stream ended, as it would on AWS once the last records are read."""
     deleted = create_table(name=short("deleted"), stream_view_type=STREAM, items=[{"pk": {"S": "a"}}])
     disabled = create_table(name=short("disabled"), stream_view_type=STREAM, items=[{"pk": {"S": "a"}}])
-    service = services(ddb_server.endpoint_url, pg_url, f"{deleted},{disabled}", "-s", "-d", "-c")
-    service.wait_for_log(f"table {deleted}: live")
-    service.wait_for_log(f"table {disabled}: live")
+    service = services(pg_url, f"{deleted},{disabled}", "-s", "-d", "-c")
+    wait_for_state(pg_url, deleted, "live", service=service)
+    wait_for_state(pg_url, disabled, "live", service=service)
     ddb.put_item(TableName=deleted, Item={"pk": {"S": "b"}})
     ddb.put_item(TableName=disabled, Item={"pk": {"S": "b"}})
     wait_equal(ddb, pg_url, deleted)

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from helpers import run_podyn
+from helpers import STREAM, Service, assert_exit, podyn, wait_for, wait_for_state
 from oracle import connect
 from psycopg import sql
-from test_changes import STREAM, Service
 
 Services = Callable[..., Service]
 
@@ -26,38 +22,6 @@ Services = Callable[..., Service]
 def short(prefix: str) -> str:
     """A table name that fits PostgreSQL's 63 bytes, so the target table has the same name."""
     return f"{prefix}_{os.urandom(4).hex()}"
-
-
-@pytest.fixture
-def services(ddb_server: Any, tmp_path: Path) -> Iterator[Services]:
-    started: list[Service] = []
-
-    def start(url: str, table: str, *args: str) -> Service:
-        service = Service(ddb_server.endpoint_url, url, table, tmp_path / f"service{len(started)}.log", *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop(signal.SIGKILL)  # also closes its log file
-
-
-def podyn_ok(ddb_server: Any, url: str, *args: str) -> None:
-    result = run_podyn("--endpoint-url", ddb_server.endpoint_url, "-u", url, "--no-progress", *args)
-    assert result.returncode == 0, result.stderr
-
-
-def wait_for(condition: Callable[[], Any], what: str, service: Service | None = None, timeout: float = 30) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail at once if the service has exited."""
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if service is not None:
-            assert service.process.poll() is None, f"service exited ({service.process.returncode}):\n{service.text()}"
-        assert time.monotonic() < deadline, f"{what} not seen in {timeout} s" + (
-            f":\n{service.text()}" if service else ""
-        )
-        time.sleep(0.1)
-    return found
 
 
 def create_gsi(ddb: Any, table: str, index: str, attribute: str, attribute_type: str) -> None:
@@ -140,12 +104,12 @@ def test_gsi_added_after_the_load_gets_its_column_and_index_under_changes(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Services
 ) -> None:
     table = create_table(name=short("gsi_add"), stream_view_type=STREAM, items=[{"pk": {"S": "old"}}])
-    podyn_ok(ddb_server, pg_url, "-t", table, "-s", "-d")
+    assert_exit(podyn(ddb_server, pg_url, "-t", table, "-s", "-d"))
     create_gsi(ddb, table, "ByGk", "gk", "S")
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "gk": {"S": "g1"}})  # no other new attribute
 
     service = services(pg_url, table, "-c")
-    assert wait_for(lambda: row(pg_url, table, "new", "gk"), "the new row", service) == ("g1",)
+    assert wait_for(lambda: row(pg_url, table, "new", "gk"), "the new row", service=service) == ("g1",)
     assert indexes(pg_url, table) == {f"{table}_ByGk": ["gk"]}
     assert column_types(pg_url, table)["gk"] == ("text", False)
     assert service.stop(signal.SIGTERM) == 0, service.text()
@@ -163,17 +127,17 @@ def test_gsi_removed_keeps_its_index_and_replication_goes_on(
         gsis=[{"name": "ByA", "key": (("ga", "S"),)}],
         items=[{"pk": {"S": "old"}, "ga": {"S": "a0"}}],
     )
-    podyn_ok(ddb_server, pg_url, "-t", table, "-s", "-d")
+    assert_exit(podyn(ddb_server, pg_url, "-t", table, "-s", "-d"))
     assert indexes(pg_url, table) == {f"{table}_ByA": ["ga"]}
     delete_gsi(ddb, table, "ByA")
     create_gsi(ddb, table, "ByB", "gb", "N")
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "ga": {"S": "a1"}, "gb": {"N": "2"}})
 
     service = services(pg_url, table, "-c")
-    assert wait_for(lambda: row(pg_url, table, "new", "ga", "gb"), "the new row", service) == ("a1", 2)
+    assert wait_for(lambda: row(pg_url, table, "new", "ga", "gb"), "the new row", service=service) == ("a1", 2)
     assert indexes(pg_url, table) == {f"{table}_ByA": ["ga"], f"{table}_ByB": ["gb"]}
     ddb.put_item(TableName=table, Item={"pk": {"S": "later"}, "ga": {"S": "a2"}})
-    assert wait_for(lambda: row(pg_url, table, "later", "ga", "gb"), "a later row", service) == ("a2", None)
+    assert wait_for(lambda: row(pg_url, table, "later", "ga", "gb"), "a later row", service=service) == ("a2", None)
     assert service.stop(signal.SIGTERM) == 0, service.text()
     state, error = table_state(pg_url, table)
     assert state != "stopped" and error is None, error
@@ -190,13 +154,13 @@ def test_gsi_key_declared_with_another_type_than_its_column_goes_to_the_variant_
     table = create_table(
         name=short("gsi_type"), stream_view_type=STREAM, items=[{"pk": {"S": "old"}, "gk": {"S": "x"}}]
     )
-    podyn_ok(ddb_server, pg_url, "-t", table, "-s", "-d")
+    assert_exit(podyn(ddb_server, pg_url, "-t", table, "-s", "-d"))
     assert column_types(pg_url, table)["gk"] == ("text", False)
     create_gsi(ddb, table, "ByGk", "gk", "N")
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "gk": {"N": "42"}})
 
     service = services(pg_url, table, "-c")
-    assert wait_for(lambda: row(pg_url, table, "new", "gk", "gk_numeric"), "the new row", service) == (None, 42)
+    assert wait_for(lambda: row(pg_url, table, "new", "gk", "gk_numeric"), "the new row", service=service) == (None, 42)
     assert row(pg_url, table, "old", "gk", "gk_numeric") == ("x", None)
     assert column_types(pg_url, table)["gk_numeric"] == ("numeric", True)
     assert indexes(pg_url, table) == {f"{table}_ByGk": ["gk_numeric"]}
@@ -211,17 +175,17 @@ def test_gsi_added_while_changes_run_gets_its_index_at_the_next_start(
     column through schema evolution meanwhile, and the index is created when the service starts again."""
     table = create_table(name=short("gsi_live"), stream_view_type=STREAM, items=[{"pk": {"S": "old"}}])
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     create_gsi(ddb, table, "ByGk", "gk", "N")
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "gk": {"N": "5"}})
-    assert wait_for(lambda: row(pg_url, table, "new", "gk"), "the new row", service) == (5,)
+    assert wait_for(lambda: row(pg_url, table, "new", "gk"), "the new row", service=service) == (5,)
     assert indexes(pg_url, table) == {}, "the running service created the index after all: update the README"
     assert service.stop(signal.SIGTERM) == 0, service.text()
 
     again = services(pg_url, table, "-c")
-    assert wait_for(lambda: indexes(pg_url, table), "the index", again) == {f"{table}_ByGk": ["gk"]}
+    assert wait_for(lambda: indexes(pg_url, table), "the index", service=again) == {f"{table}_ByGk": ["gk"]}
     ddb.put_item(TableName=table, Item={"pk": {"S": "after"}, "gk": {"N": "6"}})
-    assert wait_for(lambda: row(pg_url, table, "after", "gk"), "a row after the restart", again) == (6,)
+    assert wait_for(lambda: row(pg_url, table, "after", "gk"), "a row after the restart", service=again) == (6,)
     assert again.stop(signal.SIGTERM) == 0, again.text()
     assert column_types(pg_url, table)["gk"] == ("numeric", False)
 
@@ -231,10 +195,10 @@ def test_gsi_added_before_a_data_run_without_schema_gets_its_column_and_index(
 ) -> None:
     """``--data`` without ``--schema`` prepares the table the same way: the COPY finds the new key column."""
     table = create_table(name=short("gsi_data"))
-    podyn_ok(ddb_server, pg_url, "-t", table, "-s")
+    assert_exit(podyn(ddb_server, pg_url, "-t", table, "-s"))
     create_gsi(ddb, table, "ByGk", "gk", "B")
     ddb.put_item(TableName=table, Item={"pk": {"S": "a"}, "gk": {"B": b"\x01"}})
-    podyn_ok(ddb_server, pg_url, "-t", table, "-d")
+    assert_exit(podyn(ddb_server, pg_url, "-t", table, "-d"))
     assert row(pg_url, table, "a", "gk") == (b"\x01",)
     assert indexes(pg_url, table) == {f"{table}_ByGk": ["gk"]}
     assert column_types(pg_url, table)["gk"] == ("bytea", False)

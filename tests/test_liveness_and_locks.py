@@ -10,21 +10,15 @@ table's holder, as a podyn process would.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
-from helpers import run_podyn
+from helpers import STREAM, podyn, status_with_exit, wait_equal, wait_for_state, wait_for_status
 from oracle import connect
-from test_changes import STREAM, Service, wait_equal
 
 from podyn_py.target.state import TableState
 
@@ -37,44 +31,6 @@ COLLIDING = ("orders_5088719", "orders_20002006")
 
 def short(prefix: str) -> str:
     return f"{prefix}_{os.urandom(4).hex()}"
-
-
-@pytest.fixture
-def services(ddb_server: Any, tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(url: str, tables: str, *args: str) -> Service:
-        service = Service(ddb_server.endpoint_url, url, tables, tmp_path / f"service{len(started)}.log", *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGKILL's cleanup
-            service.stop(signal.SIGKILL)
-
-
-def status(ddb_server: Any, url: str, table: str, *, text: bool = False) -> subprocess.CompletedProcess[str]:
-    args = ("--status", "-t", table) if text else ("--status", "--json", "-t", table)
-    return run_podyn("--endpoint-url", ddb_server.endpoint_url, "-u", url, "--no-progress", *args)
-
-
-def status_json(ddb_server: Any, url: str, table: str) -> tuple[dict[str, Any], int]:
-    result = status(ddb_server, url, table)
-    assert result.returncode in (0, 3), result.stderr
-    (shown,) = json.loads(result.stdout)["tables"]
-    return shown, result.returncode
-
-
-def wait_shown(ddb_server: Any, url: str, table: str, state: str, timeout: float = 15) -> tuple[dict[str, Any], int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shown, code = status_json(ddb_server, url, table)
-        if shown["state"] == state:
-            return shown, code
-        assert time.monotonic() < deadline, f"--status still shows {shown['state']!r} after {timeout} s: {shown}"
-        time.sleep(0.3)
 
 
 def put_items(ddb: Any, table: str, count: int, prefix: str = "new") -> None:
@@ -103,14 +59,14 @@ def test_two_tables_whose_crc32_keys_collided_both_replicate(
         create_table(name=name, stream_view_type=STREAM, items=[{"pk": {"S": f"k{i}"}} for i in range(3)])
     service = services(pg_url, ",".join(COLLIDING), "-s", "-d", "-c")
     for name in COLLIDING:
-        service.wait_for_log(f"table {name}: live")
+        wait_for_state(pg_url, name, "live", service=service)
     for name in COLLIDING:
         put_items(ddb, name, 5)
     for name in COLLIDING:
         wait_equal(ddb, pg_url, name)
     assert "standing by" not in service.text() and "another podyn process" not in service.text(), service.text()
     for name in COLLIDING:
-        shown, code = status_json(ddb_server, pg_url, name)
+        shown, code = status_with_exit(ddb_server, pg_url, name)
         assert shown["state"] == "live" and code == 0, shown
     assert service.stop() == 0, service.text()
 
@@ -120,18 +76,18 @@ def test_status_of_a_killed_service_is_not_running_and_fails(
 ) -> None:
     table = create_table(name=short("killed"), stream_view_type=STREAM, items=[{"pk": {"S": "k0"}}])
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
-    shown, code = status_json(ddb_server, pg_url, table)
+    wait_for_state(pg_url, table, "live", service=service)
+    shown, code = status_with_exit(ddb_server, pg_url, table)
     assert shown["state"] == "live" and code == 0, shown
-    running = status(ddb_server, pg_url, table, text=True)
+    running = podyn(ddb_server, pg_url, "--status", "-t", table)
     assert running.returncode == 0 and f"{table} → public.{table}: live" in running.stdout, running.stdout
 
     service.stop(signal.SIGKILL)
     put_items(ddb, table, 100)
-    shown, code = wait_shown(ddb_server, pg_url, table, "not running")
+    shown, code = wait_for_status(ddb_server, pg_url, table, "not running", timeout=15)
     assert code == 3 and shown["stored_state"] == "live" and shown["last_seen"] is not None, shown
     assert shown["holder"].endswith(f":{service.process.pid}"), shown  # who it was, still recorded
-    text = status(ddb_server, pg_url, table, text=True)
+    text = podyn(ddb_server, pg_url, "--status", "-t", table)
     assert text.returncode == 3, text.stdout + text.stderr
     assert f"{table} → public.{table}: not running (last seen " in text.stdout, text.stdout
     assert f"table {table} is not running" in text.stderr
@@ -142,11 +98,11 @@ def test_status_of_a_service_stopped_with_sigterm_is_not_running(
 ) -> None:
     table = create_table(name=short("stopped"), stream_view_type=STREAM, items=[{"pk": {"S": "k0"}}])
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
-    shown, code = status_json(ddb_server, pg_url, table)
+    wait_for_state(pg_url, table, "live", service=service)
+    shown, code = status_with_exit(ddb_server, pg_url, table)
     assert shown["state"] == "live" and code == 0, shown
     assert service.stop() == 0, service.text()
-    shown, code = wait_shown(ddb_server, pg_url, table, "not running", timeout=5)
+    shown, code = wait_for_status(ddb_server, pg_url, table, "not running", timeout=5)
     assert code == 3 and shown["stored_state"] == "live", shown
 
 
@@ -158,7 +114,7 @@ def test_a_service_that_holds_the_table_but_stopped_beating_is_stalled(
 
     table = create_table(name=short("frozen"), stream_view_type=STREAM, items=[{"pk": {"S": "k0"}}])
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     service.process.send_signal(signal.SIGSTOP)
     deadline = time.monotonic() + 15
     while (shown := read_status(pg_url, (table,), stale_after_seconds=2.0).tables[0]).state is not Activity.STALLED:
@@ -183,8 +139,7 @@ def test_a_lock_key_held_for_another_table_is_a_loud_error_not_a_standby(
 
     table = create_table(name=short("mine"), stream_view_type=STREAM, items=[{"pk": {"S": "k0"}}])
     other = create_table(name=short("other"), stream_view_type=STREAM, items=[{"pk": {"S": "k0"}}])
-    base = ("--endpoint-url", ddb_server.endpoint_url, "-u", pg_url, "--no-progress")
-    loaded = run_podyn(*base, "-s", "-d", "-t", f"{table},{other}")
+    loaded = podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{other}")
     assert loaded.returncode == 0, loaded.stderr
     with psycopg.connect(pg_url, autocommit=True) as squatter:
         squatter.execute("SELECT pg_advisory_lock(%s::bigint)", (table_lock_key(REPLICATION_LOCK, "public", table),))
@@ -193,7 +148,7 @@ def test_a_lock_key_held_for_another_table_is_a_loud_error_not_a_standby(
             " WHERE target_table = %s",
             (other,),
         )
-        result = run_podyn(*base, "-c", "-t", table, timeout=60)
+        result = podyn(ddb_server, pg_url, "-c", "-t", table, timeout=60)
         assert result.returncode == 3, result.stderr
         assert "collide" in result.stderr and "standing by" not in result.stderr, result.stderr
         assert f"public.{table}" in result.stderr and f"public.{other}" in result.stderr, result.stderr

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import REPO_ROOT, run_podyn
+from helpers import REPO_ROOT, assert_exit, podyn, run_podyn
 from oracle import connect, table_differences
 
 DATA = Path(__file__).parent / "data" / "sample-tables"
@@ -35,19 +35,6 @@ SAMPLE_KEYS: dict[str, dict[str, Any]] = {
 def sample_items(name: str) -> list[dict[str, Any]]:
     with open(DATA / f"{name}.json") as f:
         return [request["PutRequest"]["Item"] for request in json.load(f)[name]]
-
-
-def podyn(ddb_server: Any, url: str | None, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    base = ["--endpoint-url", ddb_server.endpoint_url, "--no-progress"]
-    if url is not None:
-        base += ["-u", url]
-    result = run_podyn(*base, *args, **kwargs)
-    return result
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result
 
 
 @pytest.fixture
@@ -69,7 +56,7 @@ def sample_tables(create_table: Any) -> dict[str, str]:
 def test_sample_tables_load_exactly(
     ddb_server: Any, ddb: Any, pg_url: str, sample_tables: dict[str, str], flags: tuple[str, ...]
 ) -> None:
-    ok(podyn(ddb_server, pg_url, "--schema", "--data", "-t", ",".join(sample_tables.values()), *flags))
+    assert_exit(podyn(ddb_server, pg_url, "--schema", "--data", "-t", ",".join(sample_tables.values()), *flags))
     for name in sample_tables.values():
         assert table_differences(ddb, pg_url, name) == []
     with connect(pg_url) as conn:
@@ -150,7 +137,7 @@ def test_every_type_and_limit_numbers(ddb_server: Any, ddb: Any, pg_url: str, cr
         for i, n in enumerate(LIMIT_NUMBERS)
     ]
     table = create_table(items=[EVERY_TYPE, *numbers])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, path))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, path))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         types = dict(
@@ -202,7 +189,7 @@ def test_hostile_long_and_colliding_names(
     item[long_prefix + "A"] = {"N": "1"}
     item[long_prefix + "B"] = {"N": "2"}  # equal to the above once cut to 63 bytes
     table = create_table(items=[item])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, *(["-lc"] if lower_case else [])))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, *(["-lc"] if lower_case else [])))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         columns = [
@@ -239,13 +226,13 @@ def test_index_names_that_meet_across_tables_stay_apart(
             found[table].append(definition)
         return found
 
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{first},{second}"))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{first},{second}"))
     assert "is taken by another relation" in result.stderr
     created = indexes()
     for table in (first, second):  # the primary key and the GSI's index, on o
         assert len(created[table]) == 2 and sum("(o)" in d for d in created[table]) == 1, created
         assert table_differences(ddb, pg_url, table) == []
-    again = ok(podyn(ddb_server, pg_url, "-s", "-t", f"{first},{second}"))
+    again = assert_exit(podyn(ddb_server, pg_url, "-s", "-t", f"{first},{second}"))
     assert indexes() == created, "a second --schema run made more indexes"
     assert "is taken by another relation" not in again.stderr, "the warning is for the run that names the index"
 
@@ -265,7 +252,7 @@ def test_type_conflicts_go_to_variant_columns(ddb_server: Any, ddb: Any, pg_url:
         {"pk": {"S": "6"}, "amount": {"NULL": True}},
     ]
     table = create_table(items=items)
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-n", "1"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-n", "1"))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         columns = {
@@ -282,7 +269,7 @@ def test_nul_bytes_are_removed_and_counted(ddb_server: Any, ddb: Any, pg_url: st
         {"pk": {"S": "2"}, "t": {"S": "\x00\x00"}},
     ]
     table = create_table(items=items)
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert table_differences(ddb, pg_url, table) == []
     assert "U+0000" in result.stderr
     assert result.stderr.count("removed U+0000 from values of column t") == 1
@@ -308,7 +295,7 @@ def test_big_items_deep_nesting_key_only_and_empty_values(
         items=[{"pk": {"S": "a"}, "sk": {"N": str(i)}} for i in range(30)],
     )
     for mode in ("columns", "jsonb"):
-        ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{key_only}", "-m", mode, "--pg-schema", mode))
+        assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{key_only}", "-m", mode, "--pg-schema", mode))
         assert table_differences(ddb, pg_url, table, schema=mode) == []
         assert table_differences(ddb, pg_url, key_only, schema=mode) == []
 
@@ -323,7 +310,7 @@ def test_numeric_and_binary_keys(ddb_server: Any, ddb: Any, pg_url: str, create_
         key=(("id", "B"),),
         items=[{"id": {"B": bytes([i, 0, 255])}, "v": {"N": str(i)}} for i in range(20)],
     )
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{numeric},{binary}", "--segments", "3"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{numeric},{binary}", "--segments", "3"))
     assert table_differences(ddb, pg_url, numeric) == []
     assert table_differences(ddb, pg_url, binary) == []
     with connect(pg_url) as conn:
@@ -355,13 +342,13 @@ def test_citus_distributes_after_create_and_before_data(
                  INSERT INTO citus_calls SELECT t::text, c, n, (SELECT count(*) FROM pg_index WHERE indrelid = t);
                END $$;"""
         )
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--citus"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--citus"))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         calls = conn.execute("SELECT * FROM citus_calls").fetchall()
     assert calls == [(table, "pk", 0, 1)]  # once, by partition key, empty table, before the GSI's index
     # A second run must not distribute again (Citus would refuse an already distributed table).
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--citus"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--citus"))
     with connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM citus_calls").fetchone() == (1,)
 
@@ -375,7 +362,7 @@ def test_citus_without_the_extension_is_a_clear_error(ddb_server: Any, pg_url: s
 
 def test_dry_run_prints_sql_and_writes_nothing(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(items=[{"pk": {"S": "a"}, "x y": {"N": "1"}}, {"pk": {"S": "b"}, "x y": {"S": "one"}}])
-    result = ok(podyn(ddb_server, None, "-s", "-d", "-t", table))
+    result = assert_exit(podyn(ddb_server, None, "-s", "-d", "-t", table))
     assert f'CREATE TABLE IF NOT EXISTS "public"."{table}" ("pk" text, PRIMARY KEY ("pk"));' in result.stdout
     # Which type comes first depends on the scan order; either way one column and one variant.
     assert ('"x y" numeric' in result.stdout and '"x y_text" text' in result.stdout) or (
@@ -390,13 +377,13 @@ def test_already_loaded_table_is_skipped_unless_reload(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(items=[{"pk": {"S": str(i)}} for i in range(5)])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}})
-    second = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    second = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "already loaded" in second.stderr
     with connect(pg_url) as conn:
         assert conn.execute(sql_text("SELECT count(*) FROM {}", table)).fetchone() == (5,)
-    ok(podyn(ddb_server, pg_url, "-d", "-t", table, "--reload"))
+    assert_exit(podyn(ddb_server, pg_url, "-d", "-t", table, "--reload"))
     assert table_differences(ddb, pg_url, table) == []
 
 
@@ -407,7 +394,7 @@ def test_existing_table_is_reused_and_incompatible_one_refused(
     with connect(pg_url) as conn:
         conn.execute(sql_text("CREATE TABLE {} (pk text PRIMARY KEY, keep text)", table))
         conn.execute(sql_text("INSERT INTO {} VALUES ('old', 'kept')", table))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         assert conn.execute(sql_text("SELECT keep FROM {} WHERE pk = 'old'", table)).fetchone() == ("kept",)
         assert conn.execute(sql_text("SELECT v FROM {} WHERE pk = 'a'", table)).fetchone() == (Decimal(1),)
@@ -438,7 +425,7 @@ def test_throttling_is_waited_out(
         "--max-attempts",
         "2",
     )
-    ok(result)
+    assert_exit(result)
     assert throttling_proxy.count("Scan") >= 6
     assert "throttled by DynamoDB" in result.stderr
     assert table_differences(ddb, pg_url, table) == []
@@ -455,12 +442,12 @@ def test_pages_are_bounded_and_segments_outnumber_connections(
     base = ["--endpoint-url", throttling_proxy.endpoint_url, "-u", pg_url, "-d", "-s", "--no-progress", "-n", "1"]
     for client_path in ("--no-fast-path", "--fast-path"):
         throttling_proxy.reset()
-        ok(run_podyn(*base, "-t", table, "--segments", "1", "--reload", client_path))
+        assert_exit(run_podyn(*base, "-t", table, "--segments", "1", "--reload", client_path))
         assert MAX_PAGE_ITEMS == 1000 and throttling_proxy.count("Scan") == 3, client_path  # 1,000 + 1,000 + 500
         assert table_differences(ddb, pg_url, table) == []
 
     throttling_proxy.reset()
-    ok(run_podyn(*base, "-t", table, "--reload"))
+    assert_exit(run_podyn(*base, "-t", table, "--reload"))
     with connect(pg_url) as conn:
         done = conn.execute(
             """SELECT count(*), bool_and(s.done), sum(s.items_loaded) FROM podyn.segments s
@@ -542,7 +529,7 @@ def test_kill_9_mid_load_then_resume_loses_and_doubles_nothing(
     finally:
         process.wait(10)
     assert process.returncode == -signal.SIGKILL
-    resumed = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "4"))
+    resumed = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "4"))
     assert "resuming" in resumed.stderr
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
@@ -565,7 +552,7 @@ def test_more_attributes_than_postgres_columns_overflow_into_jsonb(
     ]
     items[1]["attribute_0000"] = {"S": "a type conflict"}  # numeric in items[0]: a variant, or the overflow
     table = create_table(name=f"wide_{os.urandom(4).hex()}", items=items)
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-n", "1"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-n", "1"))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         count = conn.execute(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, run_podyn
+from helpers import REPO_ROOT, assert_exit, podyn
 from oracle import connect
 from psycopg import sql
 from scripted_streams import RecordMaker
@@ -71,12 +71,6 @@ def fresh_db(pg_server: LocalPostgres) -> Iterator[Any]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def podyn(ddb_server: Any, url: str, table: str, *args: str) -> subprocess.CompletedProcess[str]:
-    result = run_podyn("--endpoint-url", ddb_server.endpoint_url, "--no-progress", "-u", url, "-t", table, *args)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result
-
-
 def mapping(url: str) -> dict[str, str]:
     with connect(url) as conn:
         rows = conn.execute("SELECT attribute_name, column_name FROM podyn.columns WHERE NOT variant").fetchall()
@@ -99,7 +93,9 @@ def assert_rows_in_their_columns(url: str, table: str) -> None:
 
 
 def assert_verified(ddb_server: Any, url: str, table: str) -> None:
-    (report,) = json.loads(podyn(ddb_server, url, table, "--verify", "--json", "--segments", "4").stdout)
+    (report,) = json.loads(
+        assert_exit(podyn(ddb_server, url, "-t", table, "--verify", "--json", "--segments", "4")).stdout
+    )
     assert report["differences"] == [], report
 
 
@@ -129,7 +125,7 @@ def test_parallel_loads_give_the_same_names_every_time(
     spread_over_segments(ddb, table, 8)
     for _ in range(3):
         url = fresh_db()
-        podyn(ddb_server, url, table, "-s", "-d", "-lc", "-n", "4", "--segments", "8")
+        assert_exit(podyn(ddb_server, url, "-t", table, "-s", "-d", "-lc", "-n", "4", "--segments", "8"))
         assert mapping(url) == EXPECTED
         assert_rows_in_their_columns(url, table)
     assert_verified(ddb_server, url, table)
@@ -145,12 +141,12 @@ def test_later_arrival_renames_the_column(
 ) -> None:
     table = create_table(name=short(), items=items(first, 24))
     url = fresh_db()
-    podyn(ddb_server, url, table, "-s", "-d", "-lc", "-n", "4", "--segments", "8")
+    assert_exit(podyn(ddb_server, url, "-t", table, "-s", "-d", "-lc", "-n", "4", "--segments", "8"))
     if first == ("Id",):
         assert mapping(url) == {"Id": "id"}  # alone, it is lowercased: what -lc is for
     for item in items(then, 24, start=100):
         ddb.put_item(TableName=table, Item=item)
-    result = podyn(ddb_server, url, table, "-d", "--reload", "-lc", "-n", "4", "--segments", "8")
+    result = assert_exit(podyn(ddb_server, url, "-t", table, "-d", "--reload", "-lc", "-n", "4", "--segments", "8"))
     seen = set(first) | set(then)
     assert mapping(url) == {s: EXPECTED[s] for s in seen}  # as a fresh load of them all gives
     if first == ("Id",):  # it had taken id, and now shares the name with another spelling
@@ -166,7 +162,7 @@ def test_id_arriving_by_changes_renames_and_keeps_every_value(
 ) -> None:
     table = create_table(name=short(), stream_view_type="NEW_AND_OLD_IMAGES", items=items(("Id",), 20))
     url = fresh_db()
-    podyn(ddb_server, url, table, "-s", "-d", "-lc", "-n", "2", "--segments", "4")
+    assert_exit(podyn(ddb_server, url, "-t", table, "-s", "-d", "-lc", "-n", "2", "--segments", "4"))
     assert mapping(url) == {"Id": "id"}
     log = tmp_path / "changes.log"
     command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "-u", url, "-t", table,

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_exit, podyn, status_record, wait_for_status
 from oracle import connect, table_differences
 from psycopg import sql
-from test_load import ok, podyn
 
 from podyn_py.target import state
 
@@ -51,14 +51,6 @@ def column_names(url: str, table: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def status_of(ddb_server: Any, url: str, table: str) -> dict[str, Any]:
-    result = podyn(ddb_server, url, "--status", "--json", "-t", table)
-    tables = json.loads(result.stdout)["tables"]
-    assert len(tables) == 1, result.stdout
-    found: dict[str, Any] = tables[0]
-    return found
-
-
 def recreate(ddb: Any, create_table: Any, table: str, **kwargs: Any) -> None:
     ddb.delete_table(TableName=table)
     deadline = time.monotonic() + 30
@@ -73,7 +65,7 @@ def test_a_target_dropped_by_hand_is_loaded_again(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, drop: str
 ) -> None:
     table = create_table(name=fresh(), items=items(20))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
     with connect(pg_url) as conn:
         if drop == "table":
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("app", table)))
@@ -86,7 +78,7 @@ def test_a_target_dropped_by_hand_is_loaded_again(
     replication = podyn(ddb_server, pg_url, "-c", "-t", table, "--pg-schema", "app", timeout=60)
     assert replication.returncode == 3
     assert f"podyn -t {table} --schema --data" in replication.stderr
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--pg-schema", "app"))
     assert "already loaded" not in result.stderr
     assert f"app.{table} was dropped outside podyn" in result.stderr
     assert row_count(pg_url, table, "app") == 20
@@ -98,7 +90,7 @@ def test_a_target_dropped_by_hand_is_loaded_again(
 
 def test_a_dropped_column_is_refused_until_reload(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=fresh(), items=items(10))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN v").format(sql.Identifier(table)))
     for flags in (("-s", "-d"), ("-c",)):
@@ -106,7 +98,7 @@ def test_a_dropped_column_is_refused_until_reload(ddb_server: Any, ddb: Any, pg_
         assert result.returncode == 3, result.stderr
         assert "column(s) v of" in result.stderr and "--reload" in result.stderr
     assert "v" not in column_names(pg_url, table)  # refused means nothing re-added empty
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
     assert table_differences(ddb, pg_url, table) == []
 
 
@@ -115,11 +107,11 @@ def test_a_new_conversion_mode_starts_the_table_over(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, first: str, then: str
 ) -> None:
     table = create_table(name=fresh(), items=items(15))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
     refused = podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", then)
     assert refused.returncode == 3
     assert f"podyn -t {table} --schema --data --reload -m {then}" in refused.stderr  # the advice names the way
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table, "-m", then))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table, "-m", then))
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         mode = conn.execute("SELECT conversion_mode FROM podyn.tables WHERE source_table = %s", (table,)).fetchone()
@@ -135,11 +127,11 @@ def test_dropping_the_table_and_its_row_by_hand_starts_over_too(
     """The old advice (drop the table and its row in podyn.tables) left segments, columns and shards behind: the
     next load 'resumed' with nothing to do, or crashed on the stale mapping."""
     table = create_table(name=fresh(), items=items(12))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", first))
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
         conn.execute("DELETE FROM podyn.tables WHERE source_table = %s", (table,))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", then))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", then))
     assert row_count(pg_url, table) == 12
     assert table_differences(ddb, pg_url, table) == []
 
@@ -148,24 +140,24 @@ def test_a_dynamodb_table_recreated_under_the_same_name_is_loaded_again(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=fresh(), items=items(30, "old"))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     recreate(ddb, create_table, table, items=items(10, "new", value=100))
     replication = podyn(ddb_server, pg_url, "-c", "-t", table, timeout=60)
     assert replication.returncode == 3
     assert "was deleted and created again" in replication.stderr
     assert f"podyn -t {table} --schema --data" in replication.stderr
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "already loaded" not in result.stderr
     assert row_count(pg_url, table) == 10  # none of the 30 old rows stays
     assert table_differences(ddb, pg_url, table) == []
-    assert status_of(ddb_server, pg_url, table)["items_loaded"] == 10
+    assert status_record(ddb_server, pg_url, table)["items_loaded"] == 10
 
 
 def test_an_interrupted_load_of_a_recreated_table_does_not_resume_its_old_positions(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=fresh(), items=items(40, "old"))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
     with connect(pg_url) as conn:  # as after a kill -9 mid-load: two segments not done, one with a position
         conn.execute(
             "UPDATE podyn.tables SET state = 'loading', load_finished_at = NULL WHERE source_table = %s", (table,)
@@ -176,7 +168,7 @@ def test_an_interrupted_load_of_a_recreated_table_does_not_resume_its_old_positi
             (table,),
         )
     recreate(ddb, create_table, table, items=items(25, "new"))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "--segments", "4", "-n", "1"))
     assert row_count(pg_url, table) == 25
     assert table_differences(ddb, pg_url, table) == []
 
@@ -185,10 +177,10 @@ def test_a_recreated_table_whose_key_type_changed_gets_the_new_key(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=fresh(), items=items(5))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     numeric = [{"pk": {"N": str(i)}, "v": {"N": "1"}} for i in range(7)]
     recreate(ddb, create_table, table, key=(("pk", "N"),), items=numeric)
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         key = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
@@ -205,13 +197,13 @@ def test_a_table_found_without_its_metadata_is_adopted_and_loaded_again(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=fresh(), items=items(10))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         conn.execute("DROP SCHEMA podyn CASCADE")
     for i in range(5):  # items change while podyn knows nothing: new values, and one item gone
         ddb.put_item(TableName=table, Item={"pk": {"S": f"k{i}"}, "v": {"N": str(1000 + i)}, "s": {"S": "changed"}})
     ddb.delete_item(TableName=table, Key={"pk": {"S": "k9"}})
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     columns = column_names(pg_url, table)
     assert {"v", "s"} <= columns
     assert not any(re.fullmatch(r"(v|s)_[0-9a-f]{8}", name) for name in columns), columns  # no second column
@@ -232,7 +224,7 @@ def test_a_table_made_by_hand_keeps_its_rows_and_lends_its_columns(
             sql.SQL("CREATE TABLE {} (pk text PRIMARY KEY, v numeric, note text)").format(sql.Identifier(table))
         )
         conn.execute(sql.SQL("INSERT INTO {} VALUES ('mine', 7, 'kept')").format(sql.Identifier(table)))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         mine = conn.execute(sql.SQL("SELECT note FROM {} WHERE pk = 'mine'").format(sql.Identifier(table))).fetchone()
         mapped = conn.execute(
@@ -250,10 +242,10 @@ def test_metadata_of_the_previous_release_is_migrated_in_place(
     the loaded table is not loaded again, and the identity podyn finds is recorded."""
     assert " ".join(V1_DDL.read_text().split("\n", 1)[1].split()) == " ".join(state._V1_DDL.split())
     table = create_table(name=fresh(), items=items(8))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     downgrade_to_v1(pg_url)
     ddb.put_item(TableName=table, Item={"pk": {"S": "late"}, "v": {"N": "1"}})  # not loaded: the load was done
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "already loaded" in result.stderr
     assert "migrated from version 1 to" in result.stderr
     assert row_count(pg_url, table) == 8
@@ -270,7 +262,7 @@ def test_metadata_of_the_previous_release_is_migrated_in_place(
 
 def test_a_newer_metadata_schema_is_refused(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=fresh(), items=items(1))
-    ok(podyn(ddb_server, pg_url, "-s", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-t", table))
     with connect(pg_url) as conn:
         conn.execute("UPDATE podyn.schema_version SET version = version + 1")
     result = podyn(ddb_server, pg_url, "-s", "-d", "-t", table)
@@ -286,10 +278,10 @@ def test_starting_over_keeps_hostile_names_apart(
     table = create_table(name=fresh(), items=items(4))
     neighbour = create_table(name=table + "x", items=items(6))
     both = ("-t", f"{table},{neighbour}", "--pg-schema", pg_schema)
-    ok(podyn(ddb_server, pg_url, "-s", "-d", *both))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", *both))
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(pg_schema, table)))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", *both))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", *both))
     assert row_count(pg_url, table, pg_schema) == 4 and row_count(pg_url, neighbour, pg_schema) == 6
     status = podyn(ddb_server, pg_url, "--status", "--json", *both)
     states = {t["source"]: t["state"] for t in json.loads(status.stdout)["tables"]}
@@ -312,10 +304,10 @@ def test_an_upgraded_table_keeps_its_column_names(ddb_server: Any, ddb: Any, pg_
     """A table podyn_py 0.1 named (first come, first named: ``Id`` took ``id``) is not renamed under its users when
     ``id`` arrives after the upgrade: the newcomer gets the tagged name."""
     table = create_table(name=fresh(), items=[{"pk": {"S": f"k{i}"}, "Id": {"S": f"I{i}"}} for i in range(4)])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-lc", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-lc", "-t", table))
     downgrade_to_v1(pg_url)
     ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "Id": {"S": "I"}, "id": {"S": "i"}})
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-lc", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-lc", "-t", table))
     with connect(pg_url) as conn:
         mapping = dict(
             conn.execute(
@@ -399,24 +391,11 @@ def test_a_killed_load_is_not_shown_as_loading(ddb_server: Any, pg_url: str, cre
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_state(ddb_server, pg_url, table, "loading")
+        wait_for_status(ddb_server, pg_url, table, "loading")
         assert podyn(ddb_server, pg_url, "--status", "-t", table).returncode == 0
     finally:
         load.kill()
         load.wait()
-    record = wait_for_state(ddb_server, pg_url, table, "not running")
+    record, _ = wait_for_status(ddb_server, pg_url, table, "not running")
     assert record["stored_state"] == "loading"
     assert podyn(ddb_server, pg_url, "--status", "-t", table).returncode == 3
-
-
-def wait_for_state(ddb_server: Any, url: str, table: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
-    """The table's --status --json record once it shows ``wanted``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = podyn(ddb_server, url, "--status", "--json", "-t", table)
-        tables = json.loads(result.stdout)["tables"] if result.stdout.strip() else []
-        if tables and tables[0]["state"] == wanted:
-            found: dict[str, Any] = tables[0]
-            return found
-        assert time.monotonic() < deadline, f"{table} never showed {wanted!r}: {result.stdout}{result.stderr}"
-        time.sleep(0.2)

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import botocore.exceptions
-import psycopg
+from helpers import wait_for_state
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from oracle import connect, table_differences
@@ -238,17 +238,6 @@ def write(ddb: Any, table: str, operation: tuple[Any, ...]) -> None:
         # ADD to an attribute a put or SET gave another type: DynamoDB refuses, nothing was written.
         if exc.response["Error"]["Code"] != "ValidationException":
             raise
-
-
-def wait_for_state(url: str, table: str, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(psycopg.errors.UndefinedTable), connect(url) as conn:
-            row = conn.execute("SELECT state FROM podyn.tables WHERE source_table = %s", (table,)).fetchone()
-            if row is not None and row[0] == state:
-                return
-        assert time.monotonic() < deadline, f"{table} not {state} after {timeout} s"
-        time.sleep(0.1)
 
 
 def test_random_writes_replicate_exactly(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:

@@ -18,11 +18,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, STREAM, Service, wait_equal, wait_for_state
 from oracle import connect, table_differences
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from test_changes import STREAM, Service
 
 from podyn_py.config import parse_postgres_url, redact
 
@@ -233,13 +232,6 @@ HOSTILE_SCHEMA = "sch\"ema'; DROP TABLE victim; --"
 PERCENT_ATTRIBUTES = ["%s", "%(x)s", "100%", "%%"]
 
 
-def wait_equal(ddb: Any, url: str, table: str, schema: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while problems := table_differences(ddb, url, table, schema=schema):
-        assert time.monotonic() < deadline, problems[:5]
-        time.sleep(0.3)
-
-
 def add_victim(url: str) -> None:
     with connect(url) as conn:
         conn.execute("CREATE TABLE victim (id int); INSERT INTO victim VALUES (42)")
@@ -291,7 +283,7 @@ def test_hostile_names_stay_names(ddb_server: Any, ddb: Any, pg_url: str, create
             Item={pk: {"S": "new"}, sk: {"N": "9"}, "new'); DROP TABLE victim; --": {"N": "1"}, ix: {"S": "x"}},
         )
         ddb.delete_item(TableName=table, Key={pk: {"S": "key 0'; DROP TABLE victim; --"}, sk: {"N": "0"}})
-        wait_equal(ddb, pg_url, table, "public")
+        wait_equal(ddb, pg_url, table, schema="public")
         assert service.stop() == 0
     finally:
         service.stop(signal.SIGKILL)
@@ -319,10 +311,10 @@ def test_percent_signs_in_names_are_not_placeholders(
 
     service = Service(ddb_server.endpoint_url, pg_url, table, tmp_path / "changes.log", "-c")
     try:
-        service.wait_for_log(f"table {table}: live")
+        wait_for_state(pg_url, table, "live", service=service)
         ddb.put_item(TableName=table, Item={pk: {"S": "new"}, "50%": {"N": "50"}, "%s": {"S": "changed"}})
         ddb.delete_item(TableName=table, Key={pk: {"S": "k0"}})
-        wait_equal(ddb, pg_url, table, "public")
+        wait_equal(ddb, pg_url, table, schema="public")
         assert service.stop() == 0
     finally:
         service.stop(signal.SIGKILL)
@@ -402,10 +394,10 @@ def test_least_privilege_role_runs_load_changes_verify_and_status(
 
     service = Service(ddb_server.endpoint_url, role.url, table, tmp_path / "changes.log", "-c")
     try:
-        service.wait_for_log(f"table {table}: live")
+        wait_for_state(role.admin_url, table, "live", service=service)
         ddb.put_item(TableName=table, Item={"pk": {"S": "new"}, "fresh": {"SS": ["a"]}})  # ALTER TABLE as owner
         ddb.delete_item(TableName=table, Key={"pk": {"S": "k1"}})
-        wait_equal(ddb, role.admin_url, table, "public")
+        wait_equal(ddb, role.admin_url, table, schema="public")
         assert service.stop() == 0
     finally:
         service.stop(signal.SIGKILL)

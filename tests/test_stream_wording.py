@@ -105,6 +105,7 @@ def test_a_shard_missing_from_a_live_stream_says_the_stream_still_exists() -> No
     assert "over 24 hours" not in message
 
 
+@pytest.mark.slow  # replicates until the stream is disabled under it: about 6 s
 def test_a_stream_disabled_while_changes_run_is_reported_as_observed(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, tmp_path: Path
 ) -> None:

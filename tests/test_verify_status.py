@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, run_podyn
+from helpers import REPO_ROOT, assert_exit, podyn, run_podyn
 from oracle import connect
 from psycopg import sql
 
@@ -30,17 +30,10 @@ def short(prefix: str) -> str:
     return f"{prefix}_{os.urandom(4).hex()}"
 
 
-def podyn(ddb_server: Any, url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_podyn("--endpoint-url", ddb_server.endpoint_url, "--no-progress", *(["-u", url] if url else []), *args)
-
-
-def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == code, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result
-
-
 def verify_json(ddb_server: Any, url: str, *args: str, code: int) -> list[dict[str, Any]]:
-    reports: list[dict[str, Any]] = json.loads(ok(podyn(ddb_server, url, "--verify", "--json", *args), code).stdout)
+    reports: list[dict[str, Any]] = json.loads(
+        assert_exit(podyn(ddb_server, url, "--verify", "--json", *args), code).stdout
+    )
     return reports
 
 
@@ -76,17 +69,17 @@ def items(count: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("mode", ["columns", "jsonb"])
 def test_verify_passes_on_an_equal_copy(ddb_server: Any, pg_url: str, create_table: Any, mode: str) -> None:
     table = create_table(name=short("t"), items=items(30))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode, "--segments", "3"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode, "--segments", "3"))
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "4", code=0)
     assert report["equal"] and report["items"] == 30 and report["differences"] == []
     assert report["segments_scanned"] == report["total_segments"] == 4 and not report["sampled"]
-    text = ok(podyn(ddb_server, pg_url, "--verify")).stdout  # no -t: every table podyn loaded into the schema
+    text = assert_exit(podyn(ddb_server, pg_url, "--verify")).stdout  # no -t: every table podyn loaded into the schema
     assert f"{table} → public.{table}: equal (30 items" in text
 
 
 def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(12))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     changes: list[tuple[Any, ...]] = [
         ("DELETE FROM {t} WHERE pk = %s", "k0"),
         ("UPDATE {t} SET t = 'changed' WHERE pk = %s", "k1"),
@@ -118,14 +111,14 @@ def test_verify_reports_each_kind_of_difference_with_its_key(ddb_server: Any, pg
     assert shown["pk=k2"] == ("2.5", "3.5") and shown["pk=k6"] == ('"text 6"', "NULL")
     assert BIG in shown["pk=k5"][0] and BIG_CHANGED in shown["pk=k5"][1]
 
-    text = ok(podyn(ddb_server, pg_url, "--verify", "-t", table, "--verify-max-differences", "2"), 4).stdout
+    text = assert_exit(podyn(ddb_server, pg_url, "--verify", "-t", table, "--verify-max-differences", "2"), 4).stdout
     assert "DIFFERENT: 1 missing row, 1 extra row, 7 differing rows" in text
     assert "… 7 more differences (--verify-max-differences)" in text
 
 
 def test_verify_in_jsonb_mode_names_the_attribute_inside_data(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(6))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", "jsonb"))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", "jsonb"))
     change = "UPDATE {t} SET data = jsonb_set(data, %s::text[], %s::jsonb) WHERE pk = %s"
     execute(pg_url, change, table, ["m", "deep", "0"], BIG_CHANGED, "k1")
     execute(pg_url, "UPDATE {t} SET data = data - 'bs' WHERE pk = %s", table, "k2")
@@ -142,7 +135,7 @@ def test_verify_in_jsonb_mode_names_the_attribute_inside_data(ddb_server: Any, p
 
 def test_verify_reports_a_dropped_column(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(5))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "ALTER TABLE {t} DROP COLUMN n", table)
     (report,) = verify_json(ddb_server, pg_url, "-t", table, code=4)
     assert report["missing_columns"] == ["n"] and report["differing"] == 5
@@ -153,12 +146,14 @@ def test_sampled_verify_scans_some_segments_and_says_what_it_cannot_see(
     ddb_server: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=short("t"), items=items(60))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "INSERT INTO {t} (pk) VALUES (%s)", table, "only-in-postgres")
     (report,) = verify_json(ddb_server, pg_url, "-t", table, "--segments", "4", "--verify-sample", "0.5", code=0)
     assert report["sampled"] and (report["segments_scanned"], report["total_segments"]) == (2, 4)
     assert 0 < report["items"] < 60 and report["extra"] == 0
-    text = ok(podyn(ddb_server, pg_url, "--verify", "-t", table, "--segments", "4", "--verify-sample", "0.25")).stdout
+    text = assert_exit(
+        podyn(ddb_server, pg_url, "--verify", "-t", table, "--segments", "4", "--verify-sample", "0.25")
+    ).stdout
     assert "1 of 4 segments (sampled)" in text and "cannot be found in sampled mode" in text
     # The same table verified in full finds the extra row.
     (full,) = verify_json(ddb_server, pg_url, "-t", table, code=4)
@@ -167,17 +162,17 @@ def test_sampled_verify_scans_some_segments_and_says_what_it_cannot_see(
 
 def test_verify_of_a_table_podyn_never_loaded_is_a_clear_error(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(2))
-    result = ok(podyn(ddb_server, pg_url, "--verify", "-t", table), 3)
+    result = assert_exit(podyn(ddb_server, pg_url, "--verify", "-t", table), 3)
     assert f"{table} → public.{table}: not verified: public.{table} was never loaded by podyn" in result.stdout
-    ok(podyn(ddb_server, pg_url, "-s", "-t", table))
-    result = ok(podyn(ddb_server, pg_url, "--verify", "-t", table), 3)
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-t", table))
+    result = assert_exit(podyn(ddb_server, pg_url, "--verify", "-t", table), 3)
     assert "has not finished (state created)" in result.stdout
 
 
 def test_verify_rechecks_a_key_that_is_fixed_while_it_runs(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     """A row behind DynamoDB, as while changes are in flight: verify reads it again and finds it caught up."""
     table = create_table(name=short("t"), items=items(4))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     execute(pg_url, "UPDATE {t} SET t = 'stale' WHERE pk = %s", table, "k2")
     command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "--no-progress"]
     process = subprocess.Popen(
@@ -234,14 +229,14 @@ def test_verify_and_status_while_changes_flow(
         assert verifier.returncode == 0 and report["equal"], report
         deadline = time.monotonic() + 30
         while True:
-            (live,) = json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json")).stdout)["tables"]
+            (live,) = json.loads(assert_exit(podyn(ddb_server, pg_url, "--status", "--json")).stdout)["tables"]
             if live["changes_applied"] >= writes or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert live["state"] == "live" and live["changes_applied"] >= writes > 0
         assert live["shards"] and any(s["sequence_number"] for s in live["shards"]) and live["stream_arn"]
         assert live["last_change_at"] is not None and live["replication_lag_seconds"] is not None
-        text = ok(podyn(ddb_server, pg_url, "--status")).stdout
+        text = assert_exit(podyn(ddb_server, pg_url, "--status")).stdout
         assert f"{table} → public.{table}: live" in text and "CHECKPOINT" in text
     finally:
         service.send_signal(signal.SIGTERM)
@@ -251,29 +246,30 @@ def test_verify_and_status_while_changes_flow(
 def test_status_after_a_load_and_of_a_stopped_table(ddb_server: Any, pg_url: str, create_table: Any) -> None:
     table = create_table(name=short("t"), items=items(20))
     other = create_table(name=short("other"), items=items(3))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{other}", "--segments", "3"))
-    status = json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json")).stdout)
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", f"{table},{other}", "--segments", "3"))
+    status = json.loads(assert_exit(podyn(ddb_server, pg_url, "--status", "--json")).stdout)
     tables = {t["source"]: t for t in status["tables"]}
     loaded = tables[table]
     assert loaded["state"] == "loaded" and loaded["items_loaded"] == 20 and loaded["target"] == f"public.{table}"
     assert [s["segment"] for s in loaded["segments"]] == [0, 1, 2] and all(s["done"] for s in loaded["segments"])
     assert sum(s["items_loaded"] for s in loaded["segments"]) == 20
     assert loaded["shards"] == [] and loaded["changes_applied"] == 0 and loaded["load_finished_at"] is not None
-    text = ok(podyn(ddb_server, pg_url, "--status", "-t", table)).stdout
+    text = assert_exit(podyn(ddb_server, pg_url, "--status", "-t", table)).stdout
     assert other not in text and f"{table} → public.{table}: loaded" in text
     assert "3/3 done" in text and "SEGMENT" in text
 
     # A reload that fails (a column podyn needs was dropped by hand) stops the table with its error.
     execute(pg_url, "ALTER TABLE {t} DROP COLUMN t", other)
-    ok(podyn(ddb_server, pg_url, "-d", "--reload", "-t", other), 3)
-    result = ok(podyn(ddb_server, pg_url, "--status"), 3)
+    assert_exit(podyn(ddb_server, pg_url, "-d", "--reload", "-t", other), 3)
+    result = assert_exit(podyn(ddb_server, pg_url, "--status"), 3)
     assert f"{other} → public.{other}: stopped" in result.stdout and "last error:" in result.stdout
     stopped = {
-        t["source"]: t for t in json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json"), 3).stdout)["tables"]
+        t["source"]: t
+        for t in json.loads(assert_exit(podyn(ddb_server, pg_url, "--status", "--json"), 3).stdout)["tables"]
     }
     assert stopped[other]["state"] == "stopped" and '"t"' in stopped[other]["last_error"]
     assert stopped[table]["state"] == "loaded"
-    unknown = ok(podyn(ddb_server, pg_url, "--status", "-t", "no_such_table"), 3)
+    unknown = assert_exit(podyn(ddb_server, pg_url, "--status", "-t", "no_such_table"), 3)
     assert "no_such_table: unknown" in unknown.stdout
 
 
@@ -281,12 +277,12 @@ def test_status_and_verify_never_print_the_password(ddb_server: Any, pg_url: str
     secret = "Sup3rSecret"
     url = pg_url.replace("postgres@", f"postgres:{secret}@", 1)  # the test server trusts local connections
     table = create_table(name=short("t"), items=items(2))
-    ok(podyn(ddb_server, url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, url, "-s", "-d", "-t", table))
     execute(pg_url, "UPDATE podyn.tables SET last_error = %s", table, f"connecting: password={secret} refused")
     outputs = [
-        ok(podyn(ddb_server, url, "--status")),
-        ok(podyn(ddb_server, url, "--status", "--json")),
-        ok(podyn(ddb_server, url, "--verify", "-v")),
+        assert_exit(podyn(ddb_server, url, "--status")),
+        assert_exit(podyn(ddb_server, url, "--status", "--json")),
+        assert_exit(podyn(ddb_server, url, "--verify", "-v")),
     ]
     for result in outputs:
         assert secret not in result.stdout + result.stderr
@@ -329,7 +325,7 @@ def test_metrics_and_status_during_a_slow_load(ddb_server: Any, pg_url: str, cre
                 continue  # not listening yet
         rising = [v for v in seen if v > 0]
         assert len(set(rising)) >= 2 and rising == sorted(rising), f"podyn_items_loaded_total did not rise: {seen}"
-        status = json.loads(ok(podyn(ddb_server, pg_url, "--status", "--json")).stdout)
+        status = json.loads(assert_exit(podyn(ddb_server, pg_url, "--status", "--json")).stdout)
         (loading,) = status["tables"]
         assert loading["state"] == "loading" and 0 < loading["items_loaded"] < 2000
         assert len(loading["segments"]) == 4 and not all(s["done"] for s in loading["segments"])
