@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import STREAM, Service, assert_exit, fresh, items, podyn, recreate, row_count, wait_for_state
 from oracle import connect, table_differences
 from psycopg import sql
-from test_changes import STREAM, Service
-from test_load import ok, podyn
-from test_metadata_truth import fresh, items, recreate, row_count
 
 
 def wait_exit(service: Service, timeout: float = 30) -> int:
@@ -33,41 +30,28 @@ def wait_exit(service: Service, timeout: float = 30) -> int:
     return service.stop()
 
 
-@pytest.fixture
-def services(ddb_server: Any, tmp_path: Path) -> Any:
-    started: list[Service] = []
-
-    def start(url: str, table: str, *args: str) -> Service:
-        service = Service(ddb_server.endpoint_url, url, table, tmp_path / f"service{len(started)}.log", *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.stop(signal.SIGKILL)
-
-
 @pytest.mark.parametrize("lost", ["dynamodb table re-created", "podyn schema dropped"])
 def test_changes_do_not_go_live_over_rows_podyn_must_empty_first(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, services: Any, lost: str
 ) -> None:
     table = create_table(name=fresh(), stream_view_type=STREAM, items=items(6, "old"))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     if lost == "podyn schema dropped":
         with connect(pg_url) as conn:
             conn.execute("DROP SCHEMA podyn CASCADE")
         ddb.delete_item(TableName=table, Key={"pk": {"S": "old0"}})
     else:
         recreate(ddb, create_table, table, stream_view_type=STREAM, items=items(3, "new"))
-    ok(podyn(ddb_server, pg_url, "-s", "-t", table))  # the state is forgotten; the rows are not known to be current
+    assert_exit(
+        podyn(ddb_server, pg_url, "-s", "-t", table)
+    )  # the state is forgotten; the rows are not known to be current
     service = services(pg_url, table, "-c")
     assert wait_exit(service) == 3, service.text()
     assert f"podyn -t {table} --data" in service.text(), service.text()
-    ok(podyn(ddb_server, pg_url, "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-d", "-t", table))
     assert table_differences(ddb, pg_url, table) == []
     service = services(pg_url, table, "-c")
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     assert service.stop() == 0, service.text()
 
 
@@ -76,14 +60,14 @@ def test_a_target_dropped_under_a_running_service_stops_it_naming_the_repair(
 ) -> None:
     table = create_table(name=fresh(), stream_view_type=STREAM, items=items(4))
     service = services(pg_url, table, "-s", "-d", "-c")
-    service.wait_for_log(f"table {table}: live")
+    wait_for_state(pg_url, table, "live", service=service)
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
     ddb.put_item(TableName=table, Item={"pk": {"S": "after"}, "v": {"N": "1"}})
     assert wait_exit(service) == 3, service.text()
     assert "was dropped outside podyn" in service.text(), service.text()
     assert f"podyn -t {table} --schema --data" in service.text(), service.text()
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert row_count(pg_url, table) == 5
     assert table_differences(ddb, pg_url, table) == []
 
@@ -92,7 +76,7 @@ def test_a_target_renamed_by_hand_is_named_as_renamed(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
 ) -> None:
     table = create_table(name=fresh(), items=items(5))
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     with connect(pg_url) as conn:
         conn.execute(
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(table + "_old"))
@@ -102,7 +86,7 @@ def test_a_target_renamed_by_hand_is_named_as_renamed(
     assert f"public.{table} was renamed to public.{table}_old outside podyn" in refused.stderr, refused.stderr
     status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
     assert status.returncode == 3 and json.loads(status.stdout)["tables"][0]["state"] == "target missing"
-    result = ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     assert "renamed to" in result.stderr
     assert row_count(pg_url, table) == 5 and row_count(pg_url, table + "_old") == 5
 
@@ -130,7 +114,7 @@ def test_a_load_killed_during_a_reload_into_a_new_mode_is_not_shown_loading(
     """kill -9 during ``--reload -m jsonb`` (the DROP and re-create, then the load): --status said 'loading', exit 0,
     with nothing loading; while the load runs it says so, and its heartbeat keeps it from being called stalled."""
     table = create_table(name=fresh(), items=[{"pk": {"S": f"k{i}"}, "pad": {"S": "p" * 200}} for i in range(1000)])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     reload = ("-s", "-d", "--reload", "-m", "jsonb", "-n", "1", "--segments", "4", "-r", "1")
     service = services(pg_url, table, *reload)
     segments_part_done(pg_url, table)
@@ -153,7 +137,7 @@ def test_a_load_killed_during_a_reload_into_a_new_mode_is_not_shown_loading(
     status = podyn(ddb_server, pg_url, "--status", "--json", "-t", table)
     shown = json.loads(status.stdout)["tables"][0]
     assert (shown["state"], shown["stored_state"], status.returncode) == ("not running", "loading", 3), shown
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))  # resumes, in the new mode
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))  # resumes, in the new mode
     assert table_differences(ddb, pg_url, table) == []
     with connect(pg_url) as conn:
         mode = conn.execute("SELECT conversion_mode FROM podyn.tables WHERE target_table = %s", (table,)).fetchone()
@@ -173,7 +157,7 @@ def test_status_does_not_call_a_table_loaded_whose_column_was_dropped(
 ) -> None:
     """The next run refuses such a table (its values are gone: --reload); --status said 'loaded', exit 0."""
     table = create_table(name=fresh(), items=[{"pk": {"S": "a"}, 'o"dd %s n': {"S": "x"}}])
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table, "-m", mode))
     dropped = 'o"dd %s n' if mode == "columns" else "data"
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(dropped)))
@@ -183,6 +167,6 @@ def test_status_does_not_call_a_table_loaded_whose_column_was_dropped(
     assert shown["missing_columns"] == [dropped]
     text = podyn(ddb_server, pg_url, "--status", "-t", table)
     assert f"columns dropped outside podyn: {dropped}" in text.stdout, text.stdout
-    ok(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "--reload", "-t", table))
     assert status_state(ddb_server, pg_url, table) == "loaded"
     assert table_differences(ddb, pg_url, table) == []

@@ -11,53 +11,17 @@ import json
 import re
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_exit, podyn, status_record, wait_for_status
+from helpers import assert_exit, column_names, fresh, items, podyn, recreate, row_count, status_record, wait_for_status
 from oracle import connect, table_differences
 from psycopg import sql
 
 from podyn_py.target import state
 
 V1_DDL = Path(__file__).parent / "data" / "metadata-v1.sql"
-
-
-def fresh() -> str:
-    """A table name short enough to be the PostgreSQL table's name as it is."""
-    return f"meta_{uuid.uuid4().hex[:12]}"
-
-
-def items(count: int, prefix: str = "k", *, value: int = 0) -> list[dict[str, Any]]:
-    return [{"pk": {"S": f"{prefix}{i}"}, "v": {"N": str(i + value)}, "s": {"S": f"x{i}"}} for i in range(count)]
-
-
-def row_count(url: str, table: str, schema: str = "public") -> int:
-    with connect(url) as conn:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def column_names(url: str, table: str) -> set[str]:
-    with connect(url) as conn:
-        rows = conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            (sql.Identifier("public", table).as_string(conn),),
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
-def recreate(ddb: Any, create_table: Any, table: str, **kwargs: Any) -> None:
-    ddb.delete_table(TableName=table)
-    deadline = time.monotonic() + 30
-    while table in ddb.list_tables()["TableNames"]:
-        assert time.monotonic() < deadline, "the table was not deleted"
-        time.sleep(0.05)
-    create_table(name=table, **kwargs)
 
 
 @pytest.mark.parametrize("drop", ["table", "schema"])
