@@ -214,12 +214,12 @@ def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[Conversio
     stored = target.stored_choices(spec.schema, spec.table)
     if stored is None:
         return config.mode or ConversionMode.COLUMNS, bool(config.lower_case)
-    mode, lower_case = stored
+    mode, lower_case = stored.mode, stored.lower_case
     wanted = replace(
         spec, mode=config.mode or mode, lower_case=lower_case if config.lower_case is None else config.lower_case
     )
-    if config.reload and config.data:
-        return wanted.mode, wanted.lower_case  # the table is made again with the new choices (see prepare_table)
+    if not stored.binding or (config.reload and config.data):
+        return wanted.mode, wanted.lower_case  # the table is made again with these choices (see prepare_table)
     refuse_other_choices(replace(spec, mode=mode, lower_case=lower_case), wanted)
     return mode, lower_case
 

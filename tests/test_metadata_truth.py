@@ -363,3 +363,22 @@ def test_a_killed_load_is_not_shown_as_loading(ddb_server: Any, pg_url: str, cre
     record, _ = wait_for_status(ddb_server, pg_url, table, "not running")
     assert record["stored_state"] == "loading"
     assert podyn(ddb_server, pg_url, "--status", "-t", table).returncode == 3
+
+
+def test_a_table_dropped_by_hand_is_made_again_with_its_recorded_choices(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """The record of a dropped table binds nothing (another -m is not refused), but without -m the table is made
+    again as it was: a jsonb table stays jsonb."""
+    table = create_table(name=fresh(), items=items(5))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-m", "jsonb", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert "data" in column_names(pg_url, table)
+    assert table_differences(ddb, pg_url, table) == []
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-m", "columns", "-t", table))
+    assert {"v", "s"} <= column_names(pg_url, table) and "data" not in column_names(pg_url, table)
+    assert table_differences(ddb, pg_url, table) == []

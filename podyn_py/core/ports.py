@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from podyn_py.core.positions import ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
-from podyn_py.core.schema import ConversionMode, SchemaChange, SourceIdentity, TableSchema, TableSpec
+from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
 
 # -- clients: the calls made of DynamoDB ------------------------------------------------------------------------
 # ``*args: Any, **kwargs: Any`` accepts boto3's keyword-only signatures; the method names are what is checked.
@@ -152,7 +152,7 @@ class Target(Protocol):
 
     def hold(self, spec: TableSpec) -> AbstractContextManager[Hold | None]: ...
 
-    def stored_choices(self, schema: str, table: str) -> tuple[ConversionMode, bool] | None: ...
+    def stored_choices(self, schema: str, table: str) -> StoredChoices | None: ...
 
     def prepare_table(
         self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False

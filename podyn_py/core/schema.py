@@ -72,6 +72,16 @@ class SourceIdentity:
 
 
 @dataclass(frozen=True)
+class StoredChoices:
+    """The conversion mode and lowercasing podyn recorded for a table, and whether they still bind a run: they do
+    not once the table they were made for is gone (a later run may choose again; without a choice, they stay)."""
+
+    mode: ConversionMode
+    lower_case: bool
+    binding: bool = True
+
+
+@dataclass(frozen=True)
 class IndexSpec:
     """A global or local secondary index: its name and key attributes (partition[, sort])."""
 

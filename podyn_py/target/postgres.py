@@ -31,10 +31,10 @@ from podyn_py.core import ddl, naming
 from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import (
     Column,
-    ConversionMode,
     KeyAttribute,
     SchemaChange,
     SourceIdentity,
+    StoredChoices,
     TableSchema,
     TableSpec,
     complete_keys,
@@ -236,19 +236,19 @@ class PostgresTarget:
         finally:
             hold.release()
 
-    def stored_choices(self, schema: str, table: str) -> tuple[ConversionMode, bool] | None:
+    def stored_choices(self, schema: str, table: str) -> StoredChoices | None:
         """The conversion mode and lowercasing a table was created with, if podyn knows it."""
 
-        def read(conn: psycopg.Connection[Any]) -> tuple[ConversionMode, bool] | None:
+        def read(conn: psycopg.Connection[Any]) -> StoredChoices | None:
             if state.read_schema_version(conn) is None:
                 return None
             record = state.read_table(conn, schema, table)
             if record is None:
                 return None
             relation = relation_oid(conn, record.spec)
-            if relation is None or (record.target_oid is not None and record.target_oid != relation):
-                return None  # the record describes a table that is gone: its choices bind nothing
-            return record.spec.mode, record.spec.lower_case
+            # A record of a table that is gone binds nothing, but its choices stay the default for making it again.
+            gone = relation is None or (record.target_oid is not None and record.target_oid != relation)
+            return StoredChoices(record.spec.mode, record.spec.lower_case, binding=not gone)
 
         return self.run("reading podyn.tables", read, table=table)
 
