@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -26,6 +28,7 @@ from podyn_py import metrics
 from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
 from podyn_py.core.schema import ConversionMode
 from podyn_py.errors import ConfigError, PodynError
+from podyn_py.processes import PROCESS_INDEX_ENV, RUN_STARTED_ENV, run_processes
 from podyn_py.verify import VerifyOptions
 
 log = logging.getLogger("podyn_py")
@@ -116,6 +119,23 @@ differences.
 @click.option("--segments", type=click.IntRange(1, 1_000_000), help="Parallel scan segments (default: 4 × -n).")
 @click.option("--consistent-read", is_flag=True, help="Strongly consistent scan reads (twice the read cost).")
 @click.option("--reload", is_flag=True, help="Empty and load again tables that were already loaded.")
+@click.option(
+    "-P",
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Run this many podyn processes from this one command; they share each table's segments and shards as"
+    " processes on separate hosts do.",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(1.0, 3600.0),
+    default=30.0,
+    show_default=True,
+    help="A lease on a segment or shard lasts this long unless renewed (every third of it); then another process"
+    " takes the unit over.",
+)
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
@@ -188,6 +208,8 @@ def main(
     segments: int | None,
     consistent_read: bool,
     reload: bool,
+    processes: int,
+    lease_seconds: float,
     pg_schema: str,
     endpoint_url: str | None,
     region: str | None,
@@ -222,6 +244,10 @@ def main(
         raise click.UsageError("--json goes with --verify or --status")
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
+    if processes > 1 and (checks or not postgres_url):
+        raise click.UsageError("-P/--processes goes with --schema, --data or --changes and a PostgreSQL URL (-u)")
+    if processes > 1:
+        sys.exit(run_processes(processes, sys.argv[1:]))
     schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
     try:
         config = Config(
@@ -239,6 +265,8 @@ def main(
             consistent_read=consistent_read,
             pg_schema=pg_schema,
             reload=reload,
+            lease_seconds=lease_seconds,
+            run_started=_run_started(),
             progress=sys.stderr.isatty() if progress is None else progress,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
@@ -249,7 +277,7 @@ def main(
             ),
         )
         if metrics_port is not None:
-            serve_metrics(metrics_port, metrics_address)
+            serve_metrics(metrics_port + int(os.environ.get(PROCESS_INDEX_ENV, "0")), metrics_address)
         if verify:
             options = VerifyOptions(max_differences=verify_max_differences, sample=verify_sample)
             sys.exit(run_verify(config, options, as_json=as_json))
@@ -326,6 +354,12 @@ def _configure_logging(level: int) -> None:
     if level > logging.DEBUG:
         for noisy in ("botocore", "boto3", "urllib3", "psycopg"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_started() -> datetime:
+    """When this command started: given by the parent of a process started by -P, else now."""
+    given = os.environ.get(RUN_STARTED_ENV)
+    return datetime.fromisoformat(given) if given else datetime.now(UTC)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
@@ -144,6 +145,10 @@ class Config:
     progress: bool = False
     #: How often a standing-by service tries to take over a table another process holds.
     standby_seconds: float = 10.0
+    #: How long a lease on a work unit (segment, shard) lasts unless renewed (every third of it).
+    lease_seconds: float = 30.0
+    #: When this run (this command: all its processes) started, by the database's clock when known.
+    run_started: datetime | None = None
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

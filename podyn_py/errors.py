@@ -72,6 +72,11 @@ class MappingChanged(TransientTargetError):
     """
 
 
+class LeaseLost(TransientTargetError):
+    """This process's lease on a unit of work (a segment, a shard) was taken over by another process after it
+    expired: nothing was committed; the unit is the other process's now."""
+
+
 class DataError(PodynError):
     """A DynamoDB value or record that podyn cannot understand (unknown type tag, malformed number or JSON)."""
 

@@ -1,8 +1,12 @@
 """The initial load of one table: parallel scan segments → rows → COPY, resumable page by page.
 
-Each segment is scanned by one worker thread with its own PostgreSQL connection. A page's rows are committed with
-the segment's new LastEvaluatedKey, so after a crash the next run continues each segment after its last committed
-page. Items that cannot be converted are kept whole in ``podyn.rejected`` (same transaction), never dropped.
+Each segment is a work unit: a worker thread claims one (a lease in ``podyn.leases``, see ``units.py``), scans it
+with its own PostgreSQL connection, then claims the next. A page's rows are committed with the segment's new
+LastEvaluatedKey and a check of the lease, so after a crash the next run (or another process, once the lease
+expired) continues each segment after its last committed page, and a process that lost a lease commits nothing
+more to it. Any number of processes, on any number of hosts, load one table together this way; the commit that
+finishes the last segment marks the table loaded. Items that cannot be converted are kept whole in
+``podyn.rejected`` (same transaction), never dropped.
 """
 
 from __future__ import annotations
@@ -13,21 +17,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from podyn_py import metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.keys import key_from_json, key_to_json
 from podyn_py.core.ports import ScanClient, ScanSource, Target
-from podyn_py.core.positions import SegmentRecord
+from podyn_py.core.positions import Lease, SegmentRecord
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
-from podyn_py.errors import Interrupted, MappingChanged, PodynError
+from podyn_py.errors import Interrupted, LeaseLost, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
 from podyn_py.target.state import HEARTBEAT_SECONDS
+from podyn_py.units import LeaseTiming, UnitKeeper
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,10 @@ class LoadOptions:
     progress_bar: bool = False
     #: How long a lost PostgreSQL connection is retried before the load stops.
     reconnect_seconds: float = 600.0
+    #: Leases on segments (shared with other processes loading the same table).
+    leases: LeaseTiming = LeaseTiming()
+    #: When this run started: a --reload joins a load of the same table started since (by another process).
+    run_started: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,10 @@ class _TableLoad:
         options: LoadOptions,
         progress: LoadProgress,
         stop: threading.Event,
+        keeper: UnitKeeper,
     ):
         self.rows = RowConverter(schema, target)
+        self.keeper = keeper
         #: Set when the run is asked to stop.
         self.stop = stop
         self.options = options
@@ -107,6 +119,11 @@ class _TableLoad:
         for conn in self._opened:
             conn.close()
 
+    def share_rate(self) -> None:
+        """--scan-rate is for the table as a whole: this process spends its share among the table's loaders."""
+        if self.options.scan_rate > 0:
+            self.limiter.set_rate(self.options.scan_rate / self.keeper.workers)
+
 
 def load_table(
     description: dynamodb.TableDescription,
@@ -131,6 +148,7 @@ def load_table(
         reload=options.reload,
         stream_arn=description.stream_arn,
         stream_view_type=description.stream_view_type,
+        run_started=options.run_started,
     )
     if segments is None:
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
@@ -148,23 +166,29 @@ def load_table(
     )
     requested = stop or threading.Event()
     source = dynamodb.TableScan(client, spec.source, consistent_read=options.consistent_read)
-    load = _TableLoad(schema, target, source, options, progress, requested)
+    keeper = UnitKeeper(target, spec, "load", options.leases)
+    load = _TableLoad(schema, target, source, options, progress, requested, keeper)
     stopping = _Either(requested)
     try:
+        keeper.join()
+        load.share_rate()
         workers = max(1, min(options.connections, len(remaining)))
+        beat_every = min(HEARTBEAT_SECONDS, options.leases.heartbeat_seconds)
         with ThreadPoolExecutor(workers, thread_name_prefix=f"load-{spec.source}") as pool:
-            futures = [pool.submit(_load_segment, load, s, stopping) for s in remaining]
+            futures = [pool.submit(_load_segments, load, stopping) for _ in range(workers)]
             while True:
-                done, pending = wait(futures, timeout=HEARTBEAT_SECONDS, return_when=FIRST_EXCEPTION)
+                done, pending = wait(futures, timeout=beat_every, return_when=FIRST_EXCEPTION)
                 if not pending or any(f.exception() is not None for f in done):
                     break
                 _beat(heartbeat, spec.source)
+                _renew(load)
             failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if failed:
                 stopping.set()  # the other segments stop at their next page; their committed pages stay
                 wait(futures)
                 raise failed[0]  # type: ignore[misc]
     finally:
+        keeper.leave()  # on any stop: the segments go back at once, for another process to take over
         load.close_connections()
         progress.close()
     if requested.is_set():
@@ -209,16 +233,94 @@ class _Either:
         self.failed.set()
 
 
-def _load_segment(load: _TableLoad, record: SegmentRecord, stop: _Either) -> None:
+def _renew(load: _TableLoad) -> None:
+    """Renew this process's segment leases; like a heartbeat, a failure does not stop the load (a lost lease is
+    noticed by the commit that checks it)."""
+    try:
+        load.keeper.renew()
+        load.share_rate()
+    except PodynError as exc:
+        log.warning("table %s: could not renew the load's leases (%s); the load goes on", load.keeper.spec.source, exc)
+
+
+def _load_segments(load: _TableLoad, stop: _Either) -> None:
+    """One worker thread: claim a segment, scan it to its end, claim the next, until every segment is done.
+
+    When the segments left are all leased by other processes, it waits: they finish them, or stop renewing their
+    leases and this one takes over, after the lease expired, from the segment's last committed page.
+    """
+    spec = load.schema.spec
+    waiting = False
+    while not stop.is_set():
+        claimed, left = _claim_with_reconnect(load)
+        if not claimed:
+            if left <= len(load.keeper.leases):
+                return  # the rest are this process's, in its other threads (one that loses its lease claims again)
+            if not waiting:
+                log.info("table %s: %d segments left, all held by other processes; waiting", spec.source, left)
+                waiting = True
+            load.stop.wait(load.keeper.timing.poll_seconds)
+            continue
+        waiting = False
+        lease, record = claimed[0]
+        load.keeper.adopt([lease])
+        try:
+            if record.done:
+                continue
+            if record.last_key is not None and record.items_loaded:
+                log.info("table %s: segment %d continues after its last committed page", spec.source, record.segment)
+            _load_segment(load, record, lease, stop)
+        except LeaseLost as exc:
+            log.warning("table %s: %s", spec.source, exc.message)
+        finally:
+            _release(load, lease)
+
+
+def _release(load: _TableLoad, lease: Lease) -> None:
+    """Give a segment's lease back (done, failed or stopped) on the worker's connection; if that fails the lease
+    just expires."""
+    try:
+        load.keeper.release([lease], load.connection())
+    except PodynError as exc:
+        log.warning("table %s: could not give back segment %s (%s)", load.keeper.spec.source, lease.unit_id, exc)
+
+
+def _claim_with_reconnect(load: _TableLoad) -> tuple[list[tuple[Lease, SegmentRecord]], int]:
+    """Claim the next segment on the worker's connection; while PostgreSQL is unreachable, reconnect with
+    back-off as a page write does."""
+    spec = load.schema.spec
+    retrier = Retrier(POSTGRES_RECONNECT, stop=load.stop, deadline=load.options.reconnect_seconds)
+    while True:
+        conn = load.connection() or load.target.connect()
+        load.keep_connection(conn)
+        try:
+            return load.target.claim_segments(spec, load.keeper.worker, 1, load.keeper.timing.lease_seconds, conn)
+        except PodynError as exc:
+            delay = retrier.next_delay() if exc.transient else None
+            if delay is None:
+                raise
+            log.warning("table %s: %s; reconnecting in %.1f s", spec.source, exc.message, delay)
+            conn.close()
+            load.keep_connection(None)
+            if retrier.wait(delay):
+                raise Interrupted("stopped on request while PostgreSQL was unreachable", table=spec.source) from exc
+
+
+def _load_segment(load: _TableLoad, record: SegmentRecord, lease: Lease, stop: _Either) -> None:
     sizer = PageSizer(
-        load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))
+        load.options.scan_rate / max(1, min(load.options.connections, record.total_segments)) / load.keeper.workers
         if load.options.scan_rate > 0
         else None,
         consistent_read=load.options.consistent_read,
     )
     key = record.last_key
     while not stop.is_set():
-        conn, key = _load_page(load, load.connection(), record.segment, record.total_segments, key, sizer)
+        if not load.keeper.held(lease):
+            raise LeaseLost(
+                f"segment {record.segment}: the lease was lost; leaving the segment to the process that took it",
+                table=load.schema.spec.source,
+            )
+        conn, key = _load_page(load, load.connection(), record.segment, record.total_segments, key, sizer, lease)
         load.keep_connection(conn)
         if key is None:
             return
@@ -231,6 +333,7 @@ def _load_page(
     total_segments: int,
     key: dict[str, Any] | None,
     sizer: PageSizer,
+    lease: Lease,
 ) -> tuple[Any, dict[str, Any] | None]:
     """Scan one page after ``key`` and commit its rows; returns the connection and the key to go on from.
 
@@ -246,7 +349,7 @@ def _load_page(
     while True:
         schema, rows, rejected = load.rows.convert(page.items)
         try:
-            conn = _write_with_reconnect(load, conn, schema, rows, rejected, segment, key, new_key)
+            conn = _write_with_reconnect(load, conn, schema, rows, rejected, segment, key, new_key, lease)
             break
         except MappingChanged as exc:  # columns renamed by another worker: same page, new names
             log.info("table %s: %s", source, exc.message)
@@ -271,6 +374,7 @@ def _write_with_reconnect(
     segment: int,
     key: dict[str, Any] | None,
     new_key: dict[str, Any] | None,
+    lease: Lease,
 ) -> Any:
     """Write a page; on a lost connection, reconnect with back-off and write it again (the write is idempotent)."""
     retrier = Retrier(POSTGRES_RECONNECT, stop=load.stop, deadline=load.options.reconnect_seconds)
@@ -278,7 +382,7 @@ def _write_with_reconnect(
         try:
             if conn is None:
                 conn = load.target.connect()
-            if not load.target.write_page(conn, schema, rows, rejected, segment, key, new_key):
+            if not load.target.write_page(conn, schema, rows, rejected, segment, key, new_key, lease):
                 log.info(
                     "table %s segment %d: page already applied (by an earlier attempt or another process)",
                     schema.spec.source,
@@ -286,7 +390,8 @@ def _write_with_reconnect(
                 )
             return conn
         except PodynError as exc:
-            delay = None if isinstance(exc, MappingChanged) or not exc.transient else retrier.next_delay()
+            lost = isinstance(exc, MappingChanged | LeaseLost)
+            delay = None if lost or not exc.transient else retrier.next_delay()
             if delay is None:
                 raise
             log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)

@@ -22,6 +22,7 @@ from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.target.dryrun import DryRunTarget
 from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
+from podyn_py.units import LeaseTiming
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ def _prepare_and_load(
                 consistent_read=config.consistent_read,
                 reload=config.reload,
                 progress_bar=config.progress,
+                leases=LeaseTiming(config.lease_seconds),
+                run_started=config.run_started,
             )
             beat = hold.heartbeat if hold is not None else None
             summary.loaded.append(load_table(description, schema, target, data, options, stop=stop, heartbeat=beat))

@@ -131,8 +131,8 @@ def _table_status(
     elif progress.missing_columns and stored not in (TableState.CREATED, TableState.STOPPED):  # a stop says more
         shown = Activity.COLUMNS_MISSING
     elif stored in _RUNNING:
-        lock_pid = postgres.lock_holder_pid(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
-        if lock_pid is None or lock_pid != progress.holder_pid:
+        holders = postgres.lock_holder_pids(conn, postgres.table_lock_key(postgres.REPLICATION_LOCK, schema, table))
+        if not holders:
             shown = Activity.NOT_RUNNING
         elif progress.heartbeat_age_seconds is None or progress.heartbeat_age_seconds > stale_after_seconds:
             shown = Activity.STALLED

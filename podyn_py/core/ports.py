@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from podyn_py.core.positions import ScanPage, SegmentRecord, ShardBatch, ShardPosition
+from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
 
@@ -176,6 +176,7 @@ class Target(Protocol):
         reload: bool,
         stream_arn: str | None = None,
         stream_view_type: str | None = None,
+        run_started: datetime | None = None,
     ) -> list[SegmentRecord] | None: ...
 
     def write_page(
@@ -187,9 +188,32 @@ class Target(Protocol):
         segment: int,
         expected_key: dict[str, Any] | None,
         new_key: dict[str, Any] | None,
+        lease: Lease | None = None,
     ) -> bool: ...
 
     def finish_load(self, spec: TableSpec) -> int: ...
+
+    # -- work units shared by processes: leases (see podyn_py/units.py)
+
+    def claim_segments(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, SegmentRecord]], int]: ...
+
+    def claim_units(
+        self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float
+    ) -> list[Lease]: ...
+
+    def renew_leases(
+        self, spec: TableSpec, leases: Sequence[Lease], lease_seconds: float, *, role: str
+    ) -> list[Lease]: ...
+
+    def release_leases(self, spec: TableSpec, leases: Sequence[Lease], conn: Any = None) -> None: ...
+
+    def beat_worker(self, spec: TableSpec, role: str, worker: str, within_seconds: float) -> list[str]: ...
+
+    def leave_worker(self, spec: TableSpec, role: str, worker: str, leases: Sequence[Lease]) -> None: ...
+
+    def held_units(self, spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]: ...
 
     # -- changes: batches committed with their shards' checkpoints
 

@@ -57,3 +57,22 @@ class ShardBatch:
     parent_shard_id: str | None
     records: list[dict[str, Any]]
     position: ShardPosition
+
+
+class UnitKind:
+    """The kinds of work unit, as ``podyn.leases.kind`` and ``podyn.units.kind`` name them."""
+
+    SEGMENT = "scan segment"
+    SHARD = "stream shard"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A process's claim on one unit of a table's work. Only its owner, in this generation, may commit the unit's
+    position: a claim by another process bumps the generation, so a process that lost the lease (paused past its
+    expiry, cut off from the database) cannot commit to the unit again, even if it wakes up mid-transaction."""
+
+    kind: str
+    unit_id: str
+    owner: str
+    generation: int

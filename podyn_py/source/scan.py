@@ -42,6 +42,13 @@ class ReadCapacityLimiter:
     def unlimited(self) -> bool:
         return self.rate <= 0
 
+    def set_rate(self, rate: float) -> None:
+        """Change the budget (the table's rate shared by a new number of processes) from now on."""
+        with self._lock:
+            self._refill()
+            self.rate = rate
+            self._tokens = min(self._tokens, rate)
+
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self.rate, self._tokens + (now - self._updated) * self.rate)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from podyn_py.core import ddl, naming
-from podyn_py.core.positions import SegmentRecord, ShardPosition
+from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
 from podyn_py.errors import ConfigError
@@ -30,6 +30,9 @@ class DryRunTarget:
         self.citus = citus
         self._lock = threading.Lock()
         self._rows: dict[str, int] = {}
+        #: Per table: the segments not handed out yet, and those not done. One process: no other owner.
+        self._unclaimed: dict[str, list[SegmentRecord]] = {}
+        self._left: dict[str, set[int]] = {}
 
     def _print(self, statement: sql.Composable | str, comment: str = "") -> None:
         text = statement if isinstance(statement, str) else statement.as_string()
@@ -81,8 +84,42 @@ class DryRunTarget:
         reload: bool,
         stream_arn: str | None = None,
         stream_view_type: str | None = None,
+        run_started: datetime | None = None,
     ) -> list[SegmentRecord]:
-        return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
+        segments = [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
+        with self._lock:
+            self._unclaimed[spec.source] = list(segments)
+            self._left[spec.source] = set(range(total_segments))
+        return segments
+
+    def claim_segments(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, SegmentRecord]], int]:
+        with self._lock:
+            unclaimed = self._unclaimed.setdefault(spec.source, [])
+            taken, unclaimed[:limit] = unclaimed[:limit], []
+            left = len(self._left.get(spec.source, ()))
+        return [(Lease(UnitKind.SEGMENT, str(s.segment), owner, 1), s) for s in taken], left
+
+    def claim_units(
+        self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        return [Lease(kind, unit, owner, 1) for unit in list(candidates)[:limit]]
+
+    def renew_leases(self, spec: TableSpec, leases: Sequence[Lease], lease_seconds: float, *, role: str) -> list[Lease]:
+        return list(leases)
+
+    def release_leases(self, spec: TableSpec, leases: Sequence[Lease], conn: Any = None) -> None:
+        """Nothing is shared: no one else could take them."""
+
+    def beat_worker(self, spec: TableSpec, role: str, worker: str, within_seconds: float) -> list[str]:
+        return [worker]
+
+    def leave_worker(self, spec: TableSpec, role: str, worker: str, leases: Sequence[Lease]) -> None:
+        """No worker is recorded."""
+
+    def held_units(self, spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
+        return {}
 
     def finish_load(self, spec: TableSpec) -> int:
         rows = self._rows.get(spec.source, 0)
@@ -102,10 +139,13 @@ class DryRunTarget:
         segment: int,
         expected_key: dict[str, Any] | None,
         new_key: dict[str, Any] | None,
+        lease: Lease | None = None,
     ) -> bool:
         spec = schema.spec
         with self._lock:
             self._rows[spec.source] = self._rows.get(spec.source, 0) + len(rows)
+            if new_key is None:
+                self._left.get(spec.source, set()).discard(segment)
         if rows:
             self._print(ddl.copy_rows(schema), f"{len(rows)} rows, segment {segment}")
         for item in rejected:

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import metrics
 from podyn_py.core import ddl, naming
-from podyn_py.core.positions import ShardPosition
+from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
     Column,
     KeyAttribute,
@@ -44,6 +44,7 @@ from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
     Interrupted,
+    LeaseLost,
     LockKeyCollision,
     MappingChanged,
     PodynError,
@@ -115,16 +116,23 @@ def lock_key_oids(key: int) -> tuple[int, int]:
 
 
 def lock_holder_pid(conn: psycopg.Connection[Any], key: int) -> int | None:
-    """The backend pid holding a bigint session or transaction advisory lock in this database, if any."""
+    """The backend pid holding a bigint session or transaction advisory lock in this database, if any (the
+    longest-running holder of a lock held shared by many)."""
+    pids = lock_holder_pids(conn, key)
+    return pids[0] if pids else None
+
+
+def lock_holder_pids(conn: psycopg.Connection[Any], key: int) -> list[int]:
+    """The backend pids holding a bigint advisory lock (exclusive or shared) in this database, oldest first."""
     classid, objid = lock_key_oids(key)
-    row = conn.execute(
-        """SELECT pid FROM pg_locks
-           WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = %s::oid AND objid = %s::oid
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           LIMIT 1""",
+    rows = conn.execute(
+        """SELECT l.pid FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = %s::oid
+             AND l.objid = %s::oid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           ORDER BY a.backend_start, l.pid""",
         (classid, objid),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 #: pg_class.relkind values podyn can write into: ordinary and partitioned tables.
@@ -463,12 +471,17 @@ class PostgresTarget:
         reload: bool,
         stream_arn: str | None = None,
         stream_view_type: str | None = None,
+        run_started: datetime | None = None,
     ) -> list[state.SegmentRecord] | None:
         """The segments left to scan: all of them for a new load (or ``reload``), the unfinished ones to resume.
 
         None when the table is already loaded. ``reload`` empties the table in the same transaction that resets its
         segments, so a reload interrupted at any point resumes as a reload. The stream's ARN and view type at the
         start are recorded: change replication starts from this moment and must find the same stream.
+
+        Many processes run the same command: a ``reload`` joins a load in progress that started after
+        ``run_started`` (this run's start: another process of the same command started it) or whose segments
+        other processes are loading now, instead of starting it over.
         """
 
         def begin(conn: psycopg.Connection[Any]) -> tuple[list[state.SegmentRecord] | None, state.StateChange | None]:
@@ -479,6 +492,14 @@ class PostgresTarget:
             if record is None:
                 raise ConfigError(f"table {spec.source} has not been prepared: run with --schema", table=spec.source)
             segments = state.read_segments(conn, spec)
+            if (
+                reload
+                and segments
+                and record.load_finished_at is None
+                and _load_under_way(conn, spec, record, run_started)
+            ):
+                log.info("table %s: joining the reload another podyn process is running", spec.source)
+                return segments, None
             if not reload:
                 if record.load_finished_at is not None:
                     return None, None
@@ -501,9 +522,97 @@ class PostgresTarget:
         return segments
 
     def finish_load(self, spec: TableSpec) -> int:
-        items, change = self.run("finishing the load", lambda conn: state.finish_load(conn, spec), table=spec.source)
+        """The items loaded, once every segment is done; marks the table loaded unless the commit of its last
+        segment already did (a load interrupted between the two by an older podyn)."""
+
+        def finish(conn: psycopg.Connection[Any]) -> tuple[int, state.StateChange | None]:
+            state.lock_table_row(conn, spec)
+            record = state.read_table(conn, spec.schema, spec.table)
+            if record is not None and record.load_finished_at is not None:
+                return record.items_loaded, None
+            if state.segments_left(conn, spec):
+                raise ConfigError(f"the load of {spec.source} is not finished", table=spec.source)
+            return state.finish_load(conn, spec)
+
+        items, change = self.run("finishing the load", finish, table=spec.source)
         show_state(change)
         return items
+
+    # -- work units -----------------------------------------------------------------------------------------------
+
+    def claim_segments(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, SegmentRecord]], int]:
+        """Claim up to ``limit`` unfinished segments free of a live lease, with their committed positions (read
+        after the claim, so a takeover continues exactly where the last owner's last commit left the segment);
+        and how many segments are not done. On ``conn`` (a worker's own connection; the caller reconnects) if
+        given."""
+
+        def claim(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Lease, SegmentRecord]], int]:
+            segments = {str(s.segment): s for s in state.read_segments(conn, spec) if not s.done}
+            leases = state.claim_units(conn, spec, UnitKind.SEGMENT, list(segments), owner, limit, lease_seconds)
+            if not leases:
+                return [], len(segments)
+            fresh = {str(s.segment): s for s in state.read_segments(conn, spec)}
+            return [(lease, fresh[lease.unit_id]) for lease in leases], len(segments)
+
+        return self._run_on(conn, "claiming segments", claim, table=spec.source)
+
+    def claim_units(
+        self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        return self.run(
+            "claiming work units",
+            lambda conn: state.claim_units(conn, spec, kind, candidates, owner, limit, lease_seconds),
+            table=spec.source,
+        )
+
+    def renew_leases(self, spec: TableSpec, leases: Sequence[Lease], lease_seconds: float, *, role: str) -> list[Lease]:
+        """Renew ``leases`` and beat the worker's row; the leases still held."""
+
+        def renew(conn: psycopg.Connection[Any]) -> list[Lease]:
+            if leases:
+                state.beat_worker(conn, spec, role, leases[0].owner)
+            return state.renew_leases(conn, spec, leases, lease_seconds)
+
+        return self.run("renewing leases", renew, table=spec.source)
+
+    def release_leases(self, spec: TableSpec, leases: Sequence[Lease], conn: Any = None) -> None:
+        self._run_on(conn, "giving leases back", lambda c: state.release_leases(c, spec, leases), table=spec.source)
+
+    def _run_on(
+        self, conn: Any, what: str, fn: Callable[[psycopg.Connection[Any]], T], *, table: str | None = None
+    ) -> T:
+        """:meth:`run` (a short-lived connection, retried) without ``conn``; else one transaction on ``conn``,
+        errors mapped into podyn's tree and left to the caller (which owns the connection) to retry."""
+        if conn is None:
+            return self.run(what, fn, table=table)
+        try:
+            with conn.transaction():
+                return fn(conn)
+        except psycopg.Error as exc:
+            raise classify(exc, what, table=table) from exc
+
+    def beat_worker(self, spec: TableSpec, role: str, worker: str, within_seconds: float) -> list[str]:
+        """Record this worker as serving the table now; the table's live workers in ``role`` (itself included)."""
+
+        def beat(conn: psycopg.Connection[Any]) -> list[str]:
+            state.beat_worker(conn, spec, role, worker)
+            return state.live_workers(conn, spec, role, within_seconds)
+
+        return self.run("recording the worker", beat, table=spec.source)
+
+    def leave_worker(self, spec: TableSpec, role: str, worker: str, leases: Sequence[Lease]) -> None:
+        """Give every lease back and remove the worker's row (a clean stop: others take over at once)."""
+
+        def leave(conn: psycopg.Connection[Any]) -> None:
+            state.release_leases(conn, spec, leases)
+            state.leave_worker(conn, spec, role, worker)
+
+        self.run("giving leases back", leave, table=spec.source)
+
+    def held_units(self, spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
+        return self.run("reading leases", lambda conn: state.held_units(conn, spec, kind), table=spec.source)
 
     # -- changes --------------------------------------------------------------------------------------------------
 
@@ -590,13 +699,30 @@ class PostgresTarget:
         segment: int,
         expected_key: dict[str, Any] | None,
         new_key: dict[str, Any] | None,
+        lease: Lease | None = None,
     ) -> bool:
-        """Commit a scanned page's rows with its segment's new position. False if the page was already applied."""
+        """Commit a scanned page's rows with its segment's new position. False if the page was already applied.
+
+        With ``lease``, only while this process still holds the segment (else LeaseLost, nothing written). The
+        commit that finishes the table's last segment marks the table loaded, in the same transaction.
+        """
+        spec = schema.spec
+        change: state.StateChange | None = None
         try:
             with conn.transaction():
                 _check_mapping(conn, schema)
+                if lease is not None and not state.holds_lease(conn, spec, lease):
+                    raise LeaseLost(
+                        f"segment {segment}: another process took it over after this one's lease expired; the page"
+                        " is left to it",
+                        table=spec.source,
+                    )
+                if new_key is None:
+                    state.lock_table_row(conn, spec)  # see state.lock_table_row: one of the last two decides
                 if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
                     raise _AlreadyApplied
+                if new_key is None and state.segments_left(conn, spec) == 0:
+                    _, change = state.finish_load(conn, spec)
                 for item in rejected:
                     state.reject_item(conn, schema.spec, item.key, item.attribute, item.error, item.item)
                 if rows:
@@ -612,7 +738,18 @@ class PostgresTarget:
             raise _target_gone(conn, schema.spec, exc, "writing a page") from exc
         except psycopg.Error as exc:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
+        show_state(change)
         return True
+
+
+def _load_under_way(
+    conn: psycopg.Connection[Any], spec: TableSpec, record: state.TableRecord, run_started: datetime | None
+) -> bool:
+    """A load in progress that this run's ``--reload`` should join: started since this run did, or segments
+    leased by live processes now."""
+    if run_started is not None and record.load_started_at is not None and record.load_started_at >= run_started:
+        return True
+    return any(live for _, live in state.held_units(conn, spec, UnitKind.SEGMENT).values())
 
 
 def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
@@ -675,9 +812,11 @@ def _renamed_to(conn: psycopg.Connection[Any], oid: int | None) -> str | None:
 
 
 class TableHold:
-    """A session advisory lock that marks a table as this process's. The lock lives as long as its connection:
-    :meth:`ensure` notices a lost connection (PostgreSQL restarted, the backend terminated) and takes the lock
-    again, or raises TableHeldElsewhere if another process took it meanwhile.
+    """A session advisory lock, held shared, that marks a table as served by this process: any number of podyn
+    processes serve a table together (they share its work units by leases), and ``--status`` sees from
+    ``pg_locks`` whether any of them still runs. The lock lives as long as its connection: :meth:`ensure` notices
+    a lost connection (PostgreSQL restarted, the backend terminated) and takes the lock again. An older podyn
+    (before work units) takes the same lock exclusive: while one runs, this raises TableHeldElsewhere and stands by.
 
     The holder (``host:pid`` and the lock connection's backend pid) is recorded in ``podyn.tables``, and
     :meth:`heartbeat` refreshes it, so that ``--status`` can tell a table being replicated now from one whose
@@ -702,7 +841,7 @@ class TableHold:
         conn = self.target.connect(autocommit=True)
         refusal: PodynError | None = None
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (self.key,)).fetchone()
+            row = conn.execute("SELECT pg_try_advisory_lock_shared(%s::bigint)", (self.key,)).fetchone()
             if row and row[0]:
                 state.record_holder(conn, self.spec.schema, self.spec.table, self.holder)
             else:

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
     Column,
@@ -141,6 +142,47 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE podyn.tables ALTER COLUMN naming_rule SET DEFAULT 2;
     CREATE TABLE IF NOT EXISTS podyn.schema_version (version integer NOT NULL);
     """,
+    # 3: work units shared by many processes. A lease per unit (a scan segment, a stream shard): its owner, the
+    # generation (bumped by every claim, so a process that lost the lease cannot commit to the unit again), and
+    # when it expires unless renewed. The workers serving each table, with their heartbeat (fair shares, the
+    # scan-rate budget, --status). podyn.units shows every unit with its position and lease.
+    """
+    CREATE TABLE IF NOT EXISTS podyn.leases (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        kind text NOT NULL,
+        unit_id text NOT NULL,
+        owner text,
+        generation bigint NOT NULL DEFAULT 0,
+        claimed_at timestamptz,
+        expires_at timestamptz,
+        PRIMARY KEY (target_schema, target_table, kind, unit_id)
+    );
+    CREATE TABLE IF NOT EXISTS podyn.workers (
+        worker text NOT NULL,
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        role text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target_schema, target_table, role, worker)
+    );
+    CREATE OR REPLACE VIEW podyn.units AS
+        SELECT s.target_schema, s.target_table, 'scan segment'::text AS kind, s.segment::text AS unit_id,
+               ARRAY[]::text[] AS parents, s.last_key::text AS position, s.done, s.items_loaded AS items,
+               l.owner, l.generation, l.expires_at AS lease_expires_at, s.updated_at
+        FROM podyn.segments s
+        LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
+                                    = (s.target_schema, s.target_table, 'scan segment', s.segment::text)
+        UNION ALL
+        SELECT h.target_schema, h.target_table, 'stream shard', h.shard_id,
+               CASE WHEN h.parent_shard_id IS NULL THEN ARRAY[]::text[] ELSE ARRAY[h.parent_shard_id] END,
+               h.sequence_number, h.finished, h.records_applied,
+               l.owner, l.generation, l.expires_at, h.updated_at
+        FROM podyn.shards h
+        LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
+                                    = (h.target_schema, h.target_table, 'stream shard', h.shard_id);
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -152,7 +194,15 @@ HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
-METADATA_TABLES = ("podyn.tables", "podyn.columns", "podyn.segments", "podyn.shards", "podyn.rejected")
+METADATA_TABLES = (
+    "podyn.tables",
+    "podyn.columns",
+    "podyn.segments",
+    "podyn.shards",
+    "podyn.rejected",
+    "podyn.leases",
+    "podyn.workers",
+)
 
 
 class TableState(StrEnum):
@@ -373,7 +423,14 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     In the caller's transaction, so that a table is either known whole or not at all.
     """
     removed = 0
-    for metadata_table in ("podyn.segments", "podyn.shards", "podyn.columns", "podyn.rejected", "podyn.tables"):
+    for metadata_table in (
+        "podyn.segments",
+        "podyn.shards",
+        "podyn.leases",
+        "podyn.columns",
+        "podyn.rejected",
+        "podyn.tables",
+    ):
         cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE target_schema = %s AND target_table = %s").format(
                 sql.Identifier(*metadata_table.split("."))
@@ -413,6 +470,7 @@ def _set_state(
 def forget_shards(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
     """Remove the table's shard checkpoints (a reload: changes are replayed from the new load's start)."""
     conn.execute("DELETE FROM podyn.shards WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    forget_leases(conn, spec, UnitKind.SHARD)
 
 
 def start_load(
@@ -537,6 +595,7 @@ def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[Segmen
 
 def reset_segments(conn: psycopg.Connection[Any], spec: TableSpec, total_segments: int) -> None:
     conn.execute("DELETE FROM podyn.segments WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    forget_leases(conn, spec, UnitKind.SEGMENT)
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO podyn.segments (target_schema, target_table, segment, total_segments)
@@ -707,6 +766,184 @@ def tables_held_by(
     except psycopg.errors.UndefinedTable:
         return []
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+# -- work units and their leases ---------------------------------------------------------------------------------
+
+
+def claim_units(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    kind: str,
+    candidates: Sequence[str],
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+) -> list[Lease]:
+    """Claim up to ``limit`` of ``candidates`` (in their order) whose lease is free or expired, for ``owner``.
+
+    A unit locked by a claim or a commit under way is skipped, not waited for (``SKIP LOCKED``). Each claim bumps
+    the unit's generation: the previous owner's commits to it fail from now on. The caller decides which units
+    are candidates (not done, parents done); this only arbitrates between processes. The free units are picked in
+    a materialised CTE, run once: as a subquery of UPDATE ... FROM it can be run again per row and claim more.
+    """
+    if not candidates or limit <= 0:
+        return []
+    ids = list(candidates)
+    conn.execute(
+        """INSERT INTO podyn.leases (target_schema, target_table, kind, unit_id)
+           SELECT %s, %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING""",
+        (spec.schema, spec.table, kind, ids),
+    )
+    rows = conn.execute(
+        """WITH free AS MATERIALIZED (
+               SELECT unit_id FROM podyn.leases
+               WHERE target_schema = %(schema)s AND target_table = %(table)s AND kind = %(kind)s
+                 AND unit_id = ANY(%(ids)s) AND (owner IS NULL OR expires_at < now())
+               ORDER BY array_position(%(ids)s, unit_id) LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED)
+           UPDATE podyn.leases l
+           SET owner = %(owner)s, generation = l.generation + 1, claimed_at = now(),
+               expires_at = now() + %(lease)s * interval '1 second'
+           FROM free
+           WHERE l.target_schema = %(schema)s AND l.target_table = %(table)s AND l.kind = %(kind)s
+             AND l.unit_id = free.unit_id
+           RETURNING l.unit_id, l.generation""",
+        {
+            "owner": owner,
+            "lease": lease_seconds,
+            "schema": spec.schema,
+            "table": spec.table,
+            "kind": kind,
+            "ids": ids,
+            "limit": limit,
+        },
+    ).fetchall()
+    order = {unit: i for i, unit in enumerate(ids)}
+    return sorted((Lease(kind, str(r[0]), owner, int(r[1])) for r in rows), key=lambda lease: order[lease.unit_id])
+
+
+def renew_leases(
+    conn: psycopg.Connection[Any], spec: TableSpec, leases: Sequence[Lease], lease_seconds: float
+) -> list[Lease]:
+    """Extend ``leases`` by ``lease_seconds`` from now; the ones still held (a lease another process claimed after
+    it expired is lost, whatever its expiry: the generation tells)."""
+    if not leases:
+        return []
+    rows = conn.execute(
+        """UPDATE podyn.leases l SET expires_at = now() + %s * interval '1 second'
+           FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS mine(kind, unit_id, owner, generation)
+           WHERE l.target_schema = %s AND l.target_table = %s AND l.kind = mine.kind AND l.unit_id = mine.unit_id
+             AND l.owner = mine.owner AND l.generation = mine.generation
+           RETURNING l.kind, l.unit_id""",
+        (
+            lease_seconds,
+            [lease.kind for lease in leases],
+            [lease.unit_id for lease in leases],
+            [lease.owner for lease in leases],
+            [lease.generation for lease in leases],
+            spec.schema,
+            spec.table,
+        ),
+    ).fetchall()
+    held = {(str(r[0]), str(r[1])) for r in rows}
+    return [lease for lease in leases if (lease.kind, lease.unit_id) in held]
+
+
+def release_leases(conn: psycopg.Connection[Any], spec: TableSpec, leases: Sequence[Lease]) -> None:
+    """Give ``leases`` back at once (SIGTERM, a unit done, more than a fair share): free for any process to claim."""
+    if not leases:
+        return
+    conn.execute(
+        """UPDATE podyn.leases l SET owner = NULL, expires_at = NULL
+           FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS mine(kind, unit_id, owner, generation)
+           WHERE l.target_schema = %s AND l.target_table = %s AND l.kind = mine.kind AND l.unit_id = mine.unit_id
+             AND l.owner = mine.owner AND l.generation = mine.generation""",
+        (
+            [lease.kind for lease in leases],
+            [lease.unit_id for lease in leases],
+            [lease.owner for lease in leases],
+            [lease.generation for lease in leases],
+            spec.schema,
+            spec.table,
+        ),
+    )
+
+
+def holds_lease(conn: psycopg.Connection[Any], spec: TableSpec, lease: Lease) -> bool:
+    """Whether ``lease`` is still its owner's, in this generation; locks the lease row until the caller's
+    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit)."""
+    row = conn.execute(
+        """SELECT 1 FROM podyn.leases
+           WHERE target_schema = %s AND target_table = %s AND kind = %s AND unit_id = %s
+             AND owner = %s AND generation = %s
+           FOR SHARE""",
+        (spec.schema, spec.table, lease.kind, lease.unit_id, lease.owner, lease.generation),
+    ).fetchone()
+    return row is not None
+
+
+def forget_leases(conn: psycopg.Connection[Any], spec: TableSpec, kind: str) -> None:
+    """Remove the table's leases of one kind (its segments or shards start over)."""
+    conn.execute(
+        "DELETE FROM podyn.leases WHERE target_schema = %s AND target_table = %s AND kind = %s",
+        (spec.schema, spec.table, kind),
+    )
+
+
+def beat_worker(conn: psycopg.Connection[Any], spec: TableSpec, role: str, worker: str) -> None:
+    """Record that ``worker`` serves the table in ``role`` (``load``, ``changes``), now."""
+    conn.execute(
+        """INSERT INTO podyn.workers (worker, target_schema, target_table, role) VALUES (%s, %s, %s, %s)
+           ON CONFLICT (target_schema, target_table, role, worker) DO UPDATE SET heartbeat_at = now()""",
+        (worker, spec.schema, spec.table, role),
+    )
+
+
+def leave_worker(conn: psycopg.Connection[Any], spec: TableSpec, role: str, worker: str) -> None:
+    conn.execute(
+        "DELETE FROM podyn.workers WHERE target_schema = %s AND target_table = %s AND role = %s AND worker = %s",
+        (spec.schema, spec.table, role, worker),
+    )
+
+
+def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, within_seconds: float) -> list[str]:
+    """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds``, oldest first."""
+    rows = conn.execute(
+        """SELECT worker FROM podyn.workers
+           WHERE target_schema = %s AND target_table = %s AND role = %s
+             AND heartbeat_at > now() - %s * interval '1 second'
+           ORDER BY started_at, worker""",
+        (spec.schema, spec.table, role, within_seconds),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def held_units(conn: psycopg.Connection[Any], spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
+    """Unit id → (owner, lease still running) of the table's units of ``kind`` that have an owner."""
+    rows = conn.execute(
+        """SELECT unit_id, owner, expires_at >= now() FROM podyn.leases
+           WHERE target_schema = %s AND target_table = %s AND kind = %s AND owner IS NOT NULL""",
+        (spec.schema, spec.table, kind),
+    ).fetchall()
+    return {str(r[0]): (str(r[1]), bool(r[2])) for r in rows}
+
+
+def lock_table_row(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Serialise, until the caller's transaction ends, the decisions about the table's state that depend on all
+    its units (the last segment done makes it loaded: two processes finishing the last two must not both miss it)."""
+    conn.execute(
+        "SELECT 1 FROM podyn.tables WHERE target_schema = %s AND target_table = %s FOR UPDATE",
+        (spec.schema, spec.table),
+    )
+
+
+def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM podyn.segments WHERE target_schema = %s AND target_table = %s AND NOT done",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 # -- what --status shows -----------------------------------------------------------------------------------------

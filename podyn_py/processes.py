@@ -1,0 +1,98 @@
+"""``-P/--processes N``: one command, N podyn processes sharing the tables' work units as separate hosts would.
+
+The parent starts N copies of the same command (``python -m podyn_py`` with the same arguments and ``-P 1``), each
+a full podyn that claims segments and shards by lease (see ``units.py``), so one command uses N cores. The parent
+only supervises: it passes SIGTERM/SIGINT on to every child, waits for them all, and exits with the worst of their
+exit codes. A child killed outright (kill -9, the OOM killer) loses nothing: its leases expire and the others take
+its units over; the parent reports it and exits non-zero once the others are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+#: The environment variable that gives every process of one command the command's start (a --reload started by
+#: one of them is joined by the others, not started over).
+RUN_STARTED_ENV = "PODYN_RUN_STARTED"
+#: The environment variable that tells a child its index (0 … N-1): its metrics port is ``--metrics-port`` + index.
+PROCESS_INDEX_ENV = "PODYN_PROCESS_INDEX"
+
+_PROCESS_OPTIONS = ("-P", "--processes")
+
+
+def child_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its -P/--processes option (in any of click's spellings), with ``-P 1`` instead."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg in _PROCESS_OPTIONS:
+            skip = True
+            continue
+        if arg.startswith("--processes=") or (arg.startswith("-P") and not arg.startswith("--")):
+            continue
+        out.append(arg)
+    return [*out, "-P", "1"]
+
+
+def run_processes(count: int, argv: Sequence[str]) -> int:
+    """Run ``count`` copies of this command and wait for them; the exit code to give."""
+    env = dict(os.environ)
+    env[RUN_STARTED_ENV] = datetime.now(UTC).isoformat()
+    arguments = child_arguments(argv)
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(count):
+        env[PROCESS_INDEX_ENV] = str(index)
+        children.append(subprocess.Popen([sys.executable, "-m", "podyn_py", *arguments], env=dict(env)))
+    log.info("started %d podyn processes (pids %s)", count, ", ".join(str(c.pid) for c in children))
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes: dict[int, int] = {}
+        while len(codes) < len(children):
+            for child in children:
+                if child.pid in codes:
+                    continue
+                code = child.poll()
+                if code is None:
+                    continue
+                codes[child.pid] = code
+                if code != 0:
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+                    log.warning("podyn process %d %s; the others go on with its work units", child.pid, how)
+            time.sleep(0.2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return worst_exit_code(list(codes.values()))
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The exit code of the command: 0 if every process gave 0; a process killed by a signal counts as 1;
+    otherwise the highest (3: a table stopped, over 1: an error before any table ran)."""
+    worst = 0
+    for code in codes:
+        worst = max(worst, 1 if code < 0 else code)
+    return worst
