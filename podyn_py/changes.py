@@ -12,6 +12,11 @@ Where replication starts:
 - after a restart: from each shard's checkpoint.
 A stream re-created since the load, or a load that started longer ago than the stream keeps records, means a gap:
 the table stops with StreamGapError, telling the user to reload.
+
+Many processes: each shard is a work unit leased by one process (``units.py``). A process claims its fair share of
+the shards that are readable (not finished, parents finished: so each key's changes still apply in order), reads
+only those, gives back what is over its share when another process joins, and releases a shard once it finished
+it, so that its children can be claimed. Every batch commits only under the leases of its shards.
 """
 
 from __future__ import annotations
@@ -38,14 +43,23 @@ from podyn_py.core.changes import (
 )
 from podyn_py.core.keys import key_values
 from podyn_py.core.ports import ChangeSource, Hold, ItemClient, StreamsClient, TableClient, Target
-from podyn_py.core.positions import ShardBatch, ShardPosition
+from podyn_py.core.positions import Lease, ShardBatch, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
-from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
+from podyn_py.errors import (
+    ConfigError,
+    DataError,
+    LeaseLost,
+    MappingChanged,
+    PodynError,
+    StreamGapError,
+    TableHeldElsewhere,
+)
 from podyn_py.retry import CHANGES_RESTART, Retrier
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import StreamReader
 from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
+from podyn_py.units import LeaseTiming, UnitKeeper
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +78,8 @@ class ChangeOptions:
     max_backoff_seconds: float = 30.0
     #: How often the table's holder and heartbeat are written to podyn.tables (--status: is it running now?).
     heartbeat_seconds: float = HEARTBEAT_SECONDS
+    #: Leases on shards (shared with the other processes replicating the table).
+    leases: LeaseTiming = LeaseTiming()
 
 
 class _CheckpointMoved(PodynError):
@@ -72,12 +88,15 @@ class _CheckpointMoved(PodynError):
     transient = True
 
 
-#: Builds a stream's reader from the committed checkpoints (tests script the stream or drive the reader's clock).
-ReaderFactory = Callable[[StreamsClient, str, dict[str, ShardPosition]], ChangeSource]
+#: Builds a stream's reader from the committed checkpoints, for the shards this process leases (tests script the
+#: stream or drive the reader's clock).
+ReaderFactory = Callable[[StreamsClient, str, dict[str, ShardPosition], frozenset[str]], ChangeSource]
 
 
-def _default_reader(client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition]) -> ChangeSource:
-    return StreamReader(client, stream_arn, positions)
+def _default_reader(
+    client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition], only: frozenset[str]
+) -> ChangeSource:
+    return StreamReader(client, stream_arn, positions, only=only)
 
 
 class _ReadAhead:
@@ -168,22 +187,40 @@ class TableReplicator:
         self.state = TableState.CATCHING_UP
         self.applied = 0
         self._last_idle_update = 0.0
+        self.keeper = UnitKeeper(target, self.spec, "changes", self.options.leases)
+        #: Shard id → this process's lease on it: the shards it reads.
+        self.owned: dict[str, Lease] = {}
+        #: The latest shard listing (shard id → parent id) any of this process's readers saw.
+        self._listed: dict[str, str | None] | None = None
+        self._rebalance_due = 0.0
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        stream_arn = self._start()
+        self.keeper.join()
+        try:
+            self._run(self._start())
+        finally:
+            self.keeper.leave()  # SIGTERM or an error: the shards go back at once, for another process
+
+    def _run(self, stream_arn: str) -> None:
         reader: _ReadAhead | None = None
         conn: Any = None
         retrier = Retrier(replace(CHANGES_RESTART, cap=self.options.max_backoff_seconds), stop=self.stop)
         try:
             while not self.stop.is_set():
                 try:
+                    if reader is not None and self._rebalance_now(reader, stream_arn):
+                        reader.close()  # another set of shards: a reader for them, from their checkpoints
+                        reader = None
                     if reader is None:
                         assert self.streams_client is not None, "reading a stream needs a streams client"
                         self.positions = self.target.read_positions(self.spec, stream_arn)
+                        self._rebalance(stream_arn)
                         reader = _ReadAhead(
-                            self.reader_factory(self.streams_client, stream_arn, dict(self.positions)),
+                            self.reader_factory(
+                                self.streams_client, stream_arn, dict(self.positions), frozenset(self.owned)
+                            ),
                             self.options.max_wait,
                             self.spec.source,
                         )
@@ -214,8 +251,9 @@ class TableReplicator:
                     if not exc.transient or isinstance(exc, TableHeldElsewhere):
                         raise
                     metrics.ERRORS.labels(self.spec.source).inc()
-                    if isinstance(exc, _CheckpointMoved):
+                    if isinstance(exc, _CheckpointMoved | LeaseLost):
                         log.warning("table %s: %s", self.spec.source, exc.message)
+                        self._rebalance_due = 0.0  # find out which shards are still this process's
                     else:
                         delay = retrier.advance()
                         log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
@@ -263,6 +301,67 @@ class TableReplicator:
                 f" not {stream_arn}"
             )
         return f"DescribeTable: the table's stream is still {stream_arn}, {'enabled' if enabled else 'disabled'}"
+
+    # -- shards as leased units ----------------------------------------------------------------------------------
+
+    def _rebalance_now(self, reader: _ReadAhead, stream_arn: str) -> bool:
+        """On the lease heartbeat (and as soon as a listing or a finished shard calls for it): renew the leases,
+        then take this process's share of the readable shards. True when the shards it reads changed."""
+        listed = reader.reader.listed
+        first_listing = listed is not None and self._listed is None
+        if listed is not None:
+            self._listed = listed
+        if not first_listing and time.monotonic() < self._rebalance_due:
+            return False
+        before = set(self.owned)
+        for lease in self.keeper.renew():
+            self.owned.pop(lease.unit_id, None)
+        self.positions = self.target.read_positions(self.spec, stream_arn)
+        self._rebalance(stream_arn)
+        return set(self.owned) != before
+
+    def _rebalance(self, stream_arn: str) -> None:
+        """Claim this process's fair share of the readable shards; give back finished ones and any over the share.
+
+        Readable: listed, not finished, and its parent finished (or gone before podyn knew it), by the committed
+        checkpoints (``self.positions``) of every process. The shares are the same for every process: the live
+        workers in the order they joined, the first ``readable % workers`` of them taking one more.
+        """
+        self._rebalance_due = time.monotonic() + self.options.leases.heartbeat_seconds
+        listed = self._listed
+        if listed is None:
+            return  # no listing yet: the first reader lists the shards, then this runs again at once
+        positions = self.positions
+        finished = {shard for shard, p in positions.items() if p.finished}
+        done = [lease for shard, lease in self.owned.items() if shard in finished or shard not in listed]
+        readable = [
+            shard
+            for shard in sorted(listed)
+            if shard not in finished and _parent_done(listed.get(shard), listed, positions)
+        ]
+        workers = self.keeper.worker_list or [self.keeper.worker]
+        index = workers.index(self.keeper.worker) if self.keeper.worker in workers else len(workers) - 1
+        share = len(readable) // len(workers) + (1 if index < len(readable) % len(workers) else 0)
+        mine = [shard for shard in readable if shard in self.owned]
+        over = [self.owned[shard] for shard in mine[share:]]
+        if done or over:
+            self.keeper.release([*done, *over])
+            for lease in (*done, *over):
+                self.owned.pop(lease.unit_id, None)
+            if over:
+                log.info(
+                    "table %s: gave back %d shards for other processes to read (fair share %d)",
+                    self.spec.source,
+                    len(over),
+                    share,
+                )
+        wanted = share - len(mine[:share])
+        if wanted > 0:
+            free = [shard for shard in readable if shard not in self.owned]
+            for lease in self.keeper.claim(UnitKind.SHARD, free, wanted):
+                self.owned[lease.unit_id] = lease
+                log.info("table %s: reading shard %s (lease %d)", self.spec.source, lease.unit_id, lease.generation)
+        metrics.ACTIVE_SHARDS.labels(self.spec.source).set(len(self.owned))
 
     def _check_hold(self, *, force: bool) -> None:
         """Refresh the heartbeat every ``heartbeat_seconds``, which also checks the lock's connection."""
@@ -380,6 +479,7 @@ class TableReplicator:
                     rejected=rejected + bad,
                     moves=moves,
                     lag_seconds=lag,
+                    leases=self.owned,
                 )
                 break
             except MappingChanged as exc:  # columns renamed by another process: same batch, new names
@@ -393,13 +493,14 @@ class TableReplicator:
             )
         for _, new, _ in moves:
             self.positions[new.shard_id] = new
+            if new.finished:
+                self._rebalance_due = 0.0  # its lease goes back, its children become claimable
         self.applied += len(rows) + len(delete_keys)
         records = sum(len(b.records) for b in batches)
         metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(rows))
         metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
         metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected) + len(bad))
         metrics.BATCHES.labels(spec.source).inc()
-        metrics.ACTIVE_SHARDS.labels(spec.source).set(sum(1 for p in self.positions.values() if not p.finished))
         if lag is not None:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
         if records or bad:
@@ -450,7 +551,11 @@ class TableReplicator:
     # -- states ---------------------------------------------------------------------------------------------------
 
     def _idle(self) -> None:
-        """Nothing new in the stream: the copy is caught up. Record it now and then, not on every empty poll."""
+        """Nothing new in this process's shards: caught up. Record it now and then, not on every empty poll.
+
+        A process that reads no shard (all of them are other processes') says nothing about the table."""
+        if not self.owned:
+            return
         metrics.LAG_SECONDS.labels(self.spec.source).set(0.0)
         if self.state is not TableState.LIVE:
             self._become_live(0.0)
@@ -458,7 +563,8 @@ class TableReplicator:
         now = time.monotonic()
         if now - self._last_idle_update >= 10.0:
             self._last_idle_update = now
-            self.target.record_lag(self.spec, 0.0)
+            # Also live again if a process that joined since marked the table catching up.
+            self.target.become_live(self.spec, 0.0)
 
     def _become_live(self, lag: float) -> None:
         if self.state is TableState.LIVE:
@@ -472,3 +578,14 @@ class TableReplicator:
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()
         self.target.become_live(self.spec, lag)
+
+
+def _parent_done(parent: str | None, listed: dict[str, str | None], positions: dict[str, ShardPosition]) -> bool:
+    """Whether a shard's parent no longer holds it back: none, finished by any process, or gone before podyn knew
+    it (not listed, no checkpoint: trimmed, like the parents a first run skips)."""
+    if parent is None:
+        return True
+    known = positions.get(parent)
+    if known is not None:
+        return known.finished
+    return parent not in listed

@@ -66,8 +66,8 @@ class UnitKeeper:
         self.worker = worker_id()
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Lease] = {}
-        #: Live workers of the table in this role at the last heartbeat (this one included).
-        self.workers = 1
+        #: Live workers of the table in this role at the last heartbeat, in the order they joined (this one too).
+        self.worker_list: list[str] = []
 
     @property
     def leases(self) -> list[Lease]:
@@ -79,11 +79,13 @@ class UnitKeeper:
         with self._lock:
             return self._held.get((lease.kind, lease.unit_id)) == lease
 
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.worker_list))
+
     def join(self) -> None:
         """Record this process as one of the table's workers (its share of units and of ``--scan-rate``)."""
-        self.workers = max(
-            1, len(self.target.beat_worker(self.spec, self.role, self.worker, self.timing.lease_seconds))
-        )
+        self.worker_list = self.target.beat_worker(self.spec, self.role, self.worker, self.timing.lease_seconds)
 
     def adopt(self, leases: Sequence[Lease]) -> None:
         """Keep (renew from now on) leases claimed through the target."""

@@ -91,11 +91,12 @@ def replicator(
     max_records: int = 1000,
     description: dynamodb.TableDescription = DESCRIPTION,
 ) -> TableReplicator:
-    def reader(client: Any, stream_arn: str, positions: dict[str, ShardPosition]) -> StreamReader:
+    def reader(client: Any, stream_arn: str, positions: dict[str, ShardPosition], only: frozenset[str]) -> StreamReader:
         return StreamReader(
             client,
             stream_arn,
             positions,
+            only=only,
             max_records=max_records,
             relist_seconds=0.2,
             idle_min=0.005,

@@ -14,7 +14,7 @@ Not here: how anything is done. This module defines no behaviour and imports not
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -97,6 +97,10 @@ class ChangeSource(Protocol):
     next batches with their new positions, to be committed with their rows. After a failure the caller throws it
     away and builds a new one from what was committed. Reading a stream costs no read capacity of the table.
     """
+
+    #: Shard id → parent id of every shard in the latest listing (None before the first): the lineage from which
+    #: the caller decides which shards to lease.
+    listed: dict[str, str | None] | None
 
     @property
     def ended(self) -> bool: ...
@@ -238,6 +242,7 @@ class Target(Protocol):
         rejected: Sequence[Rejected],
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> bool: ...
 
     def become_live(self, spec: TableSpec, lag_seconds: float) -> None: ...

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,7 +106,9 @@ class StreamReader:
     ``max_records`` caps each GetRecords call and, softly, the records one :meth:`read` returns. The listing
     of shards is refreshed every ``relist_seconds``. ``retry_attempts`` bounds tries of one throttled call.
     ``clock`` and ``sleep`` are injectable so tests run in simulated time. The reader makes no calls until the
-    first :meth:`read`, and is not thread-safe; a caller may hold one per table.
+    first :meth:`read`, and is not thread-safe; a caller may hold one per table. With ``only``, it reads just
+    those shards (the ones this process leases; see ``units.py``) and lists the others for their lineage only
+    (:attr:`listed`).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class StreamReader:
         retry_attempts: int = 10,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        only: Collection[str] | None = None,
     ) -> None:
         if not 1 <= max_records <= _GET_RECORDS_MAX_LIMIT:
             raise ValueError(f"max_records must be between 1 and {_GET_RECORDS_MAX_LIMIT}, not {max_records}")
@@ -145,6 +148,10 @@ class StreamReader:
         self._shards: dict[str, _Shard] = {}
         #: Batches decided outside a pass (by the listing), handed out at the start of the next one.
         self._pending: list[ShardBatch] = []
+        #: The shards this reader reads (those this process holds leases on); None: every shard.
+        self._only = None if only is None else frozenset(only)
+        #: Shard id → parent id of every shard in the latest listing (replaced whole: safe to read from a thread).
+        self.listed: dict[str, str | None] | None = None
         for position in (positions or {}).values():
             shard = _Shard(position.shard_id, position.parent_shard_id, idle_min)
             shard.sequence_number = position.sequence_number
@@ -217,7 +224,12 @@ class StreamReader:
         return batches
 
     def _readable(self) -> list[_Shard]:
-        return [s for s in self._shards.values() if s.listed and not s.finished and self._parent_done(s)]
+        return [
+            s for s in self._shards.values() if s.listed and not s.finished and self._mine(s) and self._parent_done(s)
+        ]
+
+    def _mine(self, shard: _Shard) -> bool:
+        return self._only is None or shard.shard_id in self._only
 
     def _parent_done(self, shard: _Shard) -> bool:
         parent = self._shards.get(shard.parent_id) if shard.parent_id is not None else None
@@ -411,10 +423,13 @@ class StreamReader:
         if status != self._status:
             _log.info("stream %s is %s with %d shards", self._arn, status, len(listed))
         self._status = status
+        self.listed = {d["ShardId"]: d.get("ParentShardId") for d in listing}
         for shard in self._shards.values():
             if shard.listed or not shard.has_position:
                 continue
             if not shard.finished and not self._anchored(shard):
+                if not self._mine(shard):
+                    continue  # its owner checkpoints it
                 _log.info("stream %s: shard %s was trimmed before it was read; skipping", self._arn, shard.shard_id)
                 self._pending.append(self._finish(shard, []))
             elif not shard.finished:

@@ -8,7 +8,7 @@ It cannot follow a stream: every change method refuses with the ConfigError that
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TextIO
@@ -180,6 +180,7 @@ class DryRunTarget:
         rejected: Sequence[Rejected],
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> bool:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)
 

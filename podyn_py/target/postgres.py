@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -655,6 +655,7 @@ class PostgresTarget:
         rejected: Sequence[Any],
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> bool:
         """Apply a batch of changes and move its shards' checkpoints, in one transaction.
 
@@ -667,6 +668,13 @@ class PostgresTarget:
             with conn.transaction():
                 _check_mapping(conn, schema)
                 for old, new, records in moves:
+                    lease = None if leases is None else leases.get(new.shard_id)
+                    if leases is not None and (lease is None or not state.holds_lease(conn, spec, lease)):
+                        raise LeaseLost(
+                            f"shard {new.shard_id}: another process took it over after this one's lease expired;"
+                            " its records are left to that process",
+                            table=spec.source,
+                        )
                     before = None if old is None else (old.sequence_number, old.finished)
                     after = (new.sequence_number, new.finished)
                     if not state.move_shard(
