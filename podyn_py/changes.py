@@ -165,6 +165,7 @@ class TableReplicator:
         reader_factory: ReaderFactory = _default_reader,
         hold: Hold | None = None,
         table_client: TableClient | None = None,
+        worker: str | None = None,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
@@ -187,7 +188,7 @@ class TableReplicator:
         self.state = TableState.CATCHING_UP
         self.applied = 0
         self._last_idle_update = 0.0
-        self.keeper = UnitKeeper(target, self.spec, "changes", self.options.leases)
+        self.keeper = UnitKeeper(target, self.spec, "changes", self.options.leases, worker=worker)
         #: Shard id → this process's lease on it: the shards it reads.
         self.owned: dict[str, Lease] = {}
         #: The latest shard listing (shard id → parent id) any of this process's readers saw.

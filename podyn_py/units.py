@@ -58,12 +58,21 @@ class LeaseTiming:
 class UnitKeeper:
     """The leases this process holds on one table's units in one role (``load``, ``changes``). Thread-safe."""
 
-    def __init__(self, target: Target, spec: TableSpec, role: str, timing: LeaseTiming | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        spec: TableSpec,
+        role: str,
+        timing: LeaseTiming | None = None,
+        *,
+        worker: str | None = None,
+    ) -> None:
         self.target = target
         self.spec = spec
         self.role = role
         self.timing = timing or LeaseTiming()
-        self.worker = worker_id()
+        #: This process's name (tests give two workers of one process names of their own).
+        self.worker = worker or worker_id()
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Lease] = {}
         #: Live workers of the table in this role at the last heartbeat, in the order they joined (this one too).

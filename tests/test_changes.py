@@ -195,19 +195,25 @@ def test_two_processes_on_one_table_do_not_double_apply(
     )
     assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
     add_audit(pg_url, table)
-    first = services(pg_url, table, "-c")
+    first = services(pg_url, table, "-c", "--lease-seconds", "3")
     wait_for_state(pg_url, table, "live", service=first)
-    second = services(pg_url, table, "-c")
-    second.wait_for_log("standing by")
+    second = services(pg_url, table, "-c", "--lease-seconds", "3")
+    wait_for(lambda: "second" if len(lease_owners(pg_url, "changes")) == 2 else None, "the second worker joined")
     for round_ in range(5):
         for key in keys:
             increment(ddb, table, key)
         if round_ == 2:
-            assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # the one standing by takes over
+            assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # the second takes the shard once its lease expires
     wait_equal(ddb, pg_url, table, timeout=60)
     assert assert_counters_strictly_increase(pg_url) >= 10
-    assert "taking over" in second.text()
+    assert "reading shard" in second.text()  # it took the shard over
     assert second.stop() == 0
+
+
+def lease_owners(url: str, role: str) -> list[str]:
+    """The workers recorded in podyn.workers for a role."""
+    with connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT worker FROM podyn.workers WHERE role = %s", (role,)).fetchall()]
 
 
 def test_changes_on_a_table_without_stream_is_a_clear_error(ddb_server: Any, pg_url: str, create_table: Any) -> None:

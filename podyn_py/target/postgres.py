@@ -230,6 +230,9 @@ class PostgresTarget:
         #: DDL waits this long for a table lock held by another session, then backs off and tries again, so that a
         #: long-running query elsewhere cannot block podyn forever, nor podyn's queued lock block everyone else.
         self.lock_timeout_ms = lock_timeout_ms
+        #: Worker name → the connection holding its presence lock (see state.take_presence_lock).
+        self._presence: dict[str, psycopg.Connection[Any]] = {}
+        self._presence_lock = threading.Lock()
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         return connect(self.conninfo, autocommit=autocommit)
@@ -600,7 +603,26 @@ class PostgresTarget:
             state.beat_worker(conn, spec, role, worker)
             return state.live_workers(conn, spec, role, within_seconds)
 
+        self._ensure_presence(worker, spec)
         return self.run("recording the worker", beat, table=spec.source)
+
+    def _ensure_presence(self, worker: str, spec: TableSpec) -> None:
+        """Hold the worker's presence lock on a connection of its own, taken again if that connection was lost."""
+        with self._presence_lock:
+            conn = self._presence.get(worker)
+            if conn is not None:
+                try:
+                    conn.execute("SELECT 1")
+                    return
+                except psycopg.Error:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+            try:
+                conn = self.connect(autocommit=True)
+                state.take_presence_lock(conn, worker)
+            except psycopg.Error as exc:
+                raise classify(exc, "taking the worker's presence lock", table=spec.source) from exc
+            self._presence[worker] = conn
 
     def leave_worker(self, spec: TableSpec, role: str, worker: str, leases: Sequence[Lease]) -> None:
         """Give every lease back and remove the worker's row (a clean stop: others take over at once)."""

@@ -784,7 +784,9 @@ def claim_units(
 
     A unit locked by a claim or a commit under way is skipped, not waited for (``SKIP LOCKED``). Each claim bumps
     the unit's generation: the previous owner's commits to it fail from now on. The caller decides which units
-    are candidates (not done, parents done); this only arbitrates between processes. The free units are picked in
+    are candidates (not done, parents done); this only arbitrates between processes. A lease is free once it
+    expired, or at once when its owner's presence lock is gone (see :func:`take_presence_lock`: the process was
+    killed, its connections closed). The free units are picked in
     a materialised CTE, run once: as a subquery of UPDATE ... FROM it can be run again per row and claim more.
     """
     if not candidates or limit <= 0:
@@ -796,10 +798,11 @@ def claim_units(
         (spec.schema, spec.table, kind, ids),
     )
     rows = conn.execute(
-        """WITH free AS MATERIALIZED (
+        f"""WITH free AS MATERIALIZED (
                SELECT unit_id FROM podyn.leases
                WHERE target_schema = %(schema)s AND target_table = %(table)s AND kind = %(kind)s
-                 AND unit_id = ANY(%(ids)s) AND (owner IS NULL OR expires_at < now())
+                 AND unit_id = ANY(%(ids)s)
+                 AND (owner IS NULL OR expires_at < now() OR NOT EXISTS ({_PRESENT}))
                ORDER BY array_position(%(ids)s, unit_id) LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED)
            UPDATE podyn.leases l
@@ -821,6 +824,22 @@ def claim_units(
     ).fetchall()
     order = {unit: i for i, unit in enumerate(ids)}
     return sorted((Lease(kind, str(r[0]), owner, int(r[1])) for r in rows), key=lambda lease: order[lease.unit_id])
+
+
+#: The owner of lease row ``leases`` still holds its presence lock (its process runs, connected to PostgreSQL).
+_PRESENT = """SELECT FROM pg_locks k
+               WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
+                 AND k.classid = ((hashtextextended(leases.owner, 0) >> 32) & 4294967295)::oid
+                 AND k.objid = (hashtextextended(leases.owner, 0) & 4294967295)::oid
+                 AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+def take_presence_lock(conn: psycopg.Connection[Any], worker: str) -> bool:
+    """Take ``worker``'s presence lock (a session advisory lock keyed by its name) on ``conn``, a connection the
+    process keeps open as long as it runs: when the process dies, PostgreSQL drops the lock with the connection,
+    and other processes take its leases over at once instead of after they expire."""
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (worker,)).fetchone()
+    return bool(row and row[0])
 
 
 def renew_leases(
@@ -922,7 +941,7 @@ def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, with
 def held_units(conn: psycopg.Connection[Any], spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
     """Unit id → (owner, lease still running) of the table's units of ``kind`` that have an owner."""
     rows = conn.execute(
-        """SELECT unit_id, owner, expires_at >= now() FROM podyn.leases
+        f"""SELECT unit_id, owner, expires_at >= now() AND EXISTS ({_PRESENT}) FROM podyn.leases
            WHERE target_schema = %s AND target_table = %s AND kind = %s AND owner IS NOT NULL""",
         (spec.schema, spec.table, kind),
     ).fetchall()
