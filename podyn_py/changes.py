@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from podyn_py import metrics
+from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
@@ -93,12 +93,18 @@ class _ReadAhead:
         self.max_wait = max_wait
         self._queue: queue.Queue[tuple[list[ShardBatch], bool, BaseException | None]] = queue.Queue(maxsize=2)
         self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"read-{table}", daemon=True)
+        self._table = table
+        self._thread = threading.Thread(target=self._watched, name=f"read-{table}", daemon=True)
         self._thread.start()
+
+    def _watched(self) -> None:
+        with health.loop(f"stream reader {self._table}", self._table), logs.about(self._table):
+            self._run()
 
     def _run(self) -> None:
         try:
             while not self._halt.is_set():
+                health.beat()
                 batches = self.reader.read(self.max_wait)
                 ended = self.reader.ended
                 self._put((batches, ended, None))
@@ -109,6 +115,7 @@ class _ReadAhead:
 
     def _put(self, entry: tuple[list[ShardBatch], bool, BaseException | None]) -> None:
         while not self._halt.is_set():
+            health.beat()  # waiting for the applying thread: that one is watched on its own
             try:
                 self._queue.put(entry, timeout=0.2)
                 return
@@ -178,6 +185,7 @@ class TableReplicator:
         retrier = Retrier(replace(CHANGES_RESTART, cap=self.options.max_backoff_seconds), stop=self.stop)
         try:
             while not self.stop.is_set():
+                health.beat()
                 try:
                     if reader is None:
                         assert self.streams_client is not None, "reading a stream needs a streams client"
@@ -215,10 +223,16 @@ class TableReplicator:
                         raise
                     metrics.ERRORS.labels(self.spec.source).inc()
                     if isinstance(exc, _CheckpointMoved):
-                        log.warning("table %s: %s", self.spec.source, exc.message)
+                        log.warning("table %s: %s", self.spec.source, exc.message, extra={"table": self.spec.source})
                     else:
                         delay = retrier.advance()
-                        log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
+                        log.warning(
+                            "table %s: %s; retrying in %.1f s",
+                            self.spec.source,
+                            exc,
+                            delay,
+                            extra={"table": self.spec.source, "error": str(exc), "retry_in_seconds": delay},
+                        )
                         self._pause(delay)
                     if reader is not None:
                         reader.close()  # its in-memory positions may be ahead of what was committed
@@ -232,7 +246,12 @@ class TableReplicator:
                 reader.close()
             if conn is not None:
                 conn.close()
-        log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+        log.info(
+            "table %s: change replication stopped on request after %d changes",
+            self.spec.source,
+            self.applied,
+            extra={"table": self.spec.source, "changes": self.applied},
+        )
 
     def _with_table_stream(self, gap: StreamGapError, stream_arn: str) -> StreamGapError:
         """The gap's error, plus what DescribeTable says of the table's stream now (when it answers)."""
@@ -277,6 +296,7 @@ class TableReplicator:
         """Wait before a retry, still beating: the process is alive and the table still its own."""
         deadline = time.monotonic() + seconds
         while not self.stop.wait(max(0.0, min(self.options.heartbeat_seconds, deadline - time.monotonic()))):
+            health.beat()
             if time.monotonic() >= deadline:
                 return
             try:
@@ -352,7 +372,11 @@ class TableReplicator:
                     change = to_change(record, spec.key_names, table=spec.source, key_tags=self._key_tags)
                 except DataError as exc:
                     bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
-                    log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
+                    log.error(
+                        "rejected a stream record, kept in podyn.rejected: %s",
+                        exc,
+                        extra={"table": spec.source, "key": exc.key, "attribute": exc.attribute},
+                    )
                     continue
                 created = change.created_at
                 if created is not None:
@@ -402,6 +426,7 @@ class TableReplicator:
         metrics.ACTIVE_SHARDS.labels(spec.source).set(sum(1 for p in self.positions.values() if not p.finished))
         if lag is not None:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
+            health.set_lag(spec.source, lag)
         if records or bad:
             log.info(
                 "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
@@ -413,6 +438,16 @@ class TableReplicator:
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
                 f", {untagged} empty maps without their M type accepted" if untagged else "",
                 "n/a" if lag is None else f"{lag:.1f} s",
+                extra={
+                    "table": spec.source,
+                    "records": records,
+                    "upserts": len(rows),
+                    "deletes": len(delete_keys),
+                    "skipped": skipped,
+                    "rejected": len(rejected) + len(bad),
+                    "untagged_empty_maps": untagged,
+                    "lag_seconds": lag,
+                },
             )
         if lag is not None and lag < self.options.live_lag_seconds:
             self._become_live(lag)
@@ -452,6 +487,7 @@ class TableReplicator:
     def _idle(self) -> None:
         """Nothing new in the stream: the copy is caught up. Record it now and then, not on every empty poll."""
         metrics.LAG_SECONDS.labels(self.spec.source).set(0.0)
+        health.set_lag(self.spec.source, 0.0)
         if self.state is not TableState.LIVE:
             self._become_live(0.0)
             return
@@ -468,6 +504,7 @@ class TableReplicator:
             " stays at 0, the copy is complete",
             self.spec.source,
             lag,
+            extra={"table": self.spec.source, "lag_seconds": lag},
         )
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()

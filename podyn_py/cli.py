@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,10 +21,12 @@ from types import FrameType
 from typing import Any
 
 import click
+import psycopg
 from click.core import ParameterSource
+from psycopg.conninfo import conninfo_to_dict
 
-from podyn_py import metrics
-from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
+from podyn_py import health, logs, metrics
+from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact, redact_text
 from podyn_py.core.schema import ConversionMode
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.verify import VerifyOptions
@@ -167,12 +170,35 @@ differences.
     show_default=True,
     help="Address for --metrics-port (0.0.0.0: every interface).",
 )
+@click.option(
+    "--ready-max-lag",
+    type=click.FloatRange(0),
+    default=health.DEFAULT_MAX_LAG_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="/readyz on the metrics port: 200 once every table is live at most this far behind its stream.",
+)
+@click.option(
+    "--health-max-stall",
+    type=click.FloatRange(0, min_open=True),
+    default=health.DEFAULT_MAX_STALL_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="/healthz on the metrics port: 503 once a table's loop has not come round for this long.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug and tracebacks).")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Log level (default info).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (time, level, logger, table, message, fields); no progress bars.",
 )
 def main(
     tables: str | None,
@@ -201,9 +227,12 @@ def main(
     as_json: bool,
     metrics_port: int | None,
     metrics_address: str,
+    ready_max_lag: float,
+    health_max_stall: float,
     progress: bool | None,
     verbose: int,
     log_level: str | None,
+    log_format: str,
 ) -> None:
     """Replicate Amazon DynamoDB tables into PostgreSQL (or Citus).
 
@@ -212,7 +241,9 @@ def main(
     stands.
     """
     level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper())
-    _configure_logging(level)
+    _configure_logging(level, log_format, _secrets(postgres_url))
+    if log_format == "json" and progress:
+        raise click.UsageError("--progress draws bars on stderr: not with --log-format json")
     checks = [flag for flag, on in (("--verify", verify), ("--status", status)) if on]
     if len(checks) > 1 or (checks and (schema or data or changes)):
         raise click.UsageError("--verify and --status run alone: not with --schema, --data, --changes or each other")
@@ -239,7 +270,7 @@ def main(
             consistent_read=consistent_read,
             pg_schema=pg_schema,
             reload=reload,
-            progress=sys.stderr.isatty() if progress is None else progress,
+            progress=(sys.stderr.isatty() and log_format == "text") if progress is None else progress,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
                 region=region,
@@ -249,7 +280,7 @@ def main(
             ),
         )
         if metrics_port is not None:
-            serve_metrics(metrics_port, metrics_address)
+            serve_metrics(metrics_port, metrics_address, max_stall=health_max_stall, max_lag=ready_max_lag)
         if verify:
             options = VerifyOptions(max_differences=verify_max_differences, sample=verify_sample)
             sys.exit(run_verify(config, options, as_json=as_json))
@@ -274,7 +305,7 @@ def run(config: Config, *, debug: bool = False) -> int:
         log.warning("stopped on request after committing the work in flight; the next run resumes")
     if summary.failed or summary.held_elsewhere:
         for name, exc in summary.failed.items():
-            click.echo(f"podyn: table {name} stopped: {exc}", err=True)
+            _say(f"table {name} stopped: {exc}", table=name)
         return EXIT_TABLES_FAILED
     return EXIT_OK
 
@@ -298,31 +329,63 @@ def run_status(config: Config, pg_schema: str | None, *, as_json: bool = False) 
     result = status.read_status(config.postgres, config.tables, pg_schema)
     click.echo(json.dumps(status.to_json(result), indent=2) if as_json else status.render(result))
     for name in result.unknown:
-        click.echo(f"podyn: table {name} is not known to podyn in this database", err=True)
+        _say(f"table {name} is not known to podyn in this database", table=name)
     for table in result.tables:
         if isinstance(table.state, status.Activity):
             seen = "never" if table.last_seen is None else table.last_seen.isoformat(sep=" ", timespec="seconds")
-            click.echo(f"podyn: table {table.source} is {table.state.value} (last seen {seen})", err=True)
+            _say(f"table {table.source} is {table.state.value} (last seen {seen})", table=table.source)
     return EXIT_OK if result.ok else EXIT_TABLES_FAILED
 
 
-def serve_metrics(port: int, address: str) -> None:
+def serve_metrics(
+    port: int,
+    address: str,
+    *,
+    max_stall: float = health.DEFAULT_MAX_STALL_SECONDS,
+    max_lag: float = health.DEFAULT_MAX_LAG_SECONDS,
+) -> None:
+    routes = health.HEALTH.probes(max_stall=max_stall, max_lag=max_lag)
     try:
-        server = metrics.serve(port, address)
+        server = metrics.serve(port, address, routes)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
-    log.info("serving Prometheus metrics at http://%s:%d/metrics", address, server.server_port)
+    log.info(
+        "serving Prometheus metrics at http://%s:%d/metrics, health at /healthz and /readyz",
+        address,
+        server.server_port,
+    )
 
 
 def _fail(exc: PodynError, *, debug: bool) -> None:
-    if debug:
-        log.exception("podyn failed")
-    click.echo(f"podyn: {exc}", err=True)
+    if logs.json_mode():
+        log.error("%s", exc, exc_info=exc if debug else None)
+    else:
+        if debug:
+            log.exception("podyn failed")
+        click.echo(f"podyn: {exc}", err=True)
     sys.exit(EXIT_ERROR)
 
 
-def _configure_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _say(message: str, *, table: str | None = None) -> None:
+    """A line for the operator on stderr: ``podyn: message``, or an error record when the logs are JSON."""
+    if logs.json_mode():
+        log.error(message, extra={"table": table})
+    else:
+        click.echo(f"podyn: {message}", err=True)
+
+
+def _secrets(postgres_url: str | None) -> list[str]:
+    """What no log line may show: the PostgreSQL password (from the URL, or PGPASSWORD) and the AWS secrets in the
+    environment; the patterns of redact_text hide passwords in URLs and DSNs besides."""
+    found = [os.environ.get(name, "") for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    if postgres_url:
+        with contextlib.suppress(PodynError, psycopg.Error):  # a URL that does not parse is reported later
+            found.append(str(conninfo_to_dict(parse_postgres_url(postgres_url)).get("password") or ""))
+    return [s for s in found if s]
+
+
+def _configure_logging(level: int, log_format: str = "text", secrets: list[str] | None = None) -> None:
+    logs.configure(level, json=log_format == "json", redact=logs.Redactor(redact_text, secrets or ()))
     if level > logging.DEBUG:
         for noisy in ("botocore", "boto3", "urllib3", "psycopg"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

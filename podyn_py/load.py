@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from podyn_py import metrics
+from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.keys import key_from_json, key_to_json
 from podyn_py.core.ports import ScanClient, ScanSource, Target
@@ -133,7 +133,11 @@ def load_table(
         stream_view_type=description.stream_view_type,
     )
     if segments is None:
-        log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
+        log.info(
+            "table %s: already loaded; skipping (use --reload to load it again)",
+            spec.source,
+            extra={"table": spec.source},
+        )
         return LoadResult(spec.source, 0, 0, True, 0.0)
     remaining = [s for s in segments if not s.done]
     if any(s.done or s.last_key is not None for s in segments):
@@ -142,6 +146,7 @@ def load_table(
             spec.source,
             len(remaining),
             len(segments),
+            extra={"table": spec.source, "segments_unfinished": len(remaining), "segments": len(segments)},
         )
     progress = LoadProgress(
         spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
@@ -180,6 +185,15 @@ def load_table(
         f", {load.rejected} items rejected (see podyn.rejected)" if load.rejected else "",
         f", U+0000 removed from {nuls} values" if nuls else "",
         f", {untagged} empty maps without their M type accepted" if untagged else "",
+        extra={
+            "table": spec.source,
+            "items": progress.items,
+            "seconds": round(seconds, 3),
+            "read_capacity_units": progress.units,
+            "rejected": load.rejected,
+            "nul_removed": nuls,
+            "untagged_empty_maps": untagged,
+        },
     )
     return LoadResult(spec.source, total, load.rejected, False, seconds)
 
@@ -192,7 +206,12 @@ def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
     try:
         heartbeat()
     except PodynError as exc:
-        log.warning("table %s: could not refresh the load's heartbeat (%s); the load goes on", table, exc)
+        log.warning(
+            "table %s: could not refresh the load's heartbeat (%s); the load goes on",
+            table,
+            exc,
+            extra={"table": table, "error": str(exc)},
+        )
 
 
 class _Either:
@@ -210,6 +229,12 @@ class _Either:
 
 
 def _load_segment(load: _TableLoad, record: SegmentRecord, stop: _Either) -> None:
+    source = load.schema.spec.source
+    with health.loop(f"load {source} segment {record.segment}", source), logs.about(source):
+        _load_pages(load, record, stop)
+
+
+def _load_pages(load: _TableLoad, record: SegmentRecord, stop: _Either) -> None:
     sizer = PageSizer(
         load.options.scan_rate / max(1, min(load.options.connections, record.total_segments))
         if load.options.scan_rate > 0
@@ -218,6 +243,7 @@ def _load_segment(load: _TableLoad, record: SegmentRecord, stop: _Either) -> Non
     )
     key = record.last_key
     while not stop.is_set():
+        health.beat()
         conn, key = _load_page(load, load.connection(), record.segment, record.total_segments, key, sizer)
         load.keep_connection(conn)
         if key is None:
@@ -283,13 +309,20 @@ def _write_with_reconnect(
                     "table %s segment %d: page already applied (by an earlier attempt or another process)",
                     schema.spec.source,
                     segment,
+                    extra={"table": schema.spec.source, "segment": segment},
                 )
             return conn
         except PodynError as exc:
             delay = None if isinstance(exc, MappingChanged) or not exc.transient else retrier.next_delay()
             if delay is None:
                 raise
-            log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
+            log.warning(
+                "table %s: %s; reconnecting in %.1f s",
+                schema.spec.source,
+                exc.message,
+                delay,
+                extra={"table": schema.spec.source, "error": exc.message, "retry_in_seconds": delay},
+            )
             metrics.ERRORS.labels(schema.spec.source).inc()
             if conn is not None:
                 conn.close()
