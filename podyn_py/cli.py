@@ -56,8 +56,8 @@ Examples:
   # where each table stands, from the podyn schema alone (also while the service runs elsewhere)
   podyn -u postgresql://app@db/app --status [--json]
 \b
-  # serve Prometheus metrics while the changes are replicated
-  podyn -u postgresql://app@db/app --changes --metrics-port 9464
+  # serve Prometheus metrics (and the probes /healthz, /readyz) while the changes are replicated; JSON logs
+  podyn -u postgresql://app@db/app --changes --metrics-port 9464 --log-format json
 \b
 Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage; 3 a table stopped with an error
 (--verify: could not be verified; --status: is stopped, unknown, or not running/stalled); 4 --verify found
@@ -162,7 +162,7 @@ differences.
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics on this port at /metrics while podyn runs.",
+    help="Serve Prometheus metrics on this port at /metrics while podyn runs, and the probes /healthz, /readyz.",
 )
 @click.option(
     "--metrics-address",

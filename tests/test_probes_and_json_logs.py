@@ -56,10 +56,10 @@ def test_readyz_waits_for_live_and_healthz_and_metrics_answer_throughout(
 ) -> None:
     """A load slowed by --scan-rate keeps the table out of "live" for seconds: /readyz says 503 with the state
     podyn committed (loading), then 200 once the table is live; /healthz is 200 and lists the loops."""
-    padded = [{**item, "pad": {"S": "p" * 900}} for item in items(600)]
+    padded = [{**item, "pad": {"S": "p" * 900}} for item in items(200)]
     table = create_table(name=fresh(), stream_view_type=STREAM, items=padded)
     port = free_port()
-    service = services(pg_url, table, "-s", "-d", "-c", "-r", "10", "-n", "2", "--metrics-port", str(port))
+    service = services(pg_url, table, "-s", "-d", "-c", "-r", "4", "-n", "2", "--metrics-port", str(port))
     loading = wait_probe(
         port, "/readyz", 503, lambda body: body["tables"].get(table, {}).get("state") == "loading", service=service
     )
