@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from podyn_py import metrics
+from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
@@ -112,12 +112,18 @@ class _ReadAhead:
         self.max_wait = max_wait
         self._queue: queue.Queue[tuple[list[ShardBatch], bool, BaseException | None]] = queue.Queue(maxsize=2)
         self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"read-{table}", daemon=True)
+        self._table = table
+        self._thread = threading.Thread(target=self._watched, name=f"read-{table}", daemon=True)
         self._thread.start()
+
+    def _watched(self) -> None:
+        with health.loop(f"stream reader {self._table}", self._table), logs.about(self._table):
+            self._run()
 
     def _run(self) -> None:
         try:
             while not self._halt.is_set():
+                health.beat()
                 batches = self.reader.read(self.max_wait)
                 ended = self.reader.ended
                 self._put((batches, ended, None))
@@ -128,6 +134,7 @@ class _ReadAhead:
 
     def _put(self, entry: tuple[list[ShardBatch], bool, BaseException | None]) -> None:
         while not self._halt.is_set():
+            health.beat()  # waiting for the applying thread: that one is watched on its own
             try:
                 self._queue.put(entry, timeout=0.2)
                 return
@@ -210,6 +217,7 @@ class TableReplicator:
         retrier = Retrier(replace(CHANGES_RESTART, cap=self.options.max_backoff_seconds), stop=self.stop)
         try:
             while not self.stop.is_set():
+                health.beat()
                 try:
                     if reader is not None and self._rebalance_now(reader, stream_arn):
                         reader.close()  # another set of shards: a reader for them, from their checkpoints
@@ -253,11 +261,17 @@ class TableReplicator:
                         raise
                     metrics.ERRORS.labels(self.spec.source).inc()
                     if isinstance(exc, _CheckpointMoved | LeaseLost):
-                        log.warning("table %s: %s", self.spec.source, exc.message)
+                        log.warning("table %s: %s", self.spec.source, exc.message, extra={"table": self.spec.source})
                         self._rebalance_due = 0.0  # find out which shards are still this process's
                     else:
                         delay = retrier.advance()
-                        log.warning("table %s: %s; retrying in %.1f s", self.spec.source, exc, delay)
+                        log.warning(
+                            "table %s: %s; retrying in %.1f s",
+                            self.spec.source,
+                            exc,
+                            delay,
+                            extra={"table": self.spec.source, "error": str(exc), "retry_in_seconds": delay},
+                        )
                         self._pause(delay)
                     if reader is not None:
                         reader.close()  # its in-memory positions may be ahead of what was committed
@@ -271,7 +285,12 @@ class TableReplicator:
                 reader.close()
             if conn is not None:
                 conn.close()
-        log.info("table %s: change replication stopped on request after %d changes", self.spec.source, self.applied)
+        log.info(
+            "table %s: change replication stopped on request after %d changes",
+            self.spec.source,
+            self.applied,
+            extra={"table": self.spec.source, "changes": self.applied},
+        )
 
     def _with_table_stream(self, gap: StreamGapError, stream_arn: str) -> StreamGapError:
         """The gap's error, plus what DescribeTable says of the table's stream now (when it answers)."""
@@ -329,6 +348,7 @@ class TableReplicator:
         workers in the order they joined, the first ``readable % workers`` of them taking one more.
         """
         self._rebalance_due = time.monotonic() + self.options.leases.heartbeat_seconds
+        before = bool(self.owned)
         listed = self._listed
         if listed is None:
             return  # no listing yet: the first reader lists the shards, then this runs again at once
@@ -363,6 +383,11 @@ class TableReplicator:
                 self.owned[lease.unit_id] = lease
                 log.info("table %s: reading shard %s (lease %d)", self.spec.source, lease.unit_id, lease.generation)
         metrics.ACTIVE_SHARDS.labels(self.spec.source).set(len(self.owned))
+        if not self.owned:
+            # Every readable shard is another process's: this one stands by to take over (ready, for the probes).
+            health.set_state(self.spec.source, health.STANDING_BY)
+        elif not before:
+            health.set_state(self.spec.source, self.state.value)
 
     def _check_hold(self, *, force: bool) -> None:
         """Refresh the heartbeat every ``heartbeat_seconds``, which also checks the lock's connection."""
@@ -377,6 +402,7 @@ class TableReplicator:
         """Wait before a retry, still beating: the process is alive and the table still its own."""
         deadline = time.monotonic() + seconds
         while not self.stop.wait(max(0.0, min(self.options.heartbeat_seconds, deadline - time.monotonic()))):
+            health.beat()
             if time.monotonic() >= deadline:
                 return
             try:
@@ -452,7 +478,11 @@ class TableReplicator:
                     change = to_change(record, spec.key_names, table=spec.source, key_tags=self._key_tags)
                 except DataError as exc:
                     bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
-                    log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
+                    log.error(
+                        "rejected a stream record, kept in podyn.rejected: %s",
+                        exc,
+                        extra={"table": spec.source, "key": exc.key, "attribute": exc.attribute},
+                    )
                     continue
                 created = change.created_at
                 if created is not None:
@@ -504,6 +534,7 @@ class TableReplicator:
         metrics.BATCHES.labels(spec.source).inc()
         if lag is not None:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
+            health.set_lag(spec.source, lag)
         if records or bad:
             log.info(
                 "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
@@ -515,6 +546,16 @@ class TableReplicator:
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
                 f", {untagged} empty maps without their M type accepted" if untagged else "",
                 "n/a" if lag is None else f"{lag:.1f} s",
+                extra={
+                    "table": spec.source,
+                    "records": records,
+                    "upserts": len(rows),
+                    "deletes": len(delete_keys),
+                    "skipped": skipped,
+                    "rejected": len(rejected) + len(bad),
+                    "untagged_empty_maps": untagged,
+                    "lag_seconds": lag,
+                },
             )
         if lag is not None and lag < self.options.live_lag_seconds:
             self._become_live(lag)
@@ -558,6 +599,7 @@ class TableReplicator:
         if not self.owned:
             return
         metrics.LAG_SECONDS.labels(self.spec.source).set(0.0)
+        health.set_lag(self.spec.source, 0.0)
         if self.state is not TableState.LIVE:
             self._become_live(0.0)
             return
@@ -575,6 +617,7 @@ class TableReplicator:
             " stays at 0, the copy is complete",
             self.spec.source,
             lag,
+            extra={"table": self.spec.source, "lag_seconds": lag},
         )
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()

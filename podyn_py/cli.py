@@ -22,10 +22,12 @@ from types import FrameType
 from typing import Any
 
 import click
+import psycopg
 from click.core import ParameterSource
+from psycopg.conninfo import conninfo_to_dict
 
-from podyn_py import metrics
-from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
+from podyn_py import health, logs, metrics
+from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact, redact_text
 from podyn_py.core.schema import ConversionMode
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.processes import PROCESS_INDEX_ENV, RUN_STARTED_ENV, run_processes
@@ -56,8 +58,8 @@ Examples:
   # where each table stands, from the podyn schema alone (also while the service runs elsewhere)
   podyn -u postgresql://app@db/app --status [--json]
 \b
-  # serve Prometheus metrics while the changes are replicated
-  podyn -u postgresql://app@db/app --changes --metrics-port 9464
+  # serve Prometheus metrics (and the probes /healthz, /readyz) while the changes are replicated; JSON logs
+  podyn -u postgresql://app@db/app --changes --metrics-port 9464 --log-format json
 \b
 Exit codes: 0 done or stopped on request; 1 error before any table ran; 2 usage; 3 a table stopped with an error
 (--verify: could not be verified; --status: is stopped, unknown, or not running/stalled); 4 --verify found
@@ -179,7 +181,7 @@ differences.
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics on this port at /metrics while podyn runs.",
+    help="Serve Prometheus metrics on this port at /metrics while podyn runs, and the probes /healthz, /readyz.",
 )
 @click.option(
     "--metrics-address",
@@ -187,12 +189,35 @@ differences.
     show_default=True,
     help="Address for --metrics-port (0.0.0.0: every interface).",
 )
+@click.option(
+    "--ready-max-lag",
+    type=click.FloatRange(0),
+    default=health.DEFAULT_MAX_LAG_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="/readyz on the metrics port: 200 once every table is live at most this far behind its stream.",
+)
+@click.option(
+    "--health-max-stall",
+    type=click.FloatRange(0, min_open=True),
+    default=health.DEFAULT_MAX_STALL_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="/healthz on the metrics port: 503 once a table's loop has not come round for this long.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug and tracebacks).")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Log level (default info).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (time, level, logger, table, message, fields); no progress bars.",
 )
 def main(
     tables: str | None,
@@ -223,9 +248,12 @@ def main(
     as_json: bool,
     metrics_port: int | None,
     metrics_address: str,
+    ready_max_lag: float,
+    health_max_stall: float,
     progress: bool | None,
     verbose: int,
     log_level: str | None,
+    log_format: str,
 ) -> None:
     """Replicate Amazon DynamoDB tables into PostgreSQL (or Citus).
 
@@ -234,7 +262,9 @@ def main(
     stands.
     """
     level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper())
-    _configure_logging(level)
+    _configure_logging(level, log_format, _secrets(postgres_url))
+    if log_format == "json" and progress:
+        raise click.UsageError("--progress draws bars on stderr: not with --log-format json")
     checks = [flag for flag, on in (("--verify", verify), ("--status", status)) if on]
     if len(checks) > 1 or (checks and (schema or data or changes)):
         raise click.UsageError("--verify and --status run alone: not with --schema, --data, --changes or each other")
@@ -267,7 +297,7 @@ def main(
             reload=reload,
             lease_seconds=lease_seconds,
             run_started=_run_started(),
-            progress=sys.stderr.isatty() if progress is None else progress,
+            progress=(sys.stderr.isatty() and log_format == "text") if progress is None else progress,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
                 region=region,
@@ -277,7 +307,12 @@ def main(
             ),
         )
         if metrics_port is not None:
-            serve_metrics(metrics_port + int(os.environ.get(PROCESS_INDEX_ENV, "0")), metrics_address)
+            serve_metrics(
+                metrics_port + int(os.environ.get(PROCESS_INDEX_ENV, "0")),
+                metrics_address,
+                max_stall=health_max_stall,
+                max_lag=ready_max_lag,
+            )
         if verify:
             options = VerifyOptions(max_differences=verify_max_differences, sample=verify_sample)
             sys.exit(run_verify(config, options, as_json=as_json))
@@ -302,7 +337,7 @@ def run(config: Config, *, debug: bool = False) -> int:
         log.warning("stopped on request after committing the work in flight; the next run resumes")
     if summary.failed or summary.held_elsewhere:
         for name, exc in summary.failed.items():
-            click.echo(f"podyn: table {name} stopped: {exc}", err=True)
+            _say(f"table {name} stopped: {exc}", table=name)
         return EXIT_TABLES_FAILED
     return EXIT_OK
 
@@ -326,31 +361,63 @@ def run_status(config: Config, pg_schema: str | None, *, as_json: bool = False) 
     result = status.read_status(config.postgres, config.tables, pg_schema)
     click.echo(json.dumps(status.to_json(result), indent=2) if as_json else status.render(result))
     for name in result.unknown:
-        click.echo(f"podyn: table {name} is not known to podyn in this database", err=True)
+        _say(f"table {name} is not known to podyn in this database", table=name)
     for table in result.tables:
         if isinstance(table.state, status.Activity):
             seen = "never" if table.last_seen is None else table.last_seen.isoformat(sep=" ", timespec="seconds")
-            click.echo(f"podyn: table {table.source} is {table.state.value} (last seen {seen})", err=True)
+            _say(f"table {table.source} is {table.state.value} (last seen {seen})", table=table.source)
     return EXIT_OK if result.ok else EXIT_TABLES_FAILED
 
 
-def serve_metrics(port: int, address: str) -> None:
+def serve_metrics(
+    port: int,
+    address: str,
+    *,
+    max_stall: float = health.DEFAULT_MAX_STALL_SECONDS,
+    max_lag: float = health.DEFAULT_MAX_LAG_SECONDS,
+) -> None:
+    routes = health.HEALTH.probes(max_stall=max_stall, max_lag=max_lag)
     try:
-        server = metrics.serve(port, address)
+        server = metrics.serve(port, address, routes)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
-    log.info("serving Prometheus metrics at http://%s:%d/metrics", address, server.server_port)
+    log.info(
+        "serving Prometheus metrics at http://%s:%d/metrics, health at /healthz and /readyz",
+        address,
+        server.server_port,
+    )
 
 
 def _fail(exc: PodynError, *, debug: bool) -> None:
-    if debug:
-        log.exception("podyn failed")
-    click.echo(f"podyn: {exc}", err=True)
+    if logs.json_mode():
+        log.error("%s", exc, exc_info=exc if debug else None)
+    else:
+        if debug:
+            log.exception("podyn failed")
+        click.echo(f"podyn: {exc}", err=True)
     sys.exit(EXIT_ERROR)
 
 
-def _configure_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _say(message: str, *, table: str | None = None) -> None:
+    """A line for the operator on stderr: ``podyn: message``, or an error record when the logs are JSON."""
+    if logs.json_mode():
+        log.error(message, extra={"table": table})
+    else:
+        click.echo(f"podyn: {message}", err=True)
+
+
+def _secrets(postgres_url: str | None) -> list[str]:
+    """What no log line may show: the PostgreSQL password (from the URL, or PGPASSWORD) and the AWS secrets in the
+    environment; the patterns of redact_text hide passwords in URLs and DSNs besides."""
+    found = [os.environ.get(name, "") for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    if postgres_url:
+        with contextlib.suppress(PodynError, psycopg.Error):  # a URL that does not parse is reported later
+            found.append(str(conninfo_to_dict(parse_postgres_url(postgres_url)).get("password") or ""))
+    return [s for s in found if s]
+
+
+def _configure_logging(level: int, log_format: str = "text", secrets: list[str] | None = None) -> None:
+    logs.configure(level, json=log_format == "json", redact=logs.Redactor(redact_text, secrets or ()))
     if level > logging.DEBUG:
         for noisy in ("botocore", "boto3", "urllib3", "psycopg"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from podyn_py import metrics
+from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.keys import key_from_json, key_to_json
 from podyn_py.core.ports import ScanClient, ScanSource, Target
@@ -151,7 +151,11 @@ def load_table(
         run_started=options.run_started,
     )
     if segments is None:
-        log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
+        log.info(
+            "table %s: already loaded; skipping (use --reload to load it again)",
+            spec.source,
+            extra={"table": spec.source},
+        )
         return LoadResult(spec.source, 0, 0, True, 0.0)
     remaining = [s for s in segments if not s.done]
     if any(s.done or s.last_key is not None for s in segments):
@@ -160,6 +164,7 @@ def load_table(
             spec.source,
             len(remaining),
             len(segments),
+            extra={"table": spec.source, "segments_unfinished": len(remaining), "segments": len(segments)},
         )
     progress = LoadProgress(
         spec.source, description.item_count - sum(s.items_loaded for s in segments), bar=options.progress_bar
@@ -204,6 +209,15 @@ def load_table(
         f", {load.rejected} items rejected (see podyn.rejected)" if load.rejected else "",
         f", U+0000 removed from {nuls} values" if nuls else "",
         f", {untagged} empty maps without their M type accepted" if untagged else "",
+        extra={
+            "table": spec.source,
+            "items": progress.items,
+            "seconds": round(seconds, 3),
+            "read_capacity_units": progress.units,
+            "rejected": load.rejected,
+            "nul_removed": nuls,
+            "untagged_empty_maps": untagged,
+        },
     )
     return LoadResult(spec.source, total, load.rejected, False, seconds)
 
@@ -216,7 +230,12 @@ def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
     try:
         heartbeat()
     except PodynError as exc:
-        log.warning("table %s: could not refresh the load's heartbeat (%s); the load goes on", table, exc)
+        log.warning(
+            "table %s: could not refresh the load's heartbeat (%s); the load goes on",
+            table,
+            exc,
+            extra={"table": table, "error": str(exc)},
+        )
 
 
 class _Either:
@@ -250,8 +269,15 @@ def _load_segments(load: _TableLoad, stop: _Either) -> None:
     leases and this one takes over, after the lease expired, from the segment's last committed page.
     """
     spec = load.schema.spec
+    with health.loop(f"load {spec.source} {threading.current_thread().name}", spec.source), logs.about(spec.source):
+        _claim_and_load(load, stop)
+
+
+def _claim_and_load(load: _TableLoad, stop: _Either) -> None:
+    spec = load.schema.spec
     waiting = False
     while not stop.is_set():
+        health.beat()
         claimed, left = _claim_with_reconnect(load)
         if not claimed:
             if left <= len(load.keeper.leases):
@@ -315,6 +341,7 @@ def _load_segment(load: _TableLoad, record: SegmentRecord, lease: Lease, stop: _
     )
     key = record.last_key
     while not stop.is_set():
+        health.beat()
         if not load.keeper.held(lease):
             raise LeaseLost(
                 f"segment {record.segment}: the lease was lost; leaving the segment to the process that took it",
@@ -387,6 +414,7 @@ def _write_with_reconnect(
                     "table %s segment %d: page already applied (by an earlier attempt or another process)",
                     schema.spec.source,
                     segment,
+                    extra={"table": schema.spec.source, "segment": segment},
                 )
             return conn
         except PodynError as exc:
@@ -394,7 +422,13 @@ def _write_with_reconnect(
             delay = None if lost or not exc.transient else retrier.next_delay()
             if delay is None:
                 raise
-            log.warning("table %s: %s; reconnecting in %.1f s", schema.spec.source, exc.message, delay)
+            log.warning(
+                "table %s: %s; reconnecting in %.1f s",
+                schema.spec.source,
+                exc.message,
+                delay,
+                extra={"table": schema.spec.source, "error": exc.message, "retry_in_seconds": delay},
+            )
             metrics.ERRORS.labels(schema.spec.source).inc()
             if conn is not None:
                 conn.close()

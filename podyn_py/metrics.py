@@ -2,14 +2,22 @@
 
 The metrics live in their own registry, so importing podyn never touches the process-wide default one; the CLI
 serves it on ``--metrics-port`` when asked, on 127.0.0.1 unless ``--metrics-address`` says otherwise (table names
-and progress are nobody else's business by default).
+and progress are nobody else's business by default), with the health probes (``health.py``) beside /metrics.
 """
 
 from __future__ import annotations
 
-from wsgiref.simple_server import WSGIServer
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -41,7 +49,33 @@ TABLE_STATE = Gauge(
 )
 
 
-def serve(port: int, address: str = "127.0.0.1") -> WSGIServer:
-    """Serve /metrics on ``port`` (0: any free port, see ``server_port``) from a daemon thread until ``shutdown()``."""
-    server, _ = start_http_server(port, addr=address, registry=REGISTRY)
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per request (a slow scrape does not hold up a probe), none of them keeping the process alive."""
+
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per request: probes come every few seconds."""
+
+
+def serve(port: int, address: str = "127.0.0.1", routes: Mapping[str, WSGIApplication] | None = None) -> WSGIServer:
+    """Serve the metrics on ``port`` (0: any free port, see ``server_port``) from a daemon thread until
+    ``shutdown()``: ``routes`` (path → WSGI app) answer their paths, the metrics every other path (/metrics).
+
+    As prometheus-client's ``start_http_server``, which takes no other routes: its WSGI app, a threading server,
+    IPv6 when the address is one.
+    """
+    metrics_app = cast("WSGIApplication", make_wsgi_app(REGISTRY))
+    paths = dict(routes or {})
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        answer: Iterable[bytes] = paths.get(environ.get("PATH_INFO", ""), metrics_app)(environ, start_response)
+        return answer
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class: type[_Server] = type("MetricsServer", (_Server,), {"address_family": family})
+    server: WSGIServer = make_server(str(sockaddr[0]), port, app, server_class, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -45,7 +45,12 @@ class LoadProgress:
             now = time.monotonic()
             if now - self._logged >= self._interval:
                 self._logged = now
-                log.info("table %s: %s", self.table, self.summary())
+                log.info(
+                    "table %s: %s",
+                    self.table,
+                    self.summary(),
+                    extra={"table": self.table, "items": self.items, "read_capacity_units": self.units},
+                )
 
     def summary(self) -> str:
         seconds = max(time.monotonic() - self._started, 1e-9)

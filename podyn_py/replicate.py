@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
+from podyn_py import health, logs
 from podyn_py.changes import TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
@@ -62,6 +63,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     names = list(config.tables) or dynamodb.list_tables(client)
     if not names:
         log.warning("no DynamoDB tables found")
+    health.expect(names)
     target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
     target.ensure_metadata()
     summary = RunSummary()
@@ -71,13 +73,15 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             summary.interrupted = True
             break
         try:
-            ready.append(_prepare_and_load(config, client, data, target, name, summary, stop))
+            with logs.about(name):
+                ready.append(_prepare_and_load(config, client, data, target, name, summary, stop))
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
         except TableHeldElsewhere as exc:
             log.warning("%s", exc)
             summary.held_elsewhere.append(name)
+            health.set_state(name, health.HELD_ELSEWHERE)
         except PodynError as exc:
             _fail_table(summary, target, config, name, exc)
     if config.changes and not stop.is_set():
@@ -145,7 +149,7 @@ def _replicate_changes(
     )
     threads = [
         threading.Thread(
-            target=_follow_table,
+            target=_follow_table_watched,
             args=(config, client, streams_client, target, description, summary, stop, table_client),
             name=f"changes-{description.spec.source}",
             daemon=True,
@@ -159,6 +163,22 @@ def _replicate_changes(
             thread.join(timeout=0.5)
     if stop.is_set():
         summary.interrupted = True
+
+
+def _follow_table_watched(
+    config: Config,
+    client: DataClient,
+    streams_client: StreamsClient,
+    target: Target,
+    description: dynamodb.TableDescription,
+    summary: RunSummary,
+    stop: threading.Event,
+    table_client: TableClient | None = None,
+) -> None:
+    """:func:`_follow_table`, watched by the health probes, its log records about its table."""
+    name = description.spec.source
+    with health.loop(f"changes {name}", name), logs.about(name):
+        _follow_table(config, client, streams_client, target, description, summary, stop, table_client)
 
 
 def _follow_table(
@@ -176,10 +196,12 @@ def _follow_table(
     standing_by = False
     retrier = Retrier(TABLE_RESTART, stop=stop)
     while not stop.is_set():
+        health.beat()
         try:
             with target.hold(description.spec) as hold:
                 if standing_by:
-                    log.info("table %s: the other process let go; taking over", name)
+                    log.info("table %s: the other process let go; taking over", name, extra={"table": name})
+                    health.set_state(name, health.STARTING)  # until replication shows its state
                     standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
                 TableReplicator(
@@ -190,15 +212,26 @@ def _follow_table(
             return
         except TableHeldElsewhere:
             if not standing_by:
-                log.warning("table %s is replicated by another podyn process; standing by to take over", name)
+                log.warning(
+                    "table %s is replicated by another podyn process; standing by to take over",
+                    name,
+                    extra={"table": name, "state": health.STANDING_BY},
+                )
                 standing_by = True
+            health.set_state(name, health.STANDING_BY)
             stop.wait(config.standby_seconds)
         except PodynError as exc:
             if not exc.transient:
                 _fail_table(summary, target, config, name, exc)
                 return
             delay = retrier.advance()
-            log.warning("table %s: %s; retrying in %.0f s", name, exc, delay)
+            log.warning(
+                "table %s: %s; retrying in %.0f s",
+                name,
+                exc,
+                delay,
+                extra={"table": name, "error": str(exc), "retry_in_seconds": delay},
+            )
             retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
@@ -207,8 +240,9 @@ def _follow_table(
 
 
 def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
-    log.error("table %s stopped: %s", name, exc)
+    log.error("table %s stopped: %s", name, exc, extra={"table": name, "state": "stopped", "error": str(exc)})
     summary.failed[name] = exc
+    health.set_state(name, "stopped", str(exc))  # this process stopped it, whether or not recording it succeeds
     _record_failure(target, config, name, exc)
 
 

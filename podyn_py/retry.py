@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from podyn_py import health
+
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
 
@@ -148,16 +150,23 @@ class Clock:
     random: Callable[[], float] = random.random
 
     def wait(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        """Wait ``seconds``, or less when ``stop`` is set meanwhile; True when it is set (then stop waiting)."""
+        """Wait ``seconds``, or less when ``stop`` is set meanwhile; True when it is set (then stop waiting).
+
+        A wait before a retry is a round of the thread's loop (``health.beat``): it is waiting, not stalled.
+        """
+        health.beat()
         if stop is not None and stop.is_set():
             return True
-        if self.sleep is not None:
-            self.sleep(seconds)
-            return stop is not None and stop.is_set()
-        if stop is None:
-            time.sleep(seconds)
-            return False
-        return stop.wait(seconds)
+        try:
+            if self.sleep is not None:
+                self.sleep(seconds)
+                return stop is not None and stop.is_set()
+            if stop is None:
+                time.sleep(seconds)
+                return False
+            return stop.wait(seconds)
+        finally:
+            health.beat()
 
 
 SYSTEM_CLOCK = Clock()

@@ -57,6 +57,7 @@ SLOW_MODULES = frozenset(
         "test_metadata_attacks.py",
         "test_metadata_truth.py",
         "test_ports.py",
+        "test_probes_and_json_logs.py",
         "test_properties.py",
         "test_security.py",
         "test_verify_status.py",

@@ -2,7 +2,8 @@
 
 The floors, bottom to top (README "Design notes"):
 
-0. ``errors``, ``metrics``, ``progress``: import no other podyn module;
+0. ``errors``, ``metrics``, ``progress``, ``health``, ``logs``: import no other podyn module; ``retry`` imports only
+   ``health`` (a retry's wait is a round of its loop);
 1. the pure core, ``core/*`` (tests/test_core_purity.py checks that it does no I/O), with ``core.ports``: the
    protocols of the sources, the target and the DynamoDB clients, which the edges satisfy and the orchestration speaks;
 2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core);
@@ -38,6 +39,8 @@ FLOORS: dict[str, int] = {
     "metrics": 0,
     "progress": 0,
     "retry": 0,  # what a retry can fix and how long to wait: used by both edges and the orchestration
+    "health": 0,  # the loops' beats and the tables' states that /healthz and /readyz report
+    "logs": 0,  # the text and JSON log formats, the table of a record, redaction
     "core.*": 1,
     "config": 2,
     "source.*": 3,

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from podyn_py import metrics
+from podyn_py import health, metrics
 from podyn_py.core import ddl, naming
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
@@ -801,10 +801,18 @@ def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
 
 
 def show_state(change: state.StateChange | None) -> None:
-    """Log a table's new state and set its metric: after the transaction that wrote it committed, never before."""
+    """Log a table's new state, set its metric and tell the health probes: after the transaction that wrote it
+    committed, never before."""
     if change is None:
         return
-    log.info("table %s: %s%s", change.source, change.state.value, f" ({change.error})" if change.error else "")
+    log.info(
+        "table %s: %s%s",
+        change.source,
+        change.state.value,
+        f" ({change.error})" if change.error else "",
+        extra={"table": change.source, "state": change.state.value, "error": change.error},
+    )
+    health.set_state(change.source, change.state.value, change.error)
     for each in state.TableState:
         metrics.TABLE_STATE.labels(change.source, each.value).set(1 if each is change.state else 0)
 
