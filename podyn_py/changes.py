@@ -456,6 +456,12 @@ class TableReplicator:
                     " made during the load are gone; re-run with --data --reload --changes",
                     table=spec.source,
                 )
+        others = [w for w in self.keeper.worker_list if w != self.keeper.worker]
+        if others and record.state == TableState.LIVE and record.stream_arn == stream_arn:
+            # Joining processes that keep the table live: it stays live (they read its shards until this one takes
+            # a share), rather than this one marking it catching up until one of them says live again.
+            log.info("table %s: joining %d other podyn processes replicating it", spec.source, len(others))
+            return stream_arn
         self.target.start_catching_up(
             spec,
             stream_arn=stream_arn,

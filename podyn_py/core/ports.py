@@ -137,6 +137,11 @@ class StoredTable(Protocol):
     @property
     def truncate_before_load(self) -> bool: ...
 
+    @property
+    def state(self) -> str:
+        """As ``podyn.tables.state`` says (``live``, ``loading``, …)."""
+        ...
+
 
 @runtime_checkable
 class Target(Protocol):
