@@ -230,8 +230,10 @@ class PostgresTarget:
         #: DDL waits this long for a table lock held by another session, then backs off and tries again, so that a
         #: long-running query elsewhere cannot block podyn forever, nor podyn's queued lock block everyone else.
         self.lock_timeout_ms = lock_timeout_ms
-        #: Worker name → the connection holding its presence lock (see state.take_presence_lock).
+        #: Worker name → the connection holding its presence lock (see state.take_presence_lock), kept while the
+        #: worker serves any table (the second dict: which, as (schema, table, role)).
         self._presence: dict[str, psycopg.Connection[Any]] = {}
+        self._serving: dict[str, set[tuple[str, str, str]]] = {}
         self._presence_lock = threading.Lock()
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -604,6 +606,8 @@ class PostgresTarget:
             return state.live_workers(conn, spec, role, within_seconds)
 
         self._ensure_presence(worker, spec)
+        with self._presence_lock:
+            self._serving.setdefault(worker, set()).add((spec.schema, spec.table, role))
         return self.run("recording the worker", beat, table=spec.source)
 
     def _ensure_presence(self, worker: str, spec: TableSpec) -> None:
@@ -631,7 +635,15 @@ class PostgresTarget:
             state.release_leases(conn, spec, leases)
             state.leave_worker(conn, spec, role, worker)
 
-        self.run("giving leases back", leave, table=spec.source)
+        try:
+            self.run("giving leases back", leave, table=spec.source)
+        finally:
+            with self._presence_lock:
+                serving = self._serving.get(worker, set())
+                serving.discard((spec.schema, spec.table, role))
+                conn = None if serving else self._presence.pop(worker, None)
+            if conn is not None:  # it serves no table any more
+                conn.close()
 
     def held_units(self, spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
         return self.run("reading leases", lambda conn: state.held_units(conn, spec, kind), table=spec.source)
