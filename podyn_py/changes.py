@@ -30,7 +30,10 @@ from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
     Delete,
+    Expire,
     Refetch,
+    TtlCounts,
+    TtlPolicy,
     Upsert,
     compact,
     key_identity,
@@ -41,6 +44,7 @@ from podyn_py.core.ports import ChangeSource, Hold, ItemClient, StreamsClient, T
 from podyn_py.core.positions import ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import ConfigError, DataError, MappingChanged, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.retry import CHANGES_RESTART, Retrier
 from podyn_py.source import dynamodb
@@ -64,6 +68,8 @@ class ChangeOptions:
     max_backoff_seconds: float = 30.0
     #: How often the table's holder and heartbeat are written to podyn.tables (--status: is it running now?).
     heartbeat_seconds: float = HEARTBEAT_SECONDS
+    #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
+    ttl_deletes: TtlPolicy = TtlPolicy.DELETE
 
 
 class _CheckpointMoved(PodynError):
@@ -146,10 +152,11 @@ class TableReplicator:
         reader_factory: ReaderFactory = _default_reader,
         hold: Hold | None = None,
         table_client: TableClient | None = None,
+        selection: AttributeSelection = EVERYTHING,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
-        self.rows = RowConverter(schema, target)
+        self.rows = RowConverter(schema, target, selection)
         self.target = target
         self.client = client
         self.streams_client = streams_client
@@ -346,23 +353,34 @@ class TableReplicator:
         bad: list[Rejected] = []
         newest: datetime | None = None
         skipped = 0
+        ttl_seen = ttl_counted = 0
         for batch in batches:
             for record in batch.records:
                 try:
                     change = to_change(record, spec.key_names, table=spec.source, key_tags=self._key_tags)
                 except DataError as exc:
-                    bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
+                    kept = self.rows.selection.strip_record(record)  # excluded attributes never reach PostgreSQL
+                    bad.append(Rejected(kept, str(exc.key or ""), exc.attribute, str(exc)))
                     log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
                     continue
+                expired = isinstance(change, Delete) and change.expired
+                ttl_seen += expired
                 created = change.created_at
                 if created is not None:
                     newest = created if newest is None or created > newest else newest
                     if self.replay_from is not None and created < self.replay_from:
                         skipped += 1  # its effect is already in the loaded data
                         continue
+                ttl_counted += expired
                 changes.append(change)
-        changes = self._resolve(compact(changes))
+        policy = self.options.ttl_deletes
+        ttl = TtlCounts.of(ttl_seen, ttl_counted, policy)
+        changes = self._resolve(compact(changes, policy))
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        upserts += [c.item for c in changes if isinstance(c, Expire) and c.item is not None]
+        expiring = [c for c in changes if isinstance(c, Expire)]
+        if expiring and self.rows.schema.expired_column is None:
+            self.rows.add_expired_column()
         lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
         moves = self._moves(batches)
         while True:
@@ -370,6 +388,7 @@ class TableReplicator:
             schema, rows, rejected = self.rows.convert(upserts)
             untagged = self.rows.untagged_map_counts.total() - untagged_before
             delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
+            expire = [(key_values(schema.spec, c.key), c.created_at) for c in expiring]
             try:
                 applied = self.target.apply_changes(
                     conn,
@@ -380,6 +399,8 @@ class TableReplicator:
                     rejected=rejected + bad,
                     moves=moves,
                     lag_seconds=lag,
+                    expire=expire,
+                    ttl=ttl or None,
                 )
                 break
             except MappingChanged as exc:  # columns renamed by another process: same batch, new names
@@ -393,10 +414,16 @@ class TableReplicator:
             )
         for _, new, _ in moves:
             self.positions[new.shard_id] = new
-        self.applied += len(rows) + len(delete_keys)
+        self.applied += len(rows) + len(delete_keys) + len(expire)
         records = sum(len(b.records) for b in batches)
         metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(rows))
         metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
+        if expire:
+            metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(expire))
+        if ttl:
+            metrics.TTL_DELETES_SEEN.labels(spec.source).inc(ttl.seen)
+            for outcome, count in (("applied", ttl.applied), ("kept", ttl.kept), ("marked", ttl.marked)):
+                metrics.TTL_DELETES.labels(spec.source, outcome).inc(count)
         metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected) + len(bad))
         metrics.BATCHES.labels(spec.source).inc()
         metrics.ACTIVE_SHARDS.labels(spec.source).set(sum(1 for p in self.positions.values() if not p.finished))
@@ -404,11 +431,12 @@ class TableReplicator:
             metrics.LAG_SECONDS.labels(spec.source).set(lag)
         if records or bad:
             log.info(
-                "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
+                "table %s: applied %d records (%d upserts, %d deletes%s%s%s%s), lag %s",
                 spec.source,
                 records,
                 len(rows),
                 len(delete_keys),
+                _ttl_text(ttl, policy),
                 f", {skipped} older than the load skipped" if skipped else "",
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
                 f", {untagged} empty maps without their M type accepted" if untagged else "",
@@ -472,3 +500,13 @@ class TableReplicator:
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()
         self.target.become_live(self.spec, lag)
+
+
+def _ttl_text(ttl: TtlCounts, policy: TtlPolicy) -> str:
+    """The batch log line's part about TTL deletes, counted apart from the others."""
+    if not ttl:
+        return ""
+    counted = ttl.applied + ttl.kept + ttl.marked
+    done = {TtlPolicy.DELETE: "applied as deletes", TtlPolicy.KEEP: "kept", TtlPolicy.MARK: "marked"}[policy]
+    older = f", {ttl.seen - counted} older than the load" if ttl.seen > counted else ""
+    return f", {ttl.seen} TTL deletes seen: {counted} {done}{older}"

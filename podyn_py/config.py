@@ -15,7 +15,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from podyn_py.core.changes import TtlPolicy
 from podyn_py.core.schema import ConversionMode
+from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,10 @@ class Config:
     progress: bool = False
     #: How often a standing-by service tries to take over a table another process holds.
     standby_seconds: float = 10.0
+    #: Attributes left out of the copy (``--exclude-attributes``, ``--keep-replication-attributes``).
+    exclusions: Exclusions = field(default_factory=Exclusions)
+    #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
+    ttl_deletes: TtlPolicy = TtlPolicy.DELETE
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

@@ -22,6 +22,7 @@ from podyn_py.core.ports import ScanClient, ScanSource, Target
 from podyn_py.core.positions import SegmentRecord
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import Interrupted, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
@@ -67,8 +68,9 @@ class _TableLoad:
         options: LoadOptions,
         progress: LoadProgress,
         stop: threading.Event,
+        selection: AttributeSelection = EVERYTHING,
     ):
-        self.rows = RowConverter(schema, target)
+        self.rows = RowConverter(schema, target, selection)
         #: Set when the run is asked to stop.
         self.stop = stop
         self.options = options
@@ -117,11 +119,13 @@ def load_table(
     *,
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
+    selection: AttributeSelection = EVERYTHING,
 ) -> LoadResult:
     """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one.
 
     ``heartbeat`` is called every HEARTBEAT_SECONDS while the segments load (the table's holder and heartbeat in
-    podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone.
+    podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone. ``selection``:
+    the attributes left out of every item (``--exclude-attributes``, global tables' own attributes).
     """
     spec = schema.spec
     started = time.monotonic()
@@ -148,7 +152,7 @@ def load_table(
     )
     requested = stop or threading.Event()
     source = dynamodb.TableScan(client, spec.source, consistent_read=options.consistent_read)
-    load = _TableLoad(schema, target, source, options, progress, requested)
+    load = _TableLoad(schema, target, source, options, progress, requested, selection)
     stopping = _Either(requested)
     try:
         workers = max(1, min(options.connections, len(remaining)))
