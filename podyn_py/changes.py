@@ -508,5 +508,4 @@ def _ttl_text(ttl: TtlCounts, policy: TtlPolicy) -> str:
         return ""
     counted = ttl.applied + ttl.kept + ttl.marked
     done = {TtlPolicy.DELETE: "applied as deletes", TtlPolicy.KEEP: "kept", TtlPolicy.MARK: "marked"}[policy]
-    older = f", {ttl.seen - counted} older than the load" if ttl.seen > counted else ""
-    return f", {ttl.seen} TTL deletes seen: {counted} {done}{older}"
+    return f", {ttl.seen} TTL deletes seen: {counted} {done}"  # the others are among those older than the load

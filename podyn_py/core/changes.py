@@ -176,15 +176,15 @@ def compact(changes: Iterable[Change], ttl: TtlPolicy = TtlPolicy.DELETE) -> lis
         identity = key_identity(change.key)
         before = last.pop(identity, None)  # re-insert so that order follows the last change
         if isinstance(change, Delete) and change.expired and ttl is not TtlPolicy.DELETE:
-            kept = change.old_image
-            if kept is None and isinstance(before, Upsert | Expire):
-                kept = before.item  # the item as the batch last wrote it
             if ttl is TtlPolicy.MARK:
+                kept = change.old_image
+                if kept is None and isinstance(before, Upsert | Expire):
+                    kept = before.item  # the item as the batch last wrote it
                 last[identity] = Expire(change.key, change.created_at, kept)
-            elif kept is not None:
-                last[identity] = Upsert(change.key, kept, change.created_at)
+            elif change.old_image is not None:
+                last[identity] = Upsert(change.key, change.old_image, change.created_at)
             elif before is not None and not isinstance(before, Refetch):
-                last[identity] = before
+                last[identity] = before  # as if the TTL delete were not there
             continue
         last[identity] = change
     return list(last.values())
