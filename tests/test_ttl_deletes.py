@@ -266,7 +266,8 @@ def test_the_mark_column_never_takes_an_attributes_name(
 ) -> None:
     """An attribute called podyn_expired_at: in columns mode it has that column, so the mark gets another name
     (podyn_expired_at_<tag>); in jsonb mode it lives inside ``data`` and the mark column is podyn_expired_at. Either
-    way the attribute's values stay where they were, and one that arrives after the mark column keeps its own."""
+    way the attribute's values stay where they were, and one that arrives after the mark column keeps its own. A
+    record kept in podyn.rejected loses the attributes --exclude-attributes leaves out."""
     table = create_table(
         name=f"ttlname_{os.urandom(6).hex()}",
         stream_view_type=STREAM,
@@ -277,6 +278,8 @@ def test_the_mark_column_never_takes_an_attributes_name(
     records = [
         ttl_delete(make, "a", item("a", 0, podyn_expired_at={"S": "mine a"})),
         make.put("n", 5, event="INSERT", podyn_expired_at={"S": "mine n"}),
+        # Kept in podyn.rejected (an unknown event), without what --exclude-attributes leaves out.
+        make.raw("UPSERT", {"pk": {"S": "bad"}}, {"pk": {"S": "bad"}, "password_hash": {"S": "SECRET"}}),
     ]
     ddb.delete_item(TableName=table, Key={"pk": {"S": "a"}})
     ddb.put_item(TableName=table, Item={"pk": {"S": "n"}, "counter": {"N": "5"}, "podyn_expired_at": {"S": "mine n"}})
@@ -290,9 +293,13 @@ def test_the_mark_column_never_takes_an_attributes_name(
         lambda: wait_applied(pg_url, records[-1]),
         "--ttl-deletes",
         "mark",
+        "--exclude-attributes",
+        f"{table}.password_hash",
     )
     assert result.exit_code == 0, result.output
     with psycopg.connect(pg_url) as conn:
+        rejected = conn.execute("SELECT item::text FROM podyn.rejected").fetchall()
+        assert len(rejected) == 1 and "bad" in rejected[0][0] and "SECRET" not in rejected[0][0]
         recorded = conn.execute("SELECT expired_column FROM podyn.tables").fetchone()
         assert recorded is not None
         mark = recorded[0]

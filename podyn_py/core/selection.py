@@ -57,11 +57,11 @@ class Exclusions:
 
     def for_table(self, spec: TableSpec) -> AttributeSelection:
         """What is left out of this table's items; ConfigError when a pattern names one of its key attributes."""
-        rules: list[tuple[str, re.Pattern[str]]] = []
+        rules: list[tuple[str, str]] = []
         for pattern in self.patterns:
             for i, c in enumerate(pattern):
                 if c == "." and pattern[:i] and pattern[i + 1 :] and _compile(pattern[:i]).fullmatch(spec.source):
-                    rules.append((pattern, _compile(pattern[i + 1 :])))
+                    rules.append((pattern, pattern[i + 1 :]))
         selection = AttributeSelection(
             spec.source,
             tuple(rules),
@@ -78,21 +78,27 @@ class AttributeSelection:
     def __init__(
         self,
         table: str,
-        rules: tuple[tuple[str, re.Pattern[str]], ...] = (),
+        rules: tuple[tuple[str, str], ...] = (),
         keys: frozenset[str] = frozenset(),
         always: tuple[str, ...] = (),
     ) -> None:
         self.table = table
         #: (pattern as given, its attribute part compiled), for the patterns whose table part matches this table.
-        self.rules = rules
+        self.rules = tuple((pattern, _compile(attribute)) for pattern, attribute in rules)
         self.keys = keys
         #: Names left out by default (global tables' own attributes), unless they are keys.
         self.always = frozenset(always) - keys
+        #: Every name left out when no pattern has a ``*`` in its attribute part: then one C-speed set test per
+        #: item says whether it has any (an item's attributes are mostly many, its excluded ones few or none).
+        self._names: frozenset[str] | None = None
+        if not any("*" in attribute for _, attribute in rules):
+            self._names = (self.always | {attribute for _, attribute in rules}) - keys
+        self._any = bool(self.rules or self.always)
         self._cache: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         """Whether anything can be left out at all."""
-        return bool(self.rules or self.always)
+        return self._any
 
     def rule_for(self, attribute: str) -> str | None:
         """The pattern that leaves ``attribute`` out (the global tables' default says ``aws:rep:*``), or None."""
@@ -127,11 +133,17 @@ class AttributeSelection:
 
     def strip(self, item: Mapping[str, Any]) -> Any:
         """The item without the attributes left out: the same object when nothing is (the common case)."""
-        if not self:
+        if not self._any:
             return item
-        excluded = self.excluded
+        names = self._names
+        if names is not None:
+            if names.isdisjoint(item):
+                return item
+            return {a: v for a, v in item.items() if a not in names}
+        cache, excluded = self._cache, self.excluded
         for attribute in item:
-            if excluded(attribute):
+            hit = cache.get(attribute)
+            if hit or (hit is None and excluded(attribute)):
                 return {a: v for a, v in item.items() if not excluded(a)}
         return item
 
