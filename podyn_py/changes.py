@@ -35,7 +35,10 @@ from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
     Delete,
+    Expire,
     Refetch,
+    TtlCounts,
+    TtlPolicy,
     Upsert,
     compact,
     key_identity,
@@ -46,6 +49,7 @@ from podyn_py.core.ports import ChangeSource, Hold, ItemClient, StreamsClient, T
 from podyn_py.core.positions import Lease, ShardBatch, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import (
     ConfigError,
     DataError,
@@ -80,6 +84,8 @@ class ChangeOptions:
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     #: Leases on shards (shared with the other processes replicating the table).
     leases: LeaseTiming = LeaseTiming()
+    #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
+    ttl_deletes: TtlPolicy = TtlPolicy.DELETE
 
 
 class _CheckpointMoved(PodynError):
@@ -173,10 +179,11 @@ class TableReplicator:
         hold: Hold | None = None,
         table_client: TableClient | None = None,
         worker: str | None = None,
+        selection: AttributeSelection = EVERYTHING,
     ) -> None:
         self.description = description
         self.spec: TableSpec = schema.spec
-        self.rows = RowConverter(schema, target)
+        self.rows = RowConverter(schema, target, selection)
         self.target = target
         self.client = client
         self.streams_client = streams_client
@@ -478,27 +485,38 @@ class TableReplicator:
         bad: list[Rejected] = []
         newest: datetime | None = None
         skipped = 0
+        ttl_seen = ttl_counted = 0
         for batch in batches:
             for record in batch.records:
                 try:
                     change = to_change(record, spec.key_names, table=spec.source, key_tags=self._key_tags)
                 except DataError as exc:
-                    bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
+                    kept = self.rows.selection.strip_record(record)  # excluded attributes never reach PostgreSQL
+                    bad.append(Rejected(kept, str(exc.key or ""), exc.attribute, str(exc)))
                     log.error(
                         "rejected a stream record, kept in podyn.rejected: %s",
                         exc,
                         extra={"table": spec.source, "key": exc.key, "attribute": exc.attribute},
                     )
                     continue
+                expired = isinstance(change, Delete) and change.expired
+                ttl_seen += expired
                 created = change.created_at
                 if created is not None:
                     newest = created if newest is None or created > newest else newest
                     if self.replay_from is not None and created < self.replay_from:
                         skipped += 1  # its effect is already in the loaded data
                         continue
+                ttl_counted += expired
                 changes.append(change)
-        changes = self._resolve(compact(changes))
+        policy = self.options.ttl_deletes
+        ttl = TtlCounts.of(ttl_seen, ttl_counted, policy)
+        changes = self._resolve(compact(changes, policy))
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        upserts += [c.item for c in changes if isinstance(c, Expire) and c.item is not None]
+        expiring = [c for c in changes if isinstance(c, Expire)]
+        if expiring and self.rows.schema.expired_column is None:
+            self.rows.add_expired_column()
         lag = max(0.0, (datetime.now(UTC) - newest).total_seconds()) if newest is not None else None
         moves = self._moves(batches)
         while True:
@@ -506,6 +524,7 @@ class TableReplicator:
             schema, rows, rejected = self.rows.convert(upserts)
             untagged = self.rows.untagged_map_counts.total() - untagged_before
             delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
+            expire = [(key_values(schema.spec, c.key), c.created_at) for c in expiring]
             try:
                 applied = self.target.apply_changes(
                     conn,
@@ -517,6 +536,8 @@ class TableReplicator:
                     moves=moves,
                     lag_seconds=lag,
                     leases=self.owned,
+                    expire=expire,
+                    ttl=ttl or None,
                 )
                 break
             except MappingChanged as exc:  # columns renamed by another process: same batch, new names
@@ -532,10 +553,16 @@ class TableReplicator:
             self.positions[new.shard_id] = new
             if new.finished:
                 self._rebalance_due = 0.0  # its lease goes back, its children become claimable
-        self.applied += len(rows) + len(delete_keys)
+        self.applied += len(rows) + len(delete_keys) + len(expire)
         records = sum(len(b.records) for b in batches)
         metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(rows))
         metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
+        if expire:
+            metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(expire))
+        if ttl:
+            metrics.TTL_DELETES_SEEN.labels(spec.source).inc(ttl.seen)
+            for outcome, count in (("applied", ttl.applied), ("kept", ttl.kept), ("marked", ttl.marked)):
+                metrics.TTL_DELETES.labels(spec.source, outcome).inc(count)
         metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected) + len(bad))
         metrics.BATCHES.labels(spec.source).inc()
         if lag is not None:
@@ -543,11 +570,12 @@ class TableReplicator:
             health.set_lag(spec.source, lag)
         if records or bad:
             log.info(
-                "table %s: applied %d records (%d upserts, %d deletes%s%s%s), lag %s",
+                "table %s: applied %d records (%d upserts, %d deletes%s%s%s%s), lag %s",
                 spec.source,
                 records,
                 len(rows),
                 len(delete_keys),
+                _ttl_text(ttl, policy),
                 f", {skipped} older than the load skipped" if skipped else "",
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
                 f", {untagged} empty maps without their M type accepted" if untagged else "",
@@ -639,3 +667,12 @@ def _parent_done(parent: str | None, listed: dict[str, str | None], positions: d
     if known is not None:
         return known.finished
     return parent not in listed
+
+
+def _ttl_text(ttl: TtlCounts, policy: TtlPolicy) -> str:
+    """The batch log line's part about TTL deletes, counted apart from the others."""
+    if not ttl:
+        return ""
+    counted = ttl.applied + ttl.kept + ttl.marked
+    done = {TtlPolicy.DELETE: "applied as deletes", TtlPolicy.KEEP: "kept", TtlPolicy.MARK: "marked"}[policy]
+    return f", {ttl.seen} TTL deletes seen: {counted} {done}"  # the others are among those older than the load

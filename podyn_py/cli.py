@@ -28,7 +28,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from podyn_py import health, logs, metrics
 from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact, redact_text
+from podyn_py.core.changes import TtlPolicy
 from podyn_py.core.schema import ConversionMode
+from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.processes import PROCESS_INDEX_ENV, RUN_STARTED_ENV, run_processes
 from podyn_py.verify import VerifyOptions
@@ -58,6 +60,9 @@ Examples:
   # where each table stands, from the podyn schema alone (also while the service runs elsewhere)
   podyn -u postgresql://app@db/app --status [--json]
 \b
+  # keep the rows of items DynamoDB's TTL expires, marked; leave a secret out of the copy
+  podyn -u postgresql://app@db/app --changes --ttl-deletes mark --exclude-attributes Users.password_hash
+\b
   # serve Prometheus metrics (and the probes /healthz, /readyz) while the changes are replicated; JSON logs
   podyn -u postgresql://app@db/app --changes --metrics-port 9464 --log-format json
 \b
@@ -86,6 +91,14 @@ differences.
 @click.option("-s", "--schema", is_flag=True, help="Create the PostgreSQL tables (reuse compatible existing ones).")
 @click.option("-d", "--data", is_flag=True, help="Copy the existing items (parallel scan, resumable).")
 @click.option("-c", "--changes", is_flag=True, help="Replicate changes continuously from DynamoDB Streams.")
+@click.option(
+    "--ttl-deletes",
+    type=click.Choice([p.value for p in TtlPolicy]),
+    default=TtlPolicy.DELETE.value,
+    show_default=True,
+    help="--changes: deletes made by DynamoDB's TTL: delete the row (mirror DynamoDB), keep it, or keep it and mark"
+    " it (column podyn_expired_at).",
+)
 @click.option("-x", "--citus", is_flag=True, help="Distribute tables with Citus create_distributed_table().")
 @click.option(
     "-m",
@@ -100,6 +113,17 @@ differences.
     is_flag=True,
     default=None,
     help="Lowercase column names.",
+)
+@click.option(
+    "--exclude-attributes",
+    metavar="PATTERNS",
+    help="Attributes kept out of PostgreSQL, comma-separated Table.attribute with * in either part"
+    " (e.g. Users.password_hash,*.blob_*); never a key attribute.",
+)
+@click.option(
+    "--keep-replication-attributes",
+    is_flag=True,
+    help="Copy the aws:rep:* attributes of legacy global tables (2017.11.29), left out by default.",
 )
 @click.option(
     "-n",
@@ -225,9 +249,12 @@ def main(
     schema: bool,
     data: bool,
     changes: bool,
+    ttl_deletes: str,
     citus: bool,
     conversion_mode: str | None,
     lower_case: bool | None,
+    exclude_attributes: str | None,
+    keep_replication_attributes: bool,
     connections: int,
     scan_rate: float,
     segments: int | None,
@@ -280,6 +307,10 @@ def main(
         sys.exit(run_processes(processes, sys.argv[1:]))
     schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
     try:
+        exclusions = Exclusions.parse(exclude_attributes, keep_replication_attributes=keep_replication_attributes)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--exclude-attributes") from None
+    try:
         config = Config(
             tables=tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else (),
             postgres=parse_postgres_url(postgres_url) if postgres_url else None,
@@ -298,6 +329,8 @@ def main(
             lease_seconds=lease_seconds,
             run_started=_run_started(),
             progress=(sys.stderr.isatty() and log_format == "text") if progress is None else progress,
+            exclusions=exclusions,
+            ttl_deletes=TtlPolicy(ttl_deletes),
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
                 region=region,

@@ -16,7 +16,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from podyn_py.core.changes import TtlPolicy
 from podyn_py.core.schema import ConversionMode
+from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,10 @@ class Config:
     lease_seconds: float = 30.0
     #: When this run (this command: all its processes) started, by the database's clock when known.
     run_started: datetime | None = None
+    #: Attributes left out of the copy (``--exclude-attributes``, ``--keep-replication-attributes``).
+    exclusions: Exclusions = field(default_factory=Exclusions)
+    #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
+    ttl_deletes: TtlPolicy = TtlPolicy.DELETE
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

@@ -16,6 +16,7 @@ from typing import Any
 from podyn_py.core.ports import Target
 from podyn_py.core.rows import MissingColumn, Rejected, RowBuilder
 from podyn_py.core.schema import TableSchema, plan_evolution
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import DataError, PodynError
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,11 @@ log = logging.getLogger(__name__)
 class RowConverter:
     """Thread-safe: segment workers of one table share one converter."""
 
-    def __init__(self, schema: TableSchema, target: Target) -> None:
+    def __init__(self, schema: TableSchema, target: Target, selection: AttributeSelection = EVERYTHING) -> None:
         self.schema = schema
         self.target = target
+        #: Attributes left out of every item before anything is made of it (``--exclude-attributes``).
+        self.selection = selection
         #: Per column, how many values lost a U+0000, over the converter's life.
         self.nul_counts: Counter[str] = Counter()
         #: Per attribute, how many empty maps came as {} without their "M" (DynamoDB Local), over its life.
@@ -37,7 +40,12 @@ class RowConverter:
         self._untagged_logged = False
 
     def convert(self, items: list[dict[str, Any]]) -> tuple[TableSchema, list[list[Any]], list[Rejected]]:
-        """Rows for ``items`` under a schema that holds them all (returned with them), growing it first if needed."""
+        """Rows for ``items`` under a schema that holds them all (returned with them), growing it first if needed.
+
+        Attributes the selection leaves out are gone first: they make no column, no jsonb key and no rejected item.
+        """
+        if self.selection:
+            items = [self.selection.strip(item) for item in items]
         builder = self.builder
         rows, rejected, pending = self._build(builder, items)
         if pending:
@@ -52,6 +60,14 @@ class RowConverter:
         for each in rejected:
             log.error("rejected an item, kept in podyn.rejected: %s", each.error)
         return builder.schema, rows, rejected
+
+    def add_expired_column(self) -> TableSchema:
+        """Give the table its column for expired rows (``--ttl-deletes mark``), if it has none yet."""
+        with self._lock:
+            if self.schema.expired_column is None:
+                self.schema = self.target.add_expired_column(self.schema)
+                self.builder = RowBuilder(self.schema, self.nul_counts, self.untagged_map_counts)
+            return self.schema
 
     def refresh(self, stale: TableSchema) -> None:
         """Read the mapping again after a writer found ``stale`` outdated (MappingChanged): columns were renamed."""

@@ -27,6 +27,7 @@ from podyn_py.core.ports import ScanClient, ScanSource, Target
 from podyn_py.core.positions import Lease, SegmentRecord
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import Interrupted, LeaseLost, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
@@ -78,8 +79,9 @@ class _TableLoad:
         progress: LoadProgress,
         stop: threading.Event,
         keeper: UnitKeeper,
+        selection: AttributeSelection = EVERYTHING,
     ):
-        self.rows = RowConverter(schema, target)
+        self.rows = RowConverter(schema, target, selection)
         self.keeper = keeper
         #: Set when the run is asked to stop.
         self.stop = stop
@@ -134,11 +136,13 @@ def load_table(
     *,
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
+    selection: AttributeSelection = EVERYTHING,
 ) -> LoadResult:
     """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one.
 
     ``heartbeat`` is called every HEARTBEAT_SECONDS while the segments load (the table's holder and heartbeat in
-    podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone.
+    podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone. ``selection``:
+    the attributes left out of every item (``--exclude-attributes``, global tables' own attributes).
     """
     spec = schema.spec
     started = time.monotonic()
@@ -172,7 +176,7 @@ def load_table(
     requested = stop or threading.Event()
     source = dynamodb.TableScan(client, spec.source, consistent_read=options.consistent_read)
     keeper = UnitKeeper(target, spec, "load", options.leases)
-    load = _TableLoad(schema, target, source, options, progress, requested, keeper)
+    load = _TableLoad(schema, target, source, options, progress, requested, keeper, selection)
     stopping = _Either(requested)
     try:
         keeper.join()

@@ -29,7 +29,19 @@ ITEMS_REJECTED = Counter(
     registry=REGISTRY,
 )
 CHANGES_APPLIED = Counter(
-    "podyn_changes_applied", "Stream records applied, by kind (upsert, delete)", ["table", "kind"], registry=REGISTRY
+    "podyn_changes_applied",
+    "Stream records applied, by kind (upsert, delete, mark)",
+    ["table", "kind"],
+    registry=REGISTRY,
+)
+TTL_DELETES_SEEN = Counter(
+    "podyn_ttl_deletes_seen", "Stream records of items DynamoDB's TTL deleted", ["table"], registry=REGISTRY
+)
+TTL_DELETES = Counter(
+    "podyn_ttl_deletes",
+    "TTL deletes by what --ttl-deletes made of them (applied, kept, marked)",
+    ["table", "outcome"],
+    registry=REGISTRY,
 )
 BATCHES = Counter("podyn_batches", "Transactions committed (pages, batches)", ["table"], registry=REGISTRY)
 ERRORS = Counter("podyn_errors", "Errors, retried or not", ["table"], registry=REGISTRY)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from podyn_py import health, logs
-from podyn_py.changes import TableReplicator
+from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
@@ -108,6 +108,7 @@ def _prepare_and_load(
     stop: threading.Event,
 ) -> dynamodb.TableDescription:
     description = _describe(config, client, target, name)
+    selection = config.exclusions.for_table(description.spec)  # a key attribute excluded: refused before anything
     with target.hold(description.spec) as hold:
         schema = target.prepare_table(
             description.spec,
@@ -130,7 +131,9 @@ def _prepare_and_load(
                 run_started=config.run_started,
             )
             beat = hold.heartbeat if hold is not None else None
-            summary.loaded.append(load_table(description, schema, target, data, options, stop=stop, heartbeat=beat))
+            summary.loaded.append(
+                load_table(description, schema, target, data, options, stop=stop, heartbeat=beat, selection=selection)
+            )
     return description
 
 
@@ -205,7 +208,16 @@ def _follow_table(
                     standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
                 TableReplicator(
-                    description, schema, target, client, streams_client, stop, hold=hold, table_client=table_client
+                    description,
+                    schema,
+                    target,
+                    client,
+                    streams_client,
+                    stop,
+                    ChangeOptions(ttl_deletes=config.ttl_deletes),
+                    hold=hold,
+                    table_client=table_client,
+                    selection=config.exclusions.for_table(description.spec),
                 ).run()
             return
         except Interrupted:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from podyn_py.config import redact, redact_text
+from podyn_py.core.changes import TtlCounts
 from podyn_py.target import postgres, state
 from podyn_py.target.state import (
     HEARTBEAT_STALE_SECONDS,
@@ -78,6 +79,8 @@ class TableStatus:
     rejected: int
     segments: tuple[SegmentProgress, ...]
     shards: tuple[ShardProgress, ...]
+    #: TTL deletes read from the stream and what became of them (``--ttl-deletes``), counted with each batch.
+    ttl_deletes: TtlCounts = TtlCounts()
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def _table_status(
         rejected=progress.rejected,
         segments=segments,
         shards=shards,
+        ttl_deletes=progress.ttl_deletes,
     )
 
 
@@ -195,6 +199,12 @@ def render(status: Status) -> str:
             lines.append(f"  rejected: {t.rejected:,} items (see podyn.rejected)")
         if t.stream_arn:
             lines.append(f"  stream: {t.stream_arn} ({t.stream_view_type})")
+        if t.ttl_deletes:
+            ttl = t.ttl_deletes
+            lines.append(
+                f"  TTL deletes: {ttl.seen:,} seen, {ttl.applied:,} applied as deletes, {ttl.kept:,} kept,"
+                f" {ttl.marked:,} marked"
+            )
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
         if t.missing_columns:

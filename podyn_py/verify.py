@@ -39,6 +39,7 @@ from podyn_py.core.keys import key_from_values, key_values
 from podyn_py.core.ports import DataClient
 from podyn_py.core.rows import RowBuilder
 from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.core.values import key_text
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.progress import LoadProgress
@@ -132,7 +133,7 @@ def _verify_table(
     try:
         with verify_sql.connect(config.postgres) as conn:
             view = _read_view(conn, _loaded_spec(conn, config.pg_schema, report.source))
-        check = _TableCheck(config, options, client, view, report, stop)
+        check = _TableCheck(config, options, client, view, report, stop, config.exclusions.for_table(view.spec))
         try:
             check.run(config.scan_segments)
         finally:
@@ -192,6 +193,9 @@ class _View:
 
 def _read_view(conn: psycopg.Connection[Any], spec: TableSpec) -> _View:
     schema = TableSchema(spec, state.read_columns(conn, spec))
+    expired = state.read_expired_column(conn, spec)
+    if expired is not None and expired in (postgres.existing_columns(conn, spec) or {}):
+        schema = schema.with_expired_column(expired)  # rows marked expired have no item, on purpose
     missing = verify_sql.missing_columns(conn, schema)
     return _View(schema, RowBuilder(schema), verify_sql.rows_by_key_statement(schema, missing), missing)
 
@@ -207,9 +211,12 @@ class _TableCheck:
         view: _View,
         report: TableReport,
         stop: threading.Event,
+        selection: AttributeSelection = EVERYTHING,
     ) -> None:
         assert config.postgres is not None
         self.conninfo = config.postgres
+        #: Attributes the copy leaves out on purpose (``--exclude-attributes``): not expected in the rows.
+        self.selection = selection
         self.config = config
         self.options = options
         self.client = client
@@ -293,13 +300,14 @@ class _TableCheck:
         keys = [key_values(spec, item) for item in items]
         if self.keys_conn is not None:
             self._save_keys(keys)
+        strip = self.selection.strip
         for attempt in range(2):
             view = self.view
             rows = view.fetch(conn, keys)
             suspects = [
                 (item, found)
                 for item, key in zip(items, keys, strict=True)
-                if (found := compare(view.builder, item, rows.get(key), key_text(item, spec.key_names)))
+                if (found := compare(view.builder, strip(item), rows.get(key), key_text(item, spec.key_names)))
             ]
             if attempt or not any(d.kind is Kind.UNMAPPED for _, found in suspects for d in found):
                 break
@@ -339,7 +347,7 @@ class _TableCheck:
         rows = view.fetch(conn, pks)
         unique = list({pk: key for pk, key in zip(pks, keys, strict=True)}.values())
         items = {
-            key_values(view.spec, item): item
+            key_values(view.spec, item): self.selection.strip(item)
             for item in dynamodb.batch_get_items(self.client, view.spec.source, unique)
         }
         return [

@@ -49,6 +49,7 @@ SLOW_MODULES = frozenset(
     {
         "test_changes.py",
         "test_demo_verify.py",
+        "test_exclude_attributes.py",
         "test_faults.py",
         "test_index_evolution.py",
         "test_liveness_and_locks.py",
@@ -60,6 +61,7 @@ SLOW_MODULES = frozenset(
         "test_probes_and_json_logs.py",
         "test_properties.py",
         "test_security.py",
+        "test_ttl_deletes.py",
         "test_verify_status.py",
     }
 )

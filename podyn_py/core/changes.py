@@ -6,6 +6,11 @@ current item must be read (:class:`Refetch`). REMOVE deletes by key.
 
 Within a batch only each key's last change matters, since every change states the key's whole state:
 :func:`compact` keeps that one, so a batch never writes a row twice and deletes and upserts never collide.
+
+A REMOVE made by DynamoDB's TTL process (``userIdentity`` type ``Service``, principal ``dynamodb.amazonaws.com``) is a
+:class:`Delete` with ``expired`` set. :class:`TtlPolicy` says what becomes of it (``--ttl-deletes``): deleted like any
+other, kept (the row stays as the item was), or kept and marked (:class:`Expire`). :func:`compact` applies the policy,
+since what a kept or marked row must hold can depend on the key's earlier changes in the batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from podyn_py.core.values import decode_binary, key_text, split_value, to_column_value
@@ -38,6 +44,10 @@ class Upsert:
 class Delete:
     key: Item
     created_at: datetime | None = None
+    #: DynamoDB's TTL process removed the item (the record's userIdentity says so), not an application.
+    expired: bool = False
+    #: A TTL delete's image of the item before it went (OLD_IMAGE and NEW_AND_OLD_IMAGES streams), else None.
+    old_image: Item | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,43 @@ class Refetch:
     created_at: datetime | None = None
 
 
-Change = Upsert | Delete | Refetch
+@dataclass(frozen=True)
+class Expire:
+    """A TTL delete under ``--ttl-deletes mark``: the row stays, marked as expired at ``created_at`` (the record's
+    time). ``item``, when known (the record's old image, or the key's upsert earlier in the batch), is written first:
+    the row then holds the item as it was when it expired, even where it was missing."""
+
+    key: Item
+    created_at: datetime | None = None
+    item: Item | None = None
+
+
+Change = Upsert | Delete | Refetch | Expire
+
+
+class TtlPolicy(StrEnum):
+    """What becomes of a TTL delete (``--ttl-deletes``)."""
+
+    #: Delete the row, as DynamoDB deleted the item: the copy mirrors the table.
+    DELETE = "delete"
+    #: Keep the row, as the item was when it expired.
+    KEEP = "keep"
+    #: Keep the row and set its expiry time (``podyn_expired_at``); an item created again under the key clears it.
+    MARK = "mark"
+
+
+#: A TTL delete's userIdentity (GetRecords says PrincipalId and Type; Lambda events principalId and type).
+_TTL_PRINCIPAL = "dynamodb.amazonaws.com"
+
+
+def is_ttl_delete(record: Mapping[str, Any]) -> bool:
+    """Did DynamoDB's TTL process make this record (a REMOVE whose userIdentity is the DynamoDB service)?"""
+    identity = record.get("userIdentity")
+    if record.get("eventName") != "REMOVE" or not isinstance(identity, Mapping):
+        return False
+    kind = identity.get("Type", identity.get("type"))
+    principal = identity.get("PrincipalId", identity.get("principalId"))
+    return bool(kind == "Service" and principal == _TTL_PRINCIPAL)
 
 
 def to_change(
@@ -85,7 +131,10 @@ def to_change(
     created = _timestamp(body.get("ApproximateCreationDateTime"))
     event = record.get("eventName")
     if event == "REMOVE":
-        return Delete(key, created)
+        if not is_ttl_delete(record):
+            return Delete(key, created)
+        old = body.get("OldImage")
+        return Delete(key, created, expired=True, old_image=dict(old) if isinstance(old, Mapping) else None)
     if event in ("INSERT", "MODIFY"):
         image = body.get("NewImage")
         if image is None:
@@ -115,11 +164,51 @@ def key_identity(key: Mapping[str, Any]) -> KeyIdentity:
     return tuple(parts)
 
 
-def compact(changes: Iterable[Change]) -> list[Change]:
-    """Each key's last change, in the order of those last changes."""
+def compact(changes: Iterable[Change], ttl: TtlPolicy = TtlPolicy.DELETE) -> list[Change]:
+    """Each key's last change, in the order of those last changes, with TTL deletes as the ``ttl`` policy says.
+
+    ``keep``: a TTL delete with the item's old image upserts it (the row holds the item as it expired, also where
+    it was missing, as for an item that expired during the load); without one it changes nothing, and drops the
+    key's earlier Refetch, which would find the item gone and delete the row. ``mark``: the same, as an Expire.
+    """
     last: dict[KeyIdentity, Change] = {}
     for change in changes:
         identity = key_identity(change.key)
-        last.pop(identity, None)  # re-insert so that order follows the last change
+        before = last.pop(identity, None)  # re-insert so that order follows the last change
+        if isinstance(change, Delete) and change.expired and ttl is not TtlPolicy.DELETE:
+            if ttl is TtlPolicy.MARK:
+                kept = change.old_image
+                if kept is None and isinstance(before, Upsert | Expire):
+                    kept = before.item  # the item as the batch last wrote it
+                last[identity] = Expire(change.key, change.created_at, kept)
+            elif change.old_image is not None:
+                last[identity] = Upsert(change.key, change.old_image, change.created_at)
+            elif before is not None and not isinstance(before, Refetch):
+                last[identity] = before  # as if the TTL delete were not there
+            continue
         last[identity] = change
     return list(last.values())
+
+
+@dataclass(frozen=True)
+class TtlCounts:
+    """TTL deletes of a batch: every one read (``seen``, also those older than the load, which are skipped), and
+    what the policy made of the others: deleted (``applied``), ``kept``, ``marked``."""
+
+    seen: int = 0
+    applied: int = 0
+    kept: int = 0
+    marked: int = 0
+
+    def __bool__(self) -> bool:
+        return self.seen > 0
+
+    @classmethod
+    def of(cls, seen: int, counted: int, ttl: TtlPolicy) -> TtlCounts:
+        """``seen`` TTL deletes, of which ``counted`` were not skipped, under policy ``ttl``."""
+        return cls(
+            seen,
+            counted if ttl is TtlPolicy.DELETE else 0,
+            counted if ttl is TtlPolicy.KEEP else 0,
+            counted if ttl is TtlPolicy.MARK else 0,
+        )

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
@@ -171,6 +172,8 @@ class Target(Protocol):
 
     def current_schema(self, schema: TableSchema) -> TableSchema: ...
 
+    def add_expired_column(self, schema: TableSchema) -> TableSchema: ...
+
     def record_failure(self, schema: str, table: str, error: str, *, source: str) -> None: ...
 
     def connect(self) -> Any: ...
@@ -248,6 +251,8 @@ class Target(Protocol):
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
         leases: Mapping[str, Lease] | None = None,
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
+        ttl: TtlCounts | None = None,
     ) -> bool: ...
 
     def become_live(self, spec: TableSpec, lag_seconds: float) -> None: ...

@@ -32,6 +32,8 @@ DATA_COLUMN = "data"
 #: room for columns added by hand, and puts further attributes into one jsonb column (columns mode).
 MAX_COLUMNS = 1500
 OVERFLOW_COLUMN = "podyn_overflow"
+#: The column that marks rows whose item expired (``--ttl-deletes mark``), added when first needed.
+EXPIRED_COLUMN = "podyn_expired_at"
 
 
 class ConversionMode(StrEnum):
@@ -142,6 +144,9 @@ class TableSchema:
     #: The names of existing columns never change (a table named by podyn_py 0.1's first-come rule: renaming its
     #: columns on upgrade would change what its users' queries read); new columns still follow the rule.
     keep_names: bool = False
+    #: The timestamptz column that marks rows whose item DynamoDB's TTL removed (``--ttl-deletes mark``), once the
+    #: table has one: outside the mapping (no attribute's), among ``reserved``, and set to NULL by every upsert.
+    expired_column: str | None = None
     _by_value: dict[tuple[str, PgType], int] = field(init=False, repr=False, compare=False)
     _primary: dict[str, Column] = field(init=False, repr=False, compare=False)
 
@@ -185,6 +190,12 @@ class TableSchema:
 
     def with_columns(self, added: Iterable[Column]) -> TableSchema:
         return replace(self, columns=self.columns + tuple(added))
+
+    def with_expired_column(self, name: str | None) -> TableSchema:
+        """The schema with ``name`` as its expiry column (see ``expired_column``); its name is never an attribute's."""
+        if name is None:
+            return replace(self, expired_column=None)
+        return replace(self, expired_column=name, reserved=self.reserved | {name})
 
     def with_change(self, change: SchemaChange, generation: int | None = None) -> TableSchema:
         """The schema after ``change``: existing columns renamed (same positions), then the new ones."""

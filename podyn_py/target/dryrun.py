@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from podyn_py.core import ddl, naming
+from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
@@ -181,7 +182,12 @@ class DryRunTarget:
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
         leases: Mapping[str, Lease] | None = None,
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
+        ttl: TtlCounts | None = None,
     ) -> bool:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)
+
+    def add_expired_column(self, schema: TableSchema) -> TableSchema:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)
 
     def become_live(self, spec: TableSpec, lag_seconds: float) -> None:

@@ -28,8 +28,10 @@ from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import health, metrics
 from podyn_py.core import ddl, naming
+from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
+    EXPIRED_COLUMN,
     Column,
     KeyAttribute,
     SchemaChange,
@@ -134,6 +136,9 @@ def lock_holder_pids(conn: psycopg.Connection[Any], key: int) -> list[int]:
     ).fetchall()
     return [int(r[0]) for r in rows]
 
+
+#: How format_type() names the expiry column's type.
+_TIMESTAMPTZ = "timestamp with time zone"
 
 #: pg_class.relkind values podyn can write into: ordinary and partitioned tables.
 _TABLE_KINDS = frozenset("rp")
@@ -413,6 +418,10 @@ class PostgresTarget:
         reserved = frozenset(existing) - set(schema.column_names)
         pg_types = {t.value: t for t in PgType}
         adoptable = frozenset((n, pg_types[existing[n]]) for n in reserved if existing[n] in pg_types)
+        expired = state.read_expired_column(conn, spec) if current is not None else None
+        if expired is not None and existing.get(expired) != _TIMESTAMPTZ:
+            state.record_expired_column(conn, spec, None)  # dropped by hand: added again when next needed
+            expired = None
         return TableSchema(
             schema.spec,
             schema.columns,
@@ -420,16 +429,48 @@ class PostgresTarget:
             state.read_mapping_generation(conn, spec),
             adoptable,
             keep_names=current is not None and current.keep_names,
-        )
+        ).with_expired_column(expired)
 
     def current_schema(self, schema: TableSchema) -> TableSchema:
         """The stored mapping as it is now (after another writer renamed columns)."""
 
-        def read(conn: psycopg.Connection[Any]) -> TableSchema:
-            generation = state.read_mapping_generation(conn, schema.spec)
-            return replace(schema, columns=state.read_columns(conn, schema.spec), generation=generation)
+        return self.run(
+            "reading the column mapping", lambda conn: _stored_schema(conn, schema), table=schema.spec.source
+        )
 
-        return self.run("reading the column mapping", read, table=schema.spec.source)
+    def add_expired_column(self, schema: TableSchema) -> TableSchema:
+        """The schema with its column for expired rows (``--ttl-deletes mark``), adding it to the table first.
+
+        Under the table's DDL lock: another process may have added it. The name is ``podyn_expired_at`` unless a
+        column of the table has it (an attribute's, in either mode); a ``podyn_expired_at timestamptz`` no
+        attribute holds is podyn's own from an earlier life and is taken again. The mapping generation is bumped,
+        so that writers holding the schema without it convert again: their upserts must clear the mark.
+        """
+        spec = schema.spec
+
+        def add(conn: psycopg.Connection[Any]) -> TableSchema:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),)
+            )
+            current = _stored_schema(conn, schema)
+            if current.expired_column is not None:
+                return current
+            existing = existing_columns(conn, spec) or {}
+            mapped = set(current.column_names)
+            name = EXPIRED_COLUMN
+            if existing.get(name) != _TIMESTAMPTZ or name in mapped:
+                name = naming.unique_name(EXPIRED_COLUMN, set(existing) | mapped | current.reserved, EXPIRED_COLUMN)
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} timestamptz").format(
+                        ddl.qualified(spec.schema, spec.table), sql.Identifier(name)
+                    )
+                )
+            state.record_expired_column(conn, spec, name)
+            generation = state.bump_mapping_generation(conn, spec)
+            log.info("table %s: added column %s timestamptz for rows whose item expired (TTL)", spec.source, name)
+            return replace(current, generation=generation).with_expired_column(name)
+
+        return self.run("adding the column for expired rows", add, table=spec.source)
 
     def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema:
         """Make the changes ``evolve`` asks for, agreeing with other processes through the stored mapping.
@@ -444,8 +485,7 @@ class PostgresTarget:
                 "SELECT pg_advisory_xact_lock(%s::bigint)",
                 (table_lock_key(DDL_LOCK, schema.spec.schema, schema.spec.table),),
             )
-            generation = state.read_mapping_generation(conn, schema.spec)
-            current = replace(schema, columns=state.read_columns(conn, schema.spec), generation=generation)
+            current = _stored_schema(conn, schema)
             change = evolve(current)
             if not change:
                 return current
@@ -690,12 +730,16 @@ class PostgresTarget:
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         lag_seconds: float | None,
         leases: Mapping[str, Lease] | None = None,
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
+        ttl: TtlCounts | None = None,
     ) -> bool:
         """Apply a batch of changes and move its shards' checkpoints, in one transaction.
 
         ``moves`` are (checkpoint before, checkpoint after, records) per shard. False, with nothing written, when a
         checkpoint had already moved: these records were applied before (by another process, or by an attempt
-        whose commit answer was lost).
+        whose commit answer was lost). ``expire``: (primary key values, expiry time) of rows to mark as expired,
+        after the upserts (which clear marks); the schema must have its ``expired_column``. ``ttl``: the batch's
+        TTL deletes, added to the table's counts.
         """
         spec = schema.spec
         try:
@@ -719,9 +763,13 @@ class PostgresTarget:
                     delete_rows(conn, schema, delete_keys)
                 if rows:
                     upsert_rows(conn, schema, rows)
+                if expire:
+                    expire_rows(conn, schema, expire)
                 for item in rejected:
                     state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
-                state.record_changes(conn, spec, len(rows) + len(delete_keys), lag_seconds)
+                state.record_changes(conn, spec, len(rows) + len(delete_keys) + len(expire), lag_seconds)
+                if ttl:
+                    state.record_ttl_deletes(conn, spec, ttl)
         except _AlreadyApplied:
             return False
         except psycopg.errors.UndefinedTable as exc:
@@ -792,6 +840,14 @@ def _load_under_way(
     if run_started is not None and record.load_started_at is not None and record.load_started_at >= run_started:
         return True
     return any(live for _, live in state.held_units(conn, spec, UnitKind.SEGMENT).values())
+
+
+def _stored_schema(conn: psycopg.Connection[Any], schema: TableSchema) -> TableSchema:
+    """``schema`` with the mapping, its generation and the expiry column as stored now."""
+    spec = schema.spec
+    generation = state.read_mapping_generation(conn, spec)
+    current = replace(schema, columns=state.read_columns(conn, spec), generation=generation)
+    return current.with_expired_column(state.read_expired_column(conn, spec))
 
 
 def _check_mapping(conn: psycopg.Connection[Any], schema: TableSchema) -> None:
@@ -959,14 +1015,15 @@ def copy_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence
 
 
 def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE every column: an item's row becomes exactly its latest image."""
+    """INSERT ... ON CONFLICT DO UPDATE every column: an item's row becomes exactly its latest image (an item that
+    exists is not expired: the upsert clears the expiry mark, when the table has the column)."""
     spec = schema.spec
     keys = [c.name for c in schema.primary_key_columns]
-    others = [n for n in schema.column_names if n not in keys]
+    others = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in schema.column_names if n not in keys]
+    if schema.expired_column is not None:
+        others.append(sql.SQL("{} = NULL").format(sql.Identifier(schema.expired_column)))
     action = (
-        sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in others)
-        )
+        sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(others))
         if others
         else sql.SQL("DO NOTHING")  # a key-only table has nothing to update
     )
@@ -980,6 +1037,24 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
     jsonb = [i for i, c in enumerate(schema.columns) if c.type is PgType.JSONB]
     with psycopg.RawCursor(conn) as cur:
         cur.executemany(statement, [_wrap_jsonb(row, jsonb) for row in rows])
+
+
+def expire_rows(
+    conn: psycopg.Connection[Any], schema: TableSchema, expire: Sequence[tuple[Sequence[Any], datetime | None]]
+) -> None:
+    """Mark rows as expired: (primary key values, when; None: now). A key without a row changes nothing."""
+    spec = schema.spec
+    assert schema.expired_column is not None, "add_expired_column first"
+    key_columns = schema.primary_key_columns
+    placeholders = positional(len(key_columns) + 1)
+    condition = sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(c.name), p) for c, p in zip(key_columns, placeholders, strict=False)
+    )
+    statement = sql.SQL("UPDATE {} SET {} = coalesce({}::timestamptz, now()) WHERE {}").format(
+        ddl.qualified(spec.schema, spec.table), sql.Identifier(schema.expired_column), placeholders[-1], condition
+    )
+    with psycopg.RawCursor(conn) as cur:
+        cur.executemany(statement, [[*key, when] for key, when in expire])
 
 
 def delete_rows(conn: psycopg.Connection[Any], schema: TableSchema, keys: Sequence[Sequence[Any]]) -> None:

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
@@ -182,6 +183,16 @@ _MIGRATIONS: tuple[str, ...] = (
         FROM podyn.shards h
         LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
                                     = (h.target_schema, h.target_table, 'stream shard', h.shard_id);
+    """,
+    # 4: TTL deletes (--ttl-deletes): how many the stream carried, and how many were applied as deletes, kept or
+    # marked, counted in each batch's transaction; and the column that marks rows whose item expired, once added.
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS ttl_deletes_seen bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS ttl_deletes_applied bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS ttl_deletes_kept bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS ttl_deletes_marked bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS expired_column text;
     """,
 )
 
@@ -717,6 +728,35 @@ def record_changes(conn: psycopg.Connection[Any], spec: TableSpec, applied: int,
     )
 
 
+def record_ttl_deletes(conn: psycopg.Connection[Any], spec: TableSpec, counts: TtlCounts) -> None:
+    """Add a batch's TTL deletes to the table's counts, in the batch's transaction."""
+    conn.execute(
+        """UPDATE podyn.tables
+           SET ttl_deletes_seen = ttl_deletes_seen + %s, ttl_deletes_applied = ttl_deletes_applied + %s,
+               ttl_deletes_kept = ttl_deletes_kept + %s, ttl_deletes_marked = ttl_deletes_marked + %s
+           WHERE target_schema = %s AND target_table = %s""",
+        (counts.seen, counts.applied, counts.kept, counts.marked, spec.schema, spec.table),
+    )
+
+
+def read_expired_column(conn: psycopg.Connection[Any], spec: TableSpec) -> str | None:
+    """The column that marks the table's expired rows, if podyn added one (None for a table it does not know)."""
+    row = conn.execute(
+        "SELECT expired_column FROM podyn.tables WHERE target_schema = %s AND target_table = %s",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def record_expired_column(conn: psycopg.Connection[Any], spec: TableSpec, name: str | None) -> None:
+    """Record (None: forget) the column that marks the table's expired rows, in the ALTER TABLE's transaction."""
+    conn.execute(
+        """UPDATE podyn.tables SET expired_column = %s, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s""",
+        (name, spec.schema, spec.table),
+    )
+
+
 def record_holder(conn: psycopg.Connection[Any], schema: str, table: str, holder: str) -> bool:
     """Record ``holder`` (host:pid) and this connection's backend as the table's lock holder, seen now.
 
@@ -997,6 +1037,8 @@ class TableProgress:
     target_present: bool
     #: Columns of podyn's mapping that the target no longer has (dropped or renamed by hand).
     missing_columns: tuple[str, ...]
+    #: TTL deletes read from the stream, and what became of them (``--ttl-deletes``).
+    ttl_deletes: TtlCounts = TtlCounts()
 
 
 @dataclass(frozen=True)
@@ -1035,7 +1077,8 @@ def read_progress(
                   (SELECT array_agg(c.column_name ORDER BY c.ordinal) FROM podyn.columns c
                    WHERE c.target_schema = t.target_schema AND c.target_table = t.target_table
                      AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.oid
-                                     AND a.attname = c.column_name AND NOT a.attisdropped))
+                                     AND a.attname = c.column_name AND NOT a.attisdropped)),
+                  ttl_deletes_seen, ttl_deletes_applied, ttl_deletes_kept, ttl_deletes_marked
            FROM podyn.tables t
            LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
                ON true
@@ -1050,6 +1093,7 @@ def read_progress(
 def _table_progress(values: list[Any]) -> TableProgress:
     values[4] = TableState(values[4])
     values[21] = tuple(values[21] or ())
+    values[22:26] = [TtlCounts(*values[22:26])]
     return TableProgress(*values)
 
 

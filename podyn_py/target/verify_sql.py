@@ -103,10 +103,13 @@ def save_keys(conn: psycopg.Connection[Any], schema: TableSchema, keys: Sequence
 
 
 def extra_row_keys(conn: psycopg.Connection[Any], schema: TableSchema, batch_size: int = 1000) -> Iterator[list[Any]]:
-    """Batches of the key values of rows whose key is not in the keys table: an anti-join read with a cursor."""
+    """Batches of the key values of rows whose key is not in the keys table: an anti-join read with a cursor.
+
+    Rows marked expired (``--ttl-deletes mark``: their item is gone from DynamoDB on purpose) are not among them.
+    """
     spec = schema.spec
     columns = schema.primary_key_columns
-    statement = sql.SQL("SELECT {} FROM {} t WHERE NOT EXISTS (SELECT FROM {} k WHERE {})").format(
+    statement = sql.SQL("SELECT {} FROM {} t WHERE NOT EXISTS (SELECT FROM {} k WHERE {}){}").format(
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c.name)) for c in columns),
         ddl.qualified(spec.schema, spec.table),
         KEYS_TABLE,
@@ -114,6 +117,9 @@ def extra_row_keys(conn: psycopg.Connection[Any], schema: TableSchema, batch_siz
             sql.SQL("k.{} = t.{}").format(sql.Identifier(f"k{i}"), sql.Identifier(c.name))
             for i, c in enumerate(columns)
         ),
+        sql.SQL("")
+        if schema.expired_column is None
+        else sql.SQL(" AND t.{} IS NULL").format(sql.Identifier(schema.expired_column)),
     )
     conn.execute(sql.SQL("ANALYZE {}").format(KEYS_TABLE))
     with conn.transaction(), conn.cursor(name="podyn_verify_extra") as cur:
