@@ -22,9 +22,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from podyn_py import metrics
-from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact
+from podyn_py import config_file, metrics
+from podyn_py.config import AwsSettings, Config, TableSettings, parse_postgres_url, redact
+from podyn_py.config_file import FileSettings
+from podyn_py.core import targets
 from podyn_py.core.schema import ConversionMode
+from podyn_py.core.targets import TargetName
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.verify import VerifyOptions
 
@@ -67,7 +70,16 @@ differences.
     "-t",
     "--table",
     "tables",
-    help="DynamoDB tables, comma-separated (default: every table; --verify, --status: every table podyn recorded).",
+    help="DynamoDB tables, comma-separated, each as TABLE or TABLE:[SCHEMA.]PG_TABLE to name its PostgreSQL table"
+    " (default: the config file's tables, else every table; --verify, --status: every table podyn recorded).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    callback=lambda ctx, param, path: _read_config_file(ctx, path),
+    help="A TOML file of defaults and [tables.NAME] sections (see the README); flags win over it.",
 )
 @click.option(
     "-u",
@@ -117,6 +129,7 @@ differences.
 @click.option("--consistent-read", is_flag=True, help="Strongly consistent scan reads (twice the read cost).")
 @click.option("--reload", is_flag=True, help="Empty and load again tables that were already loaded.")
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
+@click.option("--table-prefix", default="", help="Put this before the PostgreSQL name of every table of the run.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
@@ -176,6 +189,7 @@ differences.
 )
 def main(
     tables: str | None,
+    config_file: FileSettings | None,
     postgres_url: str | None,
     schema: bool,
     data: bool,
@@ -189,6 +203,7 @@ def main(
     consistent_read: bool,
     reload: bool,
     pg_schema: str,
+    table_prefix: str,
     endpoint_url: str | None,
     region: str | None,
     profile: str | None,
@@ -222,10 +237,12 @@ def main(
         raise click.UsageError("--json goes with --verify or --status")
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
-    schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
+    context = click.get_current_context()
+    schema_given = context.get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
+    sources, table_settings = _table_settings(context, tables, config_file)
     try:
         config = Config(
-            tables=tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else (),
+            tables=sources,
             postgres=parse_postgres_url(postgres_url) if postgres_url else None,
             schema=schema,
             data=data,
@@ -238,6 +255,9 @@ def main(
             segments=segments,
             consistent_read=consistent_read,
             pg_schema=pg_schema,
+            pg_schema_given=schema_given,
+            table_prefix=table_prefix,
+            table_settings=table_settings,
             reload=reload,
             progress=sys.stderr.isatty() if progress is None else progress,
             aws=AwsSettings(
@@ -248,6 +268,7 @@ def main(
                 fast_path=fast_path,
             ),
         )
+        _check_targets(config)
         if metrics_port is not None:
             serve_metrics(metrics_port, metrics_address)
         if verify:
@@ -258,6 +279,92 @@ def main(
         sys.exit(run(config, debug=bool(verbose)))
     except PodynError as exc:
         _fail(exc, debug=bool(verbose))
+
+
+def _read_config_file(ctx: click.Context, path: str | None) -> FileSettings | None:
+    """``--config``: check the file, convert its values with the options' own types, and make its top-level keys
+    the options' defaults (click's ``default_map``: what is given on the command line or in the environment wins).
+    """
+    if path is None:
+        return None
+    try:
+        settings = config_file.load(path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    defaults = {}
+    for value in settings.defaults:
+        option = config_file.KEYS[value.key].option
+        assert option is not None
+        defaults[option] = _convert(ctx, option, value)
+    for values in settings.tables.values():
+        for value in values:
+            if value.key == "target":
+                _parse_target(ctx, value)
+            elif (option := config_file.KEYS[value.key].option) is not None:
+                _convert(ctx, option, value)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return settings
+
+
+def _option(ctx: click.Context, name: str) -> click.Parameter:
+    return next(p for p in ctx.command.params if p.name == name)
+
+
+def _convert(ctx: click.Context, option: str, value: config_file.Value) -> Any:
+    """A value of the file, converted (ranges, choices) as the option converts what is typed on the command line."""
+    param = _option(ctx, option)
+    try:
+        return param.type.convert(value.value, param, ctx)
+    except click.BadParameter as exc:
+        raise click.UsageError(f"{value.where}: {value.key}: {exc.message}", ctx) from None
+
+
+def _parse_target(ctx: click.Context, value: config_file.Value) -> TargetName:
+    try:
+        return targets.parse_target(value.value)
+    except ConfigError as exc:
+        raise click.UsageError(f"{value.where}: {exc}", ctx) from None
+
+
+def _table_settings(
+    ctx: click.Context, tables: str | None, file: FileSettings | None
+) -> tuple[tuple[str, ...], dict[str, TableSettings]]:
+    """The tables of the run (``-t``, else the file's sections) and each one's own settings: the file's section,
+    less what a flag sets for every table, and the target ``-t`` names."""
+    try:
+        named = targets.parse_tables(tables) if tables else []
+    except ConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    sections = file.tables if file is not None else {}
+    flagged = {ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT}
+    settings = {}
+    for source in {*sections, *(s for s, _ in named)}:
+        own: dict[str, Any] = {}
+        for value in sections.get(source, ()):
+            key = config_file.KEYS[value.key]
+            assert key.per_table is not None
+            if key.option is not None and ctx.get_parameter_source(key.option) in flagged:
+                continue  # a flag sets it for every table
+            if key.per_table == "target":
+                own["target"] = _parse_target(ctx, value)
+            elif key.per_table == "mode":
+                own["mode"] = ConversionMode(_convert(ctx, "conversion_mode", value))
+            else:
+                own[key.per_table] = _convert(ctx, key.option or "", value)
+        if (target := dict(named).get(source)) is not None:
+            own["target"] = target  # -t wins over the file
+        settings[source] = TableSettings(**own)
+    return tuple(s for s, _ in named) or tuple(sections), settings
+
+
+def _check_targets(config: Config) -> None:
+    """Names PostgreSQL cannot hold, and two tables of the run sent to one, are usage errors before anything runs."""
+    try:
+        targets.check_schema(config.pg_schema)
+        targets.check_prefix(config.table_prefix)
+        targets.check_distinct((source, config.target_request(source)) for source in config.tables)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def run(config: Config, *, debug: bool = False) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
@@ -16,6 +17,7 @@ from podyn_py.changes import TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
+from podyn_py.core.targets import StoredTarget, choose_target, replaced
 from podyn_py.errors import Interrupted, PodynError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
@@ -33,6 +35,8 @@ class RunSummary:
     failed: dict[str, PodynError] = field(default_factory=dict)
     held_elsewhere: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: Table name → the PostgreSQL (schema, table) it goes to, once known.
+    targets: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -78,19 +82,31 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             log.warning("%s", exc)
             summary.held_elsewhere.append(name)
         except PodynError as exc:
-            _fail_table(summary, target, config, name, exc)
+            _fail_table(summary, target, name, exc)
     if config.changes and not stop.is_set():
         for name in summary.held_elsewhere:  # the service stands by for these instead
-            ready.append(_describe(config, client, target, name))
+            ready.append(_describe(config, client, target, name, summary))
         summary.held_elsewhere.clear()
         _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
     return summary
 
 
-def _describe(config: Config, client: TableClient, target: Target, name: str) -> dynamodb.TableDescription:
-    description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
-    mode, lower_case = _choices(config, target, description.spec)
-    return replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
+def _describe(
+    config: Config,
+    client: TableClient,
+    target: Target,
+    name: str,
+    summary: RunSummary,
+    stored: Sequence[StoredTarget] | None = None,
+) -> dynamodb.TableDescription:
+    config = config.for_table(name)
+    # Where the table goes is settled before DynamoDB is asked, so that a failure there is recorded in its place.
+    stored = target.stored_targets() if stored is None else stored
+    schema, table = summary.targets[name] = choose_target(name, config.target_request(name), stored)
+    description = dynamodb.describe_table(client, name, pg_schema=schema)
+    spec = replace(description.spec, table=table)
+    mode, lower_case = _choices(config, target, spec)
+    return replace(description, spec=replace(spec, mode=mode, lower_case=lower_case))
 
 
 def _prepare_and_load(
@@ -102,7 +118,9 @@ def _prepare_and_load(
     summary: RunSummary,
     stop: threading.Event,
 ) -> dynamodb.TableDescription:
-    description = _describe(config, client, target, name)
+    stored = target.stored_targets()
+    description = _describe(config, client, target, name, summary, stored)
+    config = config.for_table(name)  # its mode and lower case are in the description already; its scan here
     with target.hold(description.spec) as hold:
         schema = target.prepare_table(
             description.spec,
@@ -110,6 +128,7 @@ def _prepare_and_load(
             citus=config.citus,
             source=description.source,
             reload=config.reload,
+            replaces=replaced(name, summary.targets[name], config.target_request(name), stored),
         )
         if hold is not None:
             hold.heartbeat()  # a table podyn has just recorded could not say who holds it before
@@ -192,21 +211,21 @@ def _follow_table(
             stop.wait(config.standby_seconds)
         except PodynError as exc:
             if not exc.transient:
-                _fail_table(summary, target, config, name, exc)
+                _fail_table(summary, target, name, exc)
                 return
             delay = retrier.advance()
             log.warning("table %s: %s; retrying in %.0f s", name, exc, delay)
             retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
-            _fail_table(summary, target, config, name, PodynError(f"unexpected error: {exc!r}", table=name))
+            _fail_table(summary, target, name, PodynError(f"unexpected error: {exc!r}", table=name))
             return
 
 
-def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
+def _fail_table(summary: RunSummary, target: Target, name: str, exc: PodynError) -> None:
     log.error("table %s stopped: %s", name, exc)
     summary.failed[name] = exc
-    _record_failure(target, config, name, exc)
+    _record_failure(target, summary, name, exc)
 
 
 def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[ConversionMode, bool]:
@@ -224,8 +243,11 @@ def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[Conversio
     return mode, lower_case
 
 
-def _record_failure(target: Target, config: Config, name: str, exc: PodynError) -> None:
+def _record_failure(target: Target, summary: RunSummary, name: str, exc: PodynError) -> None:
+    if name not in summary.targets:
+        return  # refused before podyn knew where the table goes (a changed mapping): nothing of it to mark
+    schema, table = summary.targets[name]
     try:
-        target.record_failure(config.pg_schema, dynamodb.table_name(name), str(exc), source=name)
+        target.record_failure(schema, table, str(exc), source=name)
     except PodynError as second:
         log.warning("could not record the failure of %s in podyn.tables: %s", name, second)

@@ -40,6 +40,7 @@ FLOORS: dict[str, int] = {
     "retry": 0,  # what a retry can fix and how long to wait: used by both edges and the orchestration
     "core.*": 1,
     "config": 2,
+    "config_file": 2,  # --config: reads and checks the TOML file; the CLI converts its values
     "source.*": 3,
     "target.*": 3,
     "conversion": 3,
