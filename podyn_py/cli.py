@@ -49,6 +49,12 @@ Examples:
   # podyn's JDBC form, two tables, jsonb mode, lowercase column names
   podyn -u 'jdbc:postgresql://db:5432/app?user=app&password=secret' -t Orders,Users -s -d -m jsonb -lc
 \b
+  # Orders into table orders, UserProfiles into app.user_profiles; later runs follow this mapping
+  podyn -u postgresql://app@db/app -t Orders:orders,UserProfiles:app.user_profiles -s -d
+\b
+  # a service's tables and their settings in a file (see the README's "Running many tables")
+  podyn -u postgresql://app@db/app --config podyn.toml --schema --data --changes
+\b
   # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
   podyn -u postgresql://app@db/app --verify
   podyn -u postgresql://app@db/app --verify --verify-sample 0.25 --segments 16

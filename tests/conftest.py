@@ -48,6 +48,7 @@ SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server"})
 SLOW_MODULES = frozenset(
     {
         "test_changes.py",
+        "test_config_file_cli.py",
         "test_demo_verify.py",
         "test_faults.py",
         "test_index_evolution.py",

@@ -5,7 +5,7 @@ The floors, bottom to top (README "Design notes"):
 0. ``errors``, ``metrics``, ``progress``: import no other podyn module;
 1. the pure core, ``core/*`` (tests/test_core_purity.py checks that it does no I/O), with ``core.ports``: the
    protocols of the sources, the target and the DynamoDB clients, which the edges satisfy and the orchestration speaks;
-2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core);
+2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core), and ``config_file``;
 3. the edges: ``source/*`` (DynamoDB and its streams), ``target/*`` (PostgreSQL and the ``podyn`` schema), and
    ``conversion`` (items → rows with schema growth, shared by the load and the changes); the source and the target
    do not import each other;
@@ -40,7 +40,7 @@ FLOORS: dict[str, int] = {
     "retry": 0,  # what a retry can fix and how long to wait: used by both edges and the orchestration
     "core.*": 1,
     "config": 2,
-    "config_file": 2,  # --config: reads and checks the TOML file; the CLI converts its values
+    "config_file": 2,  # --config: reads and checks the TOML file; the CLI converts its values with its own types
     "source.*": 3,
     "target.*": 3,
     "conversion": 3,

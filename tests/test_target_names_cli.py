@@ -30,7 +30,7 @@ def recorded(url: str, source: str) -> list[tuple[str, str, str, str | None]]:
             "SELECT target_schema, target_table, state, last_error FROM podyn.tables WHERE source_table = %s",
             (source,),
         ).fetchall()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [tuple(r) for r in rows]
 
 
 def test_a_table_mapped_to_another_schema_and_name(
@@ -111,6 +111,8 @@ def test_the_prefix_names_every_table_of_the_run(ddb_server: Any, ddb: Any, pg_u
     for prefix in (("--table-prefix", "ddb_"), ()):  # found by the prefix, or by what podyn stored
         verify = assert_exit(podyn(ddb_server, pg_url, "--verify", "--json", "-t", first, *prefix))
         assert json.loads(verify.stdout)[0]["target"] == f"public.ddb_{first}"
+    dry = assert_exit(podyn(ddb_server, None, "-s", "-t", f"{first}:app.x", "--table-prefix", "p_"))
+    assert 'CREATE TABLE IF NOT EXISTS "app"."p_x"' in dry.stdout and "CREATE INDEX" not in dry.stdout
     # Adding a prefix later is a changed mapping.
     refused = assert_exit(podyn(ddb_server, pg_url, "-d", "-t", first, "--table-prefix", "v2_"), 3)
     assert f"this run maps it to public.v2_{first} (--table-prefix 'v2_')" in refused.stderr
