@@ -27,7 +27,6 @@ from podyn_py.config import AwsSettings, Config, TableSettings, parse_postgres_u
 from podyn_py.config_file import FileSettings
 from podyn_py.core import targets
 from podyn_py.core.schema import ConversionMode
-from podyn_py.core.targets import TargetName
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.verify import VerifyOptions
 
@@ -304,10 +303,7 @@ def _read_config_file(ctx: click.Context, path: str | None) -> FileSettings | No
         defaults[option] = _convert(ctx, option, value)
     for values in settings.tables.values():
         for value in values:
-            if value.key == "target":
-                _parse_target(ctx, value)
-            elif (option := config_file.KEYS[value.key].option) is not None:
-                _convert(ctx, option, value)
+            _table_value(ctx, value)  # wrong values are usage errors now, before anything else is looked at
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return settings
 
@@ -325,9 +321,13 @@ def _convert(ctx: click.Context, option: str, value: config_file.Value) -> Any:
         raise click.UsageError(f"{value.where}: {value.key}: {exc.message}", ctx) from None
 
 
-def _parse_target(ctx: click.Context, value: config_file.Value) -> TargetName:
+def _table_value(ctx: click.Context, value: config_file.Value) -> tuple[str, Any]:
+    """A value of a table's section: the TableSettings field it sets, and what it sets it to."""
+    key = config_file.KEYS[value.key]
+    assert key.per_table is not None
+    converted = value.value if key.option is None else _convert(ctx, key.option, value)
     try:
-        return targets.parse_target(value.value)
+        return key.per_table, converted if key.parse is None else key.parse(converted)
     except ConfigError as exc:
         raise click.UsageError(f"{value.where}: {exc}", ctx) from None
 
@@ -347,16 +347,10 @@ def _table_settings(
     for source in {*sections, *(s for s, _ in named)}:
         own: dict[str, Any] = {}
         for value in sections.get(source, ()):
-            key = config_file.KEYS[value.key]
-            assert key.per_table is not None
-            if key.option is not None and ctx.get_parameter_source(key.option) in flagged:
-                continue  # a flag sets it for every table
-            if key.per_table == "target":
-                own["target"] = _parse_target(ctx, value)
-            elif key.per_table == "mode":
-                own["mode"] = ConversionMode(_convert(ctx, "conversion_mode", value))
-            else:
-                own[key.per_table] = _convert(ctx, key.option or "", value)
+            option = config_file.KEYS[value.key].option
+            if option is None or ctx.get_parameter_source(option) not in flagged:  # a flag sets it for every table
+                name, setting = _table_value(ctx, value)
+                own[name] = setting
         if (target := dict(named).get(source)) is not None:
             own["target"] = target  # -t wins over the file
         settings[source] = TableSettings(**own)

@@ -16,22 +16,27 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podyn_py.core.schema import ConversionMode
+from podyn_py.core.targets import parse_target
 from podyn_py.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Key:
     """A key of the file: the CLI option (click parameter name) it gives the run's default for (None: a table's
-    section only), and the :class:`~podyn_py.config.TableSettings` field it sets in a table's section (None: the
-    whole run only)."""
+    section only), the TOML types it takes, the :class:`~podyn_py.config.TableSettings` field it sets in a table's
+    section (None: the whole run only), and how a table's value becomes that field's (after the option's own
+    conversion; a ConfigError is reported with the key's line)."""
 
     option: str | None
     kinds: tuple[type, ...]
     per_table: str | None = None
+    parse: Callable[[Any], Any] | None = None
 
 
 #: Every key the file may hold. A new setting is a line here (and, per table, a TableSettings field).
@@ -39,8 +44,8 @@ KEYS: dict[str, Key] = {
     "postgres_url": Key("postgres_url", (str,)),
     "pg_schema": Key("pg_schema", (str,)),
     "table_prefix": Key("table_prefix", (str,)),
-    "target": Key(None, (str,), "target"),
-    "conversion_mode": Key("conversion_mode", (str,), "mode"),
+    "target": Key(None, (str,), "target", parse_target),
+    "conversion_mode": Key("conversion_mode", (str,), "mode", ConversionMode),
     "lower_case_column_names": Key("lower_case", (bool,), "lower_case"),
     "scan_rate": Key("scan_rate", (int, float), "scan_rate"),
     "segments": Key("segments", (int,), "segments"),
