@@ -26,8 +26,10 @@ import psycopg
 from click.core import ParameterSource
 from psycopg.conninfo import conninfo_to_dict
 
-from podyn_py import health, logs, metrics
-from podyn_py.config import AwsSettings, Config, parse_postgres_url, redact, redact_text
+from podyn_py import config_file, health, logs, metrics
+from podyn_py.config import AwsSettings, Config, TableSettings, parse_postgres_url, redact, redact_text
+from podyn_py.config_file import FileSettings
+from podyn_py.core import targets
 from podyn_py.core.changes import TtlPolicy
 from podyn_py.core.schema import ConversionMode
 from podyn_py.core.selection import Exclusions
@@ -53,6 +55,12 @@ Examples:
   # podyn's JDBC form, two tables, jsonb mode, lowercase column names
   podyn -u 'jdbc:postgresql://db:5432/app?user=app&password=secret' -t Orders,Users -s -d -m jsonb -lc
 \b
+  # Orders into table orders, UserProfiles into app.user_profiles; later runs follow this mapping
+  podyn -u postgresql://app@db/app -t Orders:orders,UserProfiles:app.user_profiles -s -d
+\b
+  # a service's tables and their settings in a file (see the README's "Running many tables")
+  podyn -u postgresql://app@db/app --config podyn.toml --schema --data --changes
+\b
   # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
   podyn -u postgresql://app@db/app --verify
   podyn -u postgresql://app@db/app --verify --verify-sample 0.25 --segments 16
@@ -77,7 +85,16 @@ differences.
     "-t",
     "--table",
     "tables",
-    help="DynamoDB tables, comma-separated (default: every table; --verify, --status: every table podyn recorded).",
+    help="DynamoDB tables, comma-separated, each as TABLE or TABLE:[SCHEMA.]PG_TABLE to name its PostgreSQL table"
+    " (default: the config file's tables, else every table; --verify, --status: every table podyn recorded).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    callback=lambda ctx, param, path: _read_config_file(ctx, path),
+    help="A TOML file of defaults and [tables.NAME] sections (see the README); flags win over it.",
 )
 @click.option(
     "-u",
@@ -163,6 +180,7 @@ differences.
     " takes the unit over.",
 )
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
+@click.option("--table-prefix", default="", help="Put this before the PostgreSQL name of every table of the run.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
@@ -245,6 +263,7 @@ differences.
 )
 def main(
     tables: str | None,
+    config_file: FileSettings | None,
     postgres_url: str | None,
     schema: bool,
     data: bool,
@@ -263,6 +282,7 @@ def main(
     processes: int,
     lease_seconds: float,
     pg_schema: str,
+    table_prefix: str,
     endpoint_url: str | None,
     region: str | None,
     profile: str | None,
@@ -305,14 +325,16 @@ def main(
         raise click.UsageError("-P/--processes goes with --schema, --data or --changes and a PostgreSQL URL (-u)")
     if processes > 1:
         sys.exit(run_processes(processes, sys.argv[1:]))
-    schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
+    context = click.get_current_context()
+    schema_given = context.get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
+    sources, table_settings = _table_settings(context, tables, config_file)
     try:
         exclusions = Exclusions.parse(exclude_attributes, keep_replication_attributes=keep_replication_attributes)
     except ConfigError as exc:
         raise click.BadParameter(exc.message, param_hint="--exclude-attributes") from None
     try:
         config = Config(
-            tables=tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else (),
+            tables=sources,
             postgres=parse_postgres_url(postgres_url) if postgres_url else None,
             schema=schema,
             data=data,
@@ -325,6 +347,9 @@ def main(
             segments=segments,
             consistent_read=consistent_read,
             pg_schema=pg_schema,
+            pg_schema_given=schema_given,
+            table_prefix=table_prefix,
+            table_settings=table_settings,
             reload=reload,
             lease_seconds=lease_seconds,
             run_started=_run_started(),
@@ -339,6 +364,7 @@ def main(
                 fast_path=fast_path,
             ),
         )
+        _check_targets(config)
         if metrics_port is not None:
             serve_metrics(
                 metrics_port + int(os.environ.get(PROCESS_INDEX_ENV, "0")),
@@ -354,6 +380,87 @@ def main(
         sys.exit(run(config, debug=bool(verbose)))
     except PodynError as exc:
         _fail(exc, debug=bool(verbose))
+
+
+def _read_config_file(ctx: click.Context, path: str | None) -> FileSettings | None:
+    """``--config``: check the file, convert its values with the options' own types, and make its top-level keys
+    the options' defaults (click's ``default_map``: what is given on the command line or in the environment wins).
+    """
+    if path is None:
+        return None
+    try:
+        settings = config_file.load(path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    defaults = {}
+    for value in settings.defaults:
+        option = config_file.KEYS[value.key].option
+        assert option is not None
+        defaults[option] = _convert(ctx, option, value)
+    for values in settings.tables.values():
+        for value in values:
+            _table_value(ctx, value)  # wrong values are usage errors now, before anything else is looked at
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return settings
+
+
+def _option(ctx: click.Context, name: str) -> click.Parameter:
+    return next(p for p in ctx.command.params if p.name == name)
+
+
+def _convert(ctx: click.Context, option: str, value: config_file.Value) -> Any:
+    """A value of the file, converted (ranges, choices) as the option converts what is typed on the command line."""
+    param = _option(ctx, option)
+    try:
+        return param.type.convert(value.value, param, ctx)
+    except click.BadParameter as exc:
+        raise click.UsageError(f"{value.where}: {value.key}: {exc.message}", ctx) from None
+
+
+def _table_value(ctx: click.Context, value: config_file.Value) -> tuple[str, Any]:
+    """A value of a table's section: the TableSettings field it sets, and what it sets it to."""
+    key = config_file.KEYS[value.key]
+    assert key.per_table is not None
+    converted = value.value if key.option is None else _convert(ctx, key.option, value)
+    try:
+        return key.per_table, converted if key.parse is None else key.parse(converted)
+    except ConfigError as exc:
+        raise click.UsageError(f"{value.where}: {exc}", ctx) from None
+
+
+def _table_settings(
+    ctx: click.Context, tables: str | None, file: FileSettings | None
+) -> tuple[tuple[str, ...], dict[str, TableSettings]]:
+    """The tables of the run (``-t``, else the file's sections) and each one's own settings: the file's section,
+    less what a flag sets for every table, and the target ``-t`` names."""
+    try:
+        named = targets.parse_tables(tables) if tables else []
+    except ConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    sections = file.tables if file is not None else {}
+    flagged = {ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT}
+    settings = {}
+    for source in {*sections, *(s for s, _ in named)}:
+        own: dict[str, Any] = {}
+        for value in sections.get(source, ()):
+            option = config_file.KEYS[value.key].option
+            if option is None or ctx.get_parameter_source(option) not in flagged:  # a flag sets it for every table
+                name, setting = _table_value(ctx, value)
+                own[name] = setting
+        if (target := dict(named).get(source)) is not None:
+            own["target"] = target  # -t wins over the file
+        settings[source] = TableSettings(**own)
+    return tuple(s for s, _ in named) or tuple(sections), settings
+
+
+def _check_targets(config: Config) -> None:
+    """Names PostgreSQL cannot hold, and two tables of the run sent to one, are usage errors before anything runs."""
+    try:
+        targets.check_schema(config.pg_schema)
+        targets.check_prefix(config.table_prefix)
+        targets.check_distinct((source, config.target_request(source)) for source in config.tables)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def run(config: Config, *, debug: bool = False) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -19,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from podyn_py.core.changes import TtlPolicy
 from podyn_py.core.schema import ConversionMode
 from podyn_py.core.selection import Exclusions
+from podyn_py.core.targets import TargetName, TargetRequest
 from podyn_py.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,22 @@ class AwsSettings:
     secret_access_key: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class TableSettings:
+    """What a run sets for one table (``-t Source:target``, a config file's ``[tables.Source]``); None: the run's.
+
+    Every field but ``target`` is named as the :class:`Config` field it stands in for: :meth:`Config.for_table`
+    puts them over the run's, so a new per-table setting is a field here and a key in ``config_file.KEYS``.
+    """
+
+    target: TargetName | None = None
+    mode: ConversionMode | None = None
+    lower_case: bool | None = None
+    scan_rate: float | None = None
+    segments: int | None = None
+    ttl_deletes: TtlPolicy | None = None
+
+
 #: Default scan segments per connection (``--segments``): workers take the next segment as one finishes.
 SEGMENTS_PER_CONNECTION = 4
 
@@ -143,6 +161,12 @@ class Config:
     segments: int | None = None
     consistent_read: bool = False
     pg_schema: str = "public"
+    #: False when ``--pg-schema`` was left to its default: a table podyn replicates elsewhere is found there.
+    pg_schema_given: bool = True
+    #: ``--table-prefix``: before the PostgreSQL name of every table of the run.
+    table_prefix: str = ""
+    #: DynamoDB table name → its own settings, over the run's.
+    table_settings: Mapping[str, TableSettings] = field(default_factory=dict)
     reload: bool = False
     progress: bool = False
     #: How often a standing-by service tries to take over a table another process holds.
@@ -165,3 +189,16 @@ class Config:
     def scan_segments(self) -> int:
         """``--segments``, else more segments than connections so that a slow segment does not hold up the end."""
         return self.segments or SEGMENTS_PER_CONNECTION * self.connections
+
+    def for_table(self, source: str) -> Config:
+        """The run's settings as they apply to one table: its own (``table_settings``) over the run's."""
+        own = self.table_settings.get(source)
+        if own is None:
+            return self
+        changes = {f.name: getattr(own, f.name) for f in fields(own) if f.name != "target"}
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+    def target_request(self, source: str) -> TargetRequest:
+        """What this run says about where ``source`` goes in PostgreSQL (see ``core.targets.choose_target``)."""
+        own = self.table_settings.get(source)
+        return TargetRequest(own.target if own else None, self.pg_schema, self.pg_schema_given, self.table_prefix)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
@@ -17,6 +18,7 @@ from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
+from podyn_py.core.targets import StoredTarget, choose_target, replaced
 from podyn_py.errors import Interrupted, PodynError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
@@ -35,6 +37,8 @@ class RunSummary:
     failed: dict[str, PodynError] = field(default_factory=dict)
     held_elsewhere: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: Table name → the PostgreSQL (schema, table) it goes to, once known.
+    targets: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,19 +87,31 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             summary.held_elsewhere.append(name)
             health.set_state(name, health.HELD_ELSEWHERE)
         except PodynError as exc:
-            _fail_table(summary, target, config, name, exc)
+            _fail_table(summary, target, name, exc)
     if config.changes and not stop.is_set():
         for name in summary.held_elsewhere:  # the service stands by for these instead
-            ready.append(_describe(config, client, target, name))
+            ready.append(_describe(config, client, target, name, summary))
         summary.held_elsewhere.clear()
         _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
     return summary
 
 
-def _describe(config: Config, client: TableClient, target: Target, name: str) -> dynamodb.TableDescription:
-    description = dynamodb.describe_table(client, name, pg_schema=config.pg_schema)
-    mode, lower_case = _choices(config, target, description.spec)
-    return replace(description, spec=replace(description.spec, mode=mode, lower_case=lower_case))
+def _describe(
+    config: Config,
+    client: TableClient,
+    target: Target,
+    name: str,
+    summary: RunSummary,
+    stored: Sequence[StoredTarget] | None = None,
+) -> dynamodb.TableDescription:
+    config = config.for_table(name)
+    # Where the table goes is settled before DynamoDB is asked, so that a failure there is recorded in its place.
+    stored = target.stored_targets() if stored is None else stored
+    schema, table = summary.targets[name] = choose_target(name, config.target_request(name), stored)
+    description = dynamodb.describe_table(client, name, pg_schema=schema)
+    spec = replace(description.spec, table=table)
+    mode, lower_case = _choices(config, target, spec)
+    return replace(description, spec=replace(spec, mode=mode, lower_case=lower_case))
 
 
 def _prepare_and_load(
@@ -107,7 +123,9 @@ def _prepare_and_load(
     summary: RunSummary,
     stop: threading.Event,
 ) -> dynamodb.TableDescription:
-    description = _describe(config, client, target, name)
+    stored = target.stored_targets()
+    description = _describe(config, client, target, name, summary, stored)
+    config = config.for_table(name)  # its mode and lower case are in the description already; its scan here
     selection = config.exclusions.for_table(description.spec)  # a key attribute excluded: refused before anything
     with target.hold(description.spec) as hold:
         schema = target.prepare_table(
@@ -116,6 +134,7 @@ def _prepare_and_load(
             citus=config.citus,
             source=description.source,
             reload=config.reload,
+            replaces=replaced(name, summary.targets[name], config.target_request(name), stored),
         )
         if hold is not None:
             hold.heartbeat()  # a table podyn has just recorded could not say who holds it before
@@ -214,7 +233,9 @@ def _follow_table(
                     client,
                     streams_client,
                     stop,
-                    ChangeOptions(ttl_deletes=config.ttl_deletes),
+                    ChangeOptions(
+                        ttl_deletes=config.for_table(name).ttl_deletes, leases=LeaseTiming(config.lease_seconds)
+                    ),
                     hold=hold,
                     table_client=table_client,
                     selection=config.exclusions.for_table(description.spec),
@@ -234,7 +255,7 @@ def _follow_table(
             stop.wait(config.standby_seconds)
         except PodynError as exc:
             if not exc.transient:
-                _fail_table(summary, target, config, name, exc)
+                _fail_table(summary, target, name, exc)
                 return
             delay = retrier.advance()
             log.warning(
@@ -247,15 +268,15 @@ def _follow_table(
             retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
-            _fail_table(summary, target, config, name, PodynError(f"unexpected error: {exc!r}", table=name))
+            _fail_table(summary, target, name, PodynError(f"unexpected error: {exc!r}", table=name))
             return
 
 
-def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
+def _fail_table(summary: RunSummary, target: Target, name: str, exc: PodynError) -> None:
     log.error("table %s stopped: %s", name, exc, extra={"table": name, "state": "stopped", "error": str(exc)})
     summary.failed[name] = exc
     health.set_state(name, "stopped", str(exc))  # this process stopped it, whether or not recording it succeeds
-    _record_failure(target, config, name, exc)
+    _record_failure(target, summary, name, exc)
 
 
 def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[ConversionMode, bool]:
@@ -273,8 +294,11 @@ def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[Conversio
     return mode, lower_case
 
 
-def _record_failure(target: Target, config: Config, name: str, exc: PodynError) -> None:
+def _record_failure(target: Target, summary: RunSummary, name: str, exc: PodynError) -> None:
+    if name not in summary.targets:
+        return  # refused before podyn knew where the table goes (a changed mapping): nothing of it to mark
+    schema, table = summary.targets[name]
     try:
-        target.record_failure(config.pg_schema, dynamodb.table_name(name), str(exc), source=name)
+        target.record_failure(schema, table, str(exc), source=name)
     except PodynError as second:
         log.warning("could not record the failure of %s in podyn.tables: %s", name, second)

@@ -34,6 +34,7 @@ from psycopg import sql
 
 from podyn_py import metrics
 from podyn_py.config import Config
+from podyn_py.core import targets
 from podyn_py.core.compare import Difference, Kind, compare
 from podyn_py.core.keys import key_from_values, key_values
 from podyn_py.core.ports import DataClient
@@ -103,36 +104,59 @@ def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | No
         raise ConfigError("--verify needs a PostgreSQL URL (-u)")
     stop = stop or threading.Event()
     client = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
-    names = list(config.tables) or _replicated_tables(config.postgres, config.pg_schema)
     reports = []
-    for name in names:
-        report = TableReport(name, f"{config.pg_schema}.{dynamodb.table_name(name)}")
+    for name, where in _targets(config, config.postgres):
+        if isinstance(where, str):  # which of its copies to verify is not known
+            log.error("table %s: not verified: %s", name, where)
+            reports.append(TableReport(name, "?", error=where))
+            continue
+        report = TableReport(name, ".".join(where))
         if stop.is_set():
             report.interrupted = True
         else:
-            _verify_table(config, options, client, report, stop)
+            _verify_table(config.for_table(name), options, client, report, where, stop)
         reports.append(report)
     return reports
 
 
-def _replicated_tables(conninfo: str, pg_schema: str) -> list[str]:
+def _targets(config: Config, conninfo: str) -> list[tuple[str, tuple[str, str] | str]]:
+    """Each table to verify with the PostgreSQL table it was loaded into (or why that cannot be known): the
+    ``-t`` tables where podyn put them (as a write would find them), else every table podyn loaded into
+    ``--pg-schema``."""
     with verify_sql.connect(conninfo) as conn:
-        if not _has_metadata(conn):
+        metadata = _has_metadata(conn)
+        stored = state.recorded_targets(conn) if metadata else []
+    if not config.tables:
+        if not metadata:
             raise ConfigError("no podyn metadata in this database (schema podyn): nothing was loaded here")
-        names = state.source_tables(conn, pg_schema)
-    if not names:
-        raise ConfigError(f"podyn has loaded no table into schema {pg_schema!r}; nothing to verify")
-    return names
+        listed: list[tuple[str, tuple[str, str] | str]] = [
+            (s.source, s.where) for s in sorted(stored, key=lambda s: s.source) if s.schema == config.pg_schema
+        ]
+        if not listed:
+            raise ConfigError(f"podyn has loaded no table into schema {config.pg_schema!r}; nothing to verify")
+        return listed
+    found: list[tuple[str, tuple[str, str] | str]] = []
+    for name in config.tables:
+        try:
+            found.append((name, targets.choose_target(name, config.target_request(name), stored, reading=True)))
+        except ConfigError as exc:
+            found.append((name, str(exc)))
+    return found
 
 
 def _verify_table(
-    config: Config, options: VerifyOptions, client: DataClient, report: TableReport, stop: threading.Event
+    config: Config,
+    options: VerifyOptions,
+    client: DataClient,
+    report: TableReport,
+    where: tuple[str, str],
+    stop: threading.Event,
 ) -> None:
     started = time.monotonic()
     assert config.postgres is not None
     try:
         with verify_sql.connect(config.postgres) as conn:
-            view = _read_view(conn, _loaded_spec(conn, config.pg_schema, report.source))
+            view = _read_view(conn, _loaded_spec(conn, where, report.source))
         check = _TableCheck(config, options, client, view, report, stop, config.exclusions.for_table(view.spec))
         try:
             check.run(config.scan_segments)
@@ -149,8 +173,8 @@ def _verify_table(
         log.info("table %s: %s", report.source, summary(report))
 
 
-def _loaded_spec(conn: psycopg.Connection[Any], pg_schema: str, source: str) -> TableSpec:
-    name = dynamodb.table_name(source)
+def _loaded_spec(conn: psycopg.Connection[Any], where: tuple[str, str], source: str) -> TableSpec:
+    pg_schema, name = where
     record = state.read_table(conn, pg_schema, name) if _has_metadata(conn) else None
     if record is None:
         raise ConfigError(

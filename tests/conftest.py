@@ -48,6 +48,7 @@ SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server"})
 SLOW_MODULES = frozenset(
     {
         "test_changes.py",
+        "test_config_file_cli.py",
         "test_demo_verify.py",
         "test_exclude_attributes.py",
         "test_faults.py",
@@ -62,6 +63,7 @@ SLOW_MODULES = frozenset(
         "test_properties.py",
         "test_security.py",
         "test_ttl_deletes.py",
+        "test_target_names_cli.py",
         "test_verify_status.py",
     }
 )

@@ -11,6 +11,7 @@ is what botocore sends.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import threading
@@ -58,6 +59,8 @@ class ThrottlingProxy:
         self._faults: dict[str, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
         #: Per operation, the Proxy-Authorization values received (when clients use this as their HTTP proxy).
         self.proxy_authorization: dict[str, set[str]] = collections.defaultdict(set)
+        #: Per operation, the JSON body of every request received (what was asked: TableName, Limit, Segment...).
+        self.requests: dict[str, list[dict[str, object]]] = collections.defaultdict(list)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -104,6 +107,7 @@ class ThrottlingProxy:
         with self._lock:
             self._counts.clear()
             self._faults.clear()
+            self.requests.clear()
 
     def _take(self, operation: str) -> tuple[int, bytes] | None:
         with self._lock:
@@ -142,6 +146,8 @@ class ThrottlingProxy:
                 if "Proxy-Authorization" in self.headers:
                     with proxy._lock:
                         proxy.proxy_authorization[operation].add(self.headers["Proxy-Authorization"])
+                with proxy._lock, contextlib.suppress(ValueError):
+                    proxy.requests[operation].append(json.loads(body or b"{}"))
                 fault = proxy._take(operation)
                 if fault is not None:
                     status, fault_body = fault

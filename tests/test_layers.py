@@ -6,7 +6,7 @@ The floors, bottom to top (README "Design notes"):
    ``health`` (a retry's wait is a round of its loop);
 1. the pure core, ``core/*`` (tests/test_core_purity.py checks that it does no I/O), with ``core.ports``: the
    protocols of the sources, the target and the DynamoDB clients, which the edges satisfy and the orchestration speaks;
-2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core);
+2. ``config``: plain settings (it speaks the core's ``ConversionMode``, so it stands on the core), and ``config_file``;
 3. the edges: ``source/*`` (DynamoDB and its streams), ``target/*`` (PostgreSQL and the ``podyn`` schema), and
    ``conversion`` (items → rows with schema growth, shared by the load and the changes); the source and the target
    do not import each other;
@@ -43,6 +43,7 @@ FLOORS: dict[str, int] = {
     "logs": 0,  # the text and JSON log formats, the table of a record, redaction
     "core.*": 1,
     "config": 2,
+    "config_file": 2,  # --config: reads and checks the TOML file; the CLI converts its values with its own types
     "source.*": 3,
     "target.*": 3,
     "conversion": 3,

@@ -23,6 +23,7 @@ from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
+from podyn_py.core.targets import StoredTarget
 
 # -- clients: the calls made of DynamoDB ------------------------------------------------------------------------
 # ``*args: Any, **kwargs: Any`` accepts boto3's keyword-only signatures; the method names are what is checked.
@@ -164,8 +165,17 @@ class Target(Protocol):
 
     def stored_choices(self, schema: str, table: str) -> StoredChoices | None: ...
 
+    def stored_targets(self) -> Sequence[StoredTarget]: ...
+
     def prepare_table(
-        self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False
+        self,
+        spec: TableSpec,
+        *,
+        create: bool,
+        citus: bool,
+        source: SourceIdentity | None = None,
+        reload: bool = False,
+        replaces: Sequence[tuple[str, str]] = (),
     ) -> TableSchema: ...
 
     def add_columns(self, schema: TableSchema, evolve: Callable[[TableSchema], SchemaChange]) -> TableSchema: ...

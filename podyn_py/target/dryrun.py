@@ -20,6 +20,7 @@ from podyn_py.core.changes import TtlCounts
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
+from podyn_py.core.targets import StoredTarget
 from podyn_py.errors import ConfigError
 
 CANNOT_FOLLOW_CHANGES = "--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream"
@@ -54,11 +55,21 @@ class DryRunTarget:
     def stored_choices(self, schema: str, table: str) -> None:
         return None
 
+    def stored_targets(self) -> list[StoredTarget]:
+        return []  # nothing recorded: every table goes where the run says
+
     def record_failure(self, schema: str, table: str, error: str, *, source: str) -> None:
         """Nothing is recorded: the error is logged and the run's exit code says it."""
 
     def prepare_table(
-        self, spec: TableSpec, *, create: bool, citus: bool, source: SourceIdentity | None = None, reload: bool = False
+        self,
+        spec: TableSpec,
+        *,
+        create: bool,
+        citus: bool,
+        source: SourceIdentity | None = None,
+        reload: bool = False,
+        replaces: Sequence[tuple[str, str]] = (),
     ) -> TableSchema:
         schema = initial_schema(spec)
         if create:

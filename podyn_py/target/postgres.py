@@ -42,6 +42,7 @@ from podyn_py.core.schema import (
     complete_keys,
     initial_schema,
 )
+from podyn_py.core.targets import StoredTarget
 from podyn_py.core.values import PgType
 from podyn_py.errors import (
     ConfigError,
@@ -270,6 +271,14 @@ class PostgresTarget:
 
         return self.run("reading podyn.tables", read, table=table)
 
+    def stored_targets(self) -> list[StoredTarget]:
+        """Where podyn replicates each DynamoDB table it recorded (none before the ``podyn`` schema exists)."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[StoredTarget]:
+            return [] if state.read_schema_version(conn) is None else state.recorded_targets(conn)
+
+        return self.run("reading podyn.tables", read)
+
     def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T], *, table: str | None = None) -> T:
         """Run ``fn`` in one transaction on a short-lived connection, mapping errors into podyn's tree.
 
@@ -328,18 +337,24 @@ class PostgresTarget:
         citus: bool,
         source: SourceIdentity | None = None,
         reload: bool = False,
+        replaces: Sequence[tuple[str, str]] = (),
     ) -> TableSchema:
         """The table's schema, creating or completing the table first when ``create`` (``--schema``).
 
         ``source`` is the DynamoDB table's identity now: podyn's state for a table re-created since (on either
         end) does not apply, and is discarded (with ``create``) or refused (without). ``reload`` allows a new
-        conversion mode or lowercasing: the table is then made again.
+        conversion mode or lowercasing: the table is then made again. ``replaces``: (schema, table) of records of
+        this DynamoDB table that the new mapping replaces; with ``create``, those whose table is still gone are
+        forgotten in the same transaction.
         """
-        return self.run(
-            "preparing the table",
-            lambda conn: self._prepare(conn, spec, create, citus, source, reload),
-            table=spec.source,
-        )
+
+        def prepare(conn: psycopg.Connection[Any]) -> TableSchema:
+            prepared = self._prepare(conn, spec, create, citus, source, reload)
+            if create:
+                _forget_replaced(conn, spec, replaces)
+            return prepared
+
+        return self.run("preparing the table", prepare, table=spec.source)
 
     def _prepare(
         self,
@@ -353,6 +368,12 @@ class PostgresTarget:
         state.ensure_metadata(conn)
         conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),))
         record = state.read_table(conn, spec.schema, spec.table)
+        if record is not None and record.spec.source != spec.source:  # -t A:x while x holds B (and a race)
+            raise ConfigError(
+                f"{spec.schema}.{spec.table} is where podyn replicates DynamoDB table {record.spec.source}:"
+                f" choose another target for {spec.source}",
+                table=spec.source,
+            )
         existing = existing_columns(conn, spec)
         relation = relation_oid(conn, spec)
         source_gone = False
@@ -1213,6 +1234,16 @@ def _discard_stale_state(
         return None, None, False
     source_gone = source is not None and record.source.differs_from(source)
     return None, existing, existing is not None and source_gone
+
+
+def _forget_replaced(conn: psycopg.Connection[Any], spec: TableSpec, replaces: Sequence[tuple[str, str]]) -> None:
+    for old in state.recorded_targets(conn):
+        if old.where in replaces and old.source == spec.source and not old.live:  # checked again, under the lock
+            state.forget_table(conn, old.schema, old.table)
+            log.warning(
+                "table %s: forgot podyn's record of %s.%s (dropped outside podyn): the table goes to %s.%s now",
+                spec.source, old.schema, old.table, spec.schema, spec.table,
+            )  # fmt: skip
 
 
 def _refuse_dropped_columns(spec: TableSpec, stored: Sequence[Column], existing: dict[str, str]) -> None:

@@ -41,6 +41,7 @@ from podyn_py.core.schema import (
     TableSchema,
     TableSpec,
 )
+from podyn_py.core.targets import StoredTarget
 from podyn_py.core.values import PgType
 from podyn_py.errors import ConfigError
 
@@ -381,14 +382,6 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
 def list_tables(conn: psycopg.Connection[Any]) -> list[TableRecord]:
     rows = conn.execute("SELECT target_schema, target_table FROM podyn.tables ORDER BY 1, 2").fetchall()
     return [record for s, t in rows if (record := read_table(conn, s, t)) is not None]
-
-
-def source_tables(conn: psycopg.Connection[Any], target_schema: str) -> list[str]:
-    """The DynamoDB tables podyn replicates into ``target_schema``, by name."""
-    rows = conn.execute(
-        "SELECT source_table FROM podyn.tables WHERE target_schema = %s ORDER BY 1", (target_schema,)
-    ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def save_table(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
@@ -1122,3 +1115,17 @@ def read_shard_progress(
         ShardProgress(shard_id, parent, None if sequence is None else str(sequence), finished, records, updated)
         for shard_id, parent, sequence, finished, records, updated in rows
     ]
+
+
+def recorded_targets(conn: psycopg.Connection[Any]) -> list[StoredTarget]:
+    """Every DynamoDB table podyn replicates, with its PostgreSQL table and whether the relation recorded is there
+    (not dropped, nor dropped and made again): the mapping later runs follow, and refuse to change."""
+    rows = conn.execute(
+        """SELECT t.source_table, t.target_schema, t.target_table,
+                  r.oid IS NOT NULL AND (t.target_oid IS NULL OR t.target_oid = r.oid)
+           FROM podyn.tables t
+           LEFT JOIN LATERAL (SELECT to_regclass(format('%I.%I', t.target_schema, t.target_table))::oid) r(oid)
+             ON true
+           ORDER BY 2, 3"""
+    ).fetchall()
+    return [StoredTarget(source, schema, table, live) for source, schema, table, live in rows]
