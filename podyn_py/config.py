@@ -114,6 +114,8 @@ class AwsSettings:
     max_attempts: int = 10
     #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
     fast_path: bool = True
+    #: S3 endpoint for ``--from-export`` (an S3-compatible store, a test's); None: boto3's usual one.
+    s3_endpoint_url: str | None = None
     #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
@@ -142,6 +144,8 @@ class Config:
     pg_schema: str = "public"
     reload: bool = False
     progress: bool = False
+    #: ``--from-export``: load the table from this export in S3 (``s3://.../AWSDynamoDB/<ExportId>/``), not a Scan.
+    from_export: str | None = None
     #: How often a standing-by service tries to take over a table another process holds.
     standby_seconds: float = 10.0
     aws: AwsSettings = field(default_factory=AwsSettings)

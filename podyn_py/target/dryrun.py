@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from podyn_py.core import ddl, naming
+from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import SegmentRecord, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
@@ -84,6 +85,33 @@ class DryRunTarget:
     ) -> list[SegmentRecord]:
         return [SegmentRecord(s, total_segments, None, 0, False) for s in range(total_segments)]
 
+    def begin_export_load(
+        self,
+        spec: TableSpec,
+        manifest: ExportManifest,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[ExportFileRecord]:
+        return [ExportFileRecord(f.key, f.ordinal, f.item_count, f.md5, 0, 0, False) for f in manifest.files]
+
+    def read_export_files(self, spec: TableSpec) -> list[ExportFileRecord]:
+        return []
+
+    def write_export_batch(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        file_key: str,
+        expected_line: int,
+        new_line: int,
+        done: bool,
+    ) -> bool:
+        return self._write(schema, rows, rejected, f"{file_key} lines {expected_line + 1}-{new_line}")
+
     def finish_load(self, spec: TableSpec) -> int:
         rows = self._rows.get(spec.source, 0)
         with self._lock:
@@ -103,11 +131,16 @@ class DryRunTarget:
         expected_key: dict[str, Any] | None,
         new_key: dict[str, Any] | None,
     ) -> bool:
+        return self._write(schema, rows, rejected, f"segment {segment}")
+
+    def _write(
+        self, schema: TableSchema, rows: Sequence[Sequence[Any]], rejected: Sequence[Rejected], unit: str
+    ) -> bool:
         spec = schema.spec
         with self._lock:
             self._rows[spec.source] = self._rows.get(spec.source, 0) + len(rows)
         if rows:
-            self._print(ddl.copy_rows(schema), f"{len(rows)} rows, segment {segment}")
+            self._print(ddl.copy_rows(schema), f"{len(rows)} rows, {unit}")
         for item in rejected:
             with self._lock:
                 self.out.write(f"-- would reject item {item.key}: {item.error}\n")

@@ -1,8 +1,8 @@
 """The PostgreSQL edge: connections, table preparation, COPY of scanned pages, batched upserts and deletes.
 
-Every write that moves a position (a scan segment's last key, a shard's sequence number) happens in the same
-transaction as the rows it covers, guarded by a compare-and-set on the old position, so a page or batch applied a
-second time (a commit whose answer was lost, a restart, a second process) changes nothing.
+Every write that moves a position (a scan segment's last key, an export file's line, a shard's sequence number)
+happens in the same transaction as the rows it covers, guarded by a compare-and-set on the old position, so a page or
+batch applied a second time (a commit whose answer was lost, a restart, a second process) changes nothing.
 
 Connections made here dump jsonb parameters from bytes that are already JSON (orjson's output): the rows module
 serialises each value once, with exact numbers, and nothing here serialises it again.
@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import metrics
 from podyn_py.core import ddl, naming
+from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import (
     Column,
@@ -482,6 +483,12 @@ class PostgresTarget:
             if not reload:
                 if record.load_finished_at is not None:
                     return None, None
+                if record.export_id is not None and not record.truncate_before_load:
+                    raise ConfigError(
+                        f"the load of {spec.source} from export {record.export_id} has not finished: resume it with"
+                        " --from-export (the same export), or load the table by a Scan from scratch with --reload",
+                        table=spec.source,
+                    )
                 if segments:  # an interrupted load: resume it with the segmentation it started with
                     return segments, None
             if reload or record.truncate_before_load:
@@ -499,6 +506,60 @@ class PostgresTarget:
         segments, change = self.run("starting the load", begin, table=spec.source)
         show_state(change)
         return segments
+
+    def begin_export_load(
+        self,
+        spec: TableSpec,
+        manifest: ExportManifest,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+    ) -> list[ExportFileRecord] | None:
+        """The export's data files with how far each got: all from their start for a new load (or ``reload``), as
+        committed to resume one from the same export. None when the table is already loaded.
+
+        As :meth:`begin_load`: ``reload`` (or rows of unknown provenance) empties the table in the transaction that
+        resets the files. An unfinished load from anything else (a Scan, another export) is refused: its rows are
+        a part of another copy.
+        """
+
+        def begin(conn: psycopg.Connection[Any]) -> tuple[list[ExportFileRecord] | None, state.StateChange | None]:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),)
+            )
+            record = state.read_table(conn, spec.schema, spec.table)
+            if record is None:
+                raise ConfigError(f"table {spec.source} has not been prepared: run with --schema", table=spec.source)
+            files = state.read_export_files(conn, spec)
+            if not reload and not record.truncate_before_load:
+                if record.load_finished_at is not None:
+                    return None, None
+                if record.export_id == manifest.export_id and files:
+                    return files, None  # an interrupted load of this export: resume it
+                if record.load_started_at is not None:
+                    started = f"export {record.export_id}" if record.export_id else "a Scan"
+                    raise ConfigError(
+                        f"the load of {spec.source} from {started} has not finished: resume it as it was started, or"
+                        f" load the table from export {manifest.export_id} from scratch with --reload",
+                        table=spec.source,
+                    )
+            if reload or record.truncate_before_load:
+                conn.execute(sql.SQL("TRUNCATE {}").format(ddl.qualified(spec.schema, spec.table)))
+            if reload:
+                state.forget_shards(conn, spec)
+            state.reset_export_files(conn, spec, manifest.files)
+            change = state.start_export_load(
+                conn, spec, manifest, stream_arn=stream_arn, stream_view_type=stream_view_type
+            )
+            return state.read_export_files(conn, spec), change
+
+        files, change = self.run("starting the load from the export", begin, table=spec.source)
+        show_state(change)
+        return files
+
+    def read_export_files(self, spec: TableSpec) -> list[ExportFileRecord]:
+        return self.run("reading podyn.export_files", lambda conn: state.read_export_files(conn, spec))
 
     def finish_load(self, spec: TableSpec) -> int:
         items, change = self.run("finishing the load", lambda conn: state.finish_load(conn, spec), table=spec.source)
@@ -612,6 +673,39 @@ class PostgresTarget:
             raise _target_gone(conn, schema.spec, exc, "writing a page") from exc
         except psycopg.Error as exc:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
+        return True
+
+    def write_export_batch(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+        file_key: str,
+        expected_line: int,
+        new_line: int,
+        done: bool,
+    ) -> bool:
+        """Commit a batch of an export's data file with the file's new position. False if it was already applied."""
+        try:
+            with conn.transaction():
+                _check_mapping(conn, schema)
+                if not state.advance_export_file(conn, schema.spec, file_key, expected_line, new_line, len(rows), done):
+                    raise _AlreadyApplied
+                for item in rejected:
+                    state.reject_item(conn, schema.spec, item.key, item.attribute, item.error, item.item)
+                if rows:
+                    try:
+                        with conn.transaction():
+                            copy_rows(conn, schema, rows)
+                    except psycopg.errors.UniqueViolation:
+                        upsert_rows(conn, schema, rows)  # rows already there: see write_page
+        except _AlreadyApplied:
+            return False
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, schema.spec, exc, "writing a batch") from exc
+        except psycopg.Error as exc:
+            raise classify(exc, "writing a batch", table=schema.spec.source) from exc
         return True
 
 

@@ -4,11 +4,12 @@
 - ``podyn.columns``: the attribute → column mapping, one row per (attribute, type).
 - ``podyn.segments``: per parallel-scan segment, the last evaluated key and items loaded; done or not.
 - ``podyn.shards``: per stream shard, the last applied sequence number; finished or not.
+- ``podyn.export_files``: per data file of the export a table is loaded from, the lines committed; done or not.
 - ``podyn.rejected``: items podyn could not convert, kept whole with the error, so that nothing is lost silently.
 
-Segment and shard positions are written in the same transaction as the rows they cover (see ``postgres.py``):
-that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the caller's
-transaction; none commits. This is the only module that reads or writes ``podyn.*``.
+Segment, export file and shard positions are written in the same transaction as the rows they cover (see
+``postgres.py``): that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the
+caller's transaction; none commits. This is the only module that reads or writes ``podyn.*``.
 
 A change of a table's state returns a :class:`StateChange` instead of logging it or setting its metric: the
 caller shows it (``postgres.show_state``) once the transaction committed, so a rollback shows nothing.
@@ -29,6 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from podyn_py.core.exports import ExportFile, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
     Column,
@@ -141,6 +143,34 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE podyn.tables ALTER COLUMN naming_rule SET DEFAULT 2;
     CREATE TABLE IF NOT EXISTS podyn.schema_version (version integer NOT NULL);
     """,
+    # 3: loads from an export in S3 (--from-export): the export a table was loaded from (its id, ARN, folder,
+    # point in time, items, billed size, format), the read capacity a load consumed from the table (0 for an
+    # export; NULL: not recorded), and the load's position in each of the export's data files (the lines read,
+    # committed with their rows; done once the file's end was checked against the manifest).
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS export_id text,
+        ADD COLUMN IF NOT EXISTS export_arn text,
+        ADD COLUMN IF NOT EXISTS export_url text,
+        ADD COLUMN IF NOT EXISTS export_time timestamptz,
+        ADD COLUMN IF NOT EXISTS export_item_count bigint,
+        ADD COLUMN IF NOT EXISTS export_size_bytes bigint,
+        ADD COLUMN IF NOT EXISTS export_format text,
+        ADD COLUMN IF NOT EXISTS read_capacity_consumed double precision;
+    CREATE TABLE IF NOT EXISTS podyn.export_files (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        data_file_key text NOT NULL,
+        ordinal integer NOT NULL,
+        item_count bigint NOT NULL,
+        md5_checksum text,
+        line bigint NOT NULL DEFAULT 0,
+        items_loaded bigint NOT NULL DEFAULT 0,
+        done boolean NOT NULL DEFAULT false,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target_schema, target_table, data_file_key)
+    );
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -152,7 +182,14 @@ HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
-METADATA_TABLES = ("podyn.tables", "podyn.columns", "podyn.segments", "podyn.shards", "podyn.rejected")
+METADATA_TABLES = (
+    "podyn.tables",
+    "podyn.columns",
+    "podyn.segments",
+    "podyn.shards",
+    "podyn.rejected",
+    "podyn.export_files",
+)
 
 
 class TableState(StrEnum):
@@ -186,6 +223,9 @@ class TableRecord:
     truncate_before_load: bool = False
     #: The table's column names came from podyn_py 0.1's first-come rule: existing names are never changed.
     keep_names: bool = False
+    #: The export the table is (being) loaded from, and its point in time; None for a Scan load.
+    export_id: str | None = None
+    export_time: datetime | None = None
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
@@ -292,7 +332,8 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
     row = conn.execute(
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
-                  target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1
+                  target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1,
+                  export_id, export_time
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
@@ -314,6 +355,8 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         source=SourceIdentity(row[13], row[14]),
         truncate_before_load=row[15],
         keep_names=row[16],
+        export_id=row[17],
+        export_time=row[18],
     )
 
 
@@ -373,7 +416,14 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     In the caller's transaction, so that a table is either known whole or not at all.
     """
     removed = 0
-    for metadata_table in ("podyn.segments", "podyn.shards", "podyn.columns", "podyn.rejected", "podyn.tables"):
+    for metadata_table in (
+        "podyn.segments",
+        "podyn.export_files",
+        "podyn.shards",
+        "podyn.columns",
+        "podyn.rejected",
+        "podyn.tables",
+    ):
         cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE target_schema = %s AND target_table = %s").format(
                 sql.Identifier(*metadata_table.split("."))
@@ -423,24 +473,59 @@ def start_load(
     stream_arn: str | None,
     stream_view_type: str | None,
 ) -> StateChange:
-    """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty."""
+    """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty, no
+    export (a Scan load; :func:`start_export_load` records the export)."""
     return _set_state(
         conn,
         spec,
         TableState.LOADING,
         None,
         """, total_segments = %s, items_loaded = 0, load_started_at = now(), load_finished_at = NULL,
-             stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false""",
+             stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false,
+             export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
+             export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL""",
         (total_segments, stream_arn, stream_view_type),
     )
 
 
-def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
-    """``loaded``, now, with the items the segments loaded; how many."""
-    row = conn.execute(
-        """SELECT coalesce(sum(items_loaded), 0)::bigint FROM podyn.segments
+def start_export_load(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    manifest: ExportManifest,
+    *,
+    stream_arn: str | None,
+    stream_view_type: str | None,
+) -> StateChange:
+    """``loading`` from an export, from now: the export recorded, no read capacity consumed from the table."""
+    change = start_load(conn, spec, 0, stream_arn=stream_arn, stream_view_type=stream_view_type)
+    conn.execute(
+        """UPDATE podyn.tables
+           SET export_id = %s, export_arn = %s, export_url = %s, export_time = %s, export_item_count = %s,
+               export_size_bytes = %s, export_format = %s, read_capacity_consumed = 0
            WHERE target_schema = %s AND target_table = %s""",
-        (spec.schema, spec.table),
+        (
+            manifest.export_id,
+            manifest.export_arn,
+            manifest.url,
+            manifest.export_time,
+            manifest.item_count,
+            manifest.billed_size_bytes,
+            manifest.output_format.value,
+            spec.schema,
+            spec.table,
+        ),
+    )
+    return change
+
+
+def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
+    """``loaded``, now, with the items the segments (or the export's files) loaded; how many."""
+    row = conn.execute(
+        """SELECT (SELECT coalesce(sum(items_loaded), 0) FROM podyn.segments
+                   WHERE target_schema = %(schema)s AND target_table = %(table)s)
+                + (SELECT coalesce(sum(items_loaded), 0) FROM podyn.export_files
+                   WHERE target_schema = %(schema)s AND target_table = %(table)s)""",
+        {"schema": spec.schema, "table": spec.table},
     ).fetchone()
     items = int(row[0]) if row else 0
     change = _set_state(conn, spec, TableState.LOADED, None, ", items_loaded = %s, load_finished_at = now()", (items,))
@@ -536,7 +621,11 @@ def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[Segmen
 
 
 def reset_segments(conn: psycopg.Connection[Any], spec: TableSpec, total_segments: int) -> None:
+    """A new Scan load's units: ``total_segments`` segments, not started (an earlier load's units are gone)."""
     conn.execute("DELETE FROM podyn.segments WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+    conn.execute(
+        "DELETE FROM podyn.export_files WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table)
+    )
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO podyn.segments (target_schema, target_table, segment, total_segments)
@@ -571,6 +660,50 @@ def advance_segment(
             segment,
             _jsonb(expected_key),
         ),
+    )
+    return cur.rowcount == 1
+
+
+def reset_export_files(conn: psycopg.Connection[Any], spec: TableSpec, files: Sequence[ExportFile]) -> None:
+    """A new load from an export: its data files as the load's units, none started (no segments left)."""
+    reset_segments(conn, spec, 0)
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO podyn.export_files
+                   (target_schema, target_table, data_file_key, ordinal, item_count, md5_checksum)
+               VALUES (%s, %s, %s, %s, %s, %s)""",
+            [(spec.schema, spec.table, f.key, f.ordinal, f.item_count, f.md5) for f in files],
+        )
+
+
+def read_export_files(conn: psycopg.Connection[Any], spec: TableSpec) -> list[ExportFileRecord]:
+    rows = conn.execute(
+        """SELECT data_file_key, ordinal, item_count, md5_checksum, line, items_loaded, done FROM podyn.export_files
+           WHERE target_schema = %s AND target_table = %s ORDER BY ordinal, data_file_key""",
+        (spec.schema, spec.table),
+    ).fetchall()
+    return [ExportFileRecord(*row) for row in rows]
+
+
+def advance_export_file(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    key: str,
+    expected_line: int,
+    new_line: int,
+    items: int,
+    done: bool,
+) -> bool:
+    """Move a data file from ``expected_line`` to ``new_line`` (lines read), done or not. False if it was not there.
+
+    Compare-and-set, as :func:`advance_segment`: a batch applied twice (a commit whose answer was lost, a second
+    process) changes nothing.
+    """
+    cur = conn.execute(
+        """UPDATE podyn.export_files
+           SET line = %s, done = %s, items_loaded = items_loaded + %s, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s AND data_file_key = %s AND NOT done AND line = %s""",
+        (new_line, done, items, spec.schema, spec.table, key, expected_line),
     )
     return cur.rowcount == 1
 
@@ -741,6 +874,16 @@ class TableProgress:
     target_present: bool
     #: Columns of podyn's mapping that the target no longer has (dropped or renamed by hand).
     missing_columns: tuple[str, ...]
+    #: The export the table was loaded from (None: a Scan load), and what its manifest said of it.
+    export_id: str | None
+    export_arn: str | None
+    export_url: str | None
+    export_time: datetime | None
+    export_item_count: int | None
+    export_size_bytes: int | None
+    export_format: str | None
+    #: Read capacity the load consumed from the table: 0 from an export; None where not recorded (a Scan load).
+    read_capacity_consumed: float | None
 
 
 @dataclass(frozen=True)
@@ -748,6 +891,17 @@ class SegmentProgress:
     segment: int
     done: bool
     items_loaded: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExportFileProgress:
+    key: str
+    item_count: int
+    #: Lines of the decompressed file read and committed.
+    line: int
+    items_loaded: int
+    done: bool
     updated_at: datetime
 
 
@@ -779,7 +933,9 @@ def read_progress(
                   (SELECT array_agg(c.column_name ORDER BY c.ordinal) FROM podyn.columns c
                    WHERE c.target_schema = t.target_schema AND c.target_table = t.target_table
                      AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.oid
-                                     AND a.attname = c.column_name AND NOT a.attisdropped))
+                                     AND a.attname = c.column_name AND NOT a.attisdropped)),
+                  export_id, export_arn, export_url, export_time, export_item_count, export_size_bytes,
+                  export_format, read_capacity_consumed
            FROM podyn.tables t
            LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
                ON true
@@ -804,6 +960,15 @@ def read_segment_progress(conn: psycopg.Connection[Any], schema: str, table: str
         (schema, table),
     ).fetchall()
     return [SegmentProgress(*row) for row in rows]
+
+
+def read_export_file_progress(conn: psycopg.Connection[Any], schema: str, table: str) -> list[ExportFileProgress]:
+    rows = conn.execute(
+        """SELECT data_file_key, item_count, line, items_loaded, done, updated_at FROM podyn.export_files
+           WHERE target_schema = %s AND target_table = %s ORDER BY ordinal, data_file_key""",
+        (schema, table),
+    ).fetchall()
+    return [ExportFileProgress(*row) for row in rows]
 
 
 def read_shard_progress(
