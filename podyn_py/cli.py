@@ -46,6 +46,9 @@ Examples:
   # podyn's JDBC form, two tables, jsonb mode, lowercase column names
   podyn -u 'jdbc:postgresql://db:5432/app?user=app&password=secret' -t Orders,Users -s -d -m jsonb -lc
 \b
+  # load a table from an export to S3 (no read capacity), then follow its stream from the export's time
+  podyn -u postgresql://app@db/app -t Orders -s -d -c --from-export s3://bucket/exports/AWSDynamoDB/01700000000000-abcd1234/
+\b
   # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
   podyn -u postgresql://app@db/app --verify
   podyn -u postgresql://app@db/app --verify --verify-sample 0.25 --segments 16
@@ -80,6 +83,12 @@ differences.
 )
 @click.option("-s", "--schema", is_flag=True, help="Create the PostgreSQL tables (reuse compatible existing ones).")
 @click.option("-d", "--data", is_flag=True, help="Copy the existing items (parallel scan, resumable).")
+@click.option(
+    "--from-export",
+    metavar="S3_URL",
+    help="--data: load the table from this DynamoDB export in S3 (s3://BUCKET/PREFIX/AWSDynamoDB/EXPORT_ID/) instead of"
+    " a Scan: no read capacity used; --changes then replays the stream from the export's time.",
+)
 @click.option("-c", "--changes", is_flag=True, help="Replicate changes continuously from DynamoDB Streams.")
 @click.option("-x", "--citus", is_flag=True, help="Distribute tables with Citus create_distributed_table().")
 @click.option(
@@ -118,6 +127,7 @@ differences.
 @click.option("--reload", is_flag=True, help="Empty and load again tables that were already loaded.")
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
+@click.option("--s3-endpoint-url", help="S3 endpoint for --from-export (an S3-compatible store); default: AWS's.")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
 @click.option(
@@ -179,6 +189,7 @@ def main(
     postgres_url: str | None,
     schema: bool,
     data: bool,
+    from_export: str | None,
     changes: bool,
     citus: bool,
     conversion_mode: str | None,
@@ -190,6 +201,7 @@ def main(
     reload: bool,
     pg_schema: str,
     endpoint_url: str | None,
+    s3_endpoint_url: str | None,
     region: str | None,
     profile: str | None,
     max_attempts: int,
@@ -220,6 +232,10 @@ def main(
         raise click.UsageError("nothing to do: give --schema, --data, --changes, --verify or --status")
     if as_json and not checks:
         raise click.UsageError("--json goes with --verify or --status")
+    if from_export is not None and not data:
+        raise click.UsageError("--from-export goes with --data: it says where the data is loaded from")
+    if from_export is not None and tables and len([t for t in tables.split(",") if t.strip()]) > 1:
+        raise click.UsageError("--from-export loads one table: give at most one -t")
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
     schema_given = click.get_current_context().get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
@@ -239,6 +255,7 @@ def main(
             consistent_read=consistent_read,
             pg_schema=pg_schema,
             reload=reload,
+            from_export=from_export,
             progress=sys.stderr.isatty() if progress is None else progress,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
@@ -246,6 +263,7 @@ def main(
                 profile=profile,
                 max_attempts=max_attempts,
                 fast_path=fast_path,
+                s3_endpoint_url=s3_endpoint_url,
             ),
         )
         if metrics_port is not None:

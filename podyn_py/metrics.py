@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -36,6 +36,19 @@ LAG_SECONDS = Gauge(
     registry=REGISTRY,
 )
 ACTIVE_SHARDS = Gauge("podyn_active_shards", "Stream shards being read", ["table"], registry=REGISTRY)
+EXPORT = Info(
+    "podyn_export",
+    "The export in S3 a table is loaded from (--from-export): its id, format and folder",
+    ["table"],
+    registry=REGISTRY,
+)
+EXPORT_TIME = Gauge(
+    "podyn_export_time_seconds", "Point in time of the export a table is loaded from", ["table"], registry=REGISTRY
+)
+EXPORT_SIZE = Gauge(
+    "podyn_export_size_bytes", "Billed size of the export a table is loaded from", ["table"], registry=REGISTRY
+)
+EXPORT_ITEMS = Gauge("podyn_export_items", "Items in the export a table is loaded from", ["table"], registry=REGISTRY)
 TABLE_STATE = Gauge(
     "podyn_table_state", "1 for the table's current state, 0 for the others", ["table", "state"], registry=REGISTRY
 )

@@ -16,10 +16,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-#: How long before the export time change replication starts reading the stream. The export time is accurate to
-#: about a minute and an export is not transactionally consistent (items are read around that time), and the
-#: clocks of DynamoDB and PostgreSQL differ: 5 minutes covers all three. Replaying from earlier is always correct
-#: (each record is a full image or a delete, applied in stream order), only a little slower.
+#: How far the items of an export may be from its export time: it is accurate to about a minute, and an export is
+#: not transactionally consistent (items are read around that time). Twice that, to be safe. The stream must have
+#: been enabled at least this long before the export time: the changes before it are then all in the export.
+EXPORT_TIME_ACCURACY_SECONDS = 120.0
+#: How long before the export time change replication starts reading the stream: the export time's accuracy
+#: (2 minutes), stream records' creation times rounded down to the minute (DynamoDB Local; real DynamoDB rounds to
+#: the second or better) and clock differences (2 minutes, as for a Scan load). Replaying from earlier is always
+#: correct (each record is a full image or a delete, applied in stream order), only a little slower.
 EXPORT_REPLAY_MARGIN_SECONDS = 300.0
 #: DynamoDB Streams keeps records for 24 hours.
 STREAM_RETENTION_SECONDS = 24 * 3600.0
@@ -109,21 +113,24 @@ def stream_gap(
     stream_created_at: datetime | None,
     now: datetime,
     margin_seconds: float = EXPORT_REPLAY_MARGIN_SECONDS,
+    accuracy_seconds: float = EXPORT_TIME_ACCURACY_SECONDS,
     retention_seconds: float = STREAM_RETENTION_SECONDS,
 ) -> str | None:
     """Why the table's stream cannot take over from an export made at ``manifest_time``; None when it can.
 
-    It can when the stream existed before the replay start (export time minus the margin: changes in between are
-    then in the stream) and still holds records from then (it keeps 24 hours).
+    It can when the stream was enabled before the export's items were read (the export time minus its accuracy:
+    every change before the stream is then in the export, every one after in the stream) and still holds the
+    records from the replay start on (the export time minus the margin; a stream keeps 24 hours).
     """
     start = replay_start(manifest_time, margin_seconds)
     if stream_arn is None:
         return "the table has no stream: enable DynamoDB Streams (NEW_AND_OLD_IMAGES) before making the export"
-    if stream_created_at is not None and stream_created_at > start:
+    earliest = manifest_time - timedelta(seconds=accuracy_seconds)
+    if stream_created_at is not None and stream_created_at > earliest:
         return (
-            f"the table's stream was enabled at {_utc(stream_created_at)}, after {_utc(start)} (the export time"
-            f" {_utc(manifest_time)} minus {margin_seconds / 60:.0f} minutes): changes made in between are neither in"
-            " the export nor in the stream"
+            f"the table's stream was enabled at {_utc(stream_created_at)}, after {_utc(earliest)} (the export time"
+            f" {_utc(manifest_time)} minus the {accuracy_seconds / 60:.0f} minutes it may be off by): changes made"
+            " before the stream may be in neither the export nor the stream"
         )
     age = (now - start).total_seconds()
     if age > retention_seconds:

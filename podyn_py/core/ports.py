@@ -152,6 +152,9 @@ class StoredTable(Protocol):
     def truncate_before_load(self) -> bool: ...
 
     @property
+    def export_id(self) -> str | None: ...
+
+    @property
     def export_time(self) -> datetime | None:
         """The point in time of the export the table was loaded from (None: loaded by a Scan, or not loaded)."""
         ...

@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -265,6 +265,8 @@ class ExportReader:
             raise SourceError(f"{url} is not a complete gzip file (line {line + 1}): {exc}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise TransientSourceError(f"reading {url} (line {line + 1}): {exc}") from exc
+        finally:
+            raw.body.close()  # also when the caller stops early: the connection goes back to the pool, or away
 
     def _next_line(self, lines: gzip.GzipFile, url: str, line: int) -> bytes:
         text = lines.readline(MAX_LINE_BYTES + 1)
@@ -319,8 +321,8 @@ def _decode_ion(lines: list[bytes], url: str, first: int) -> list[dict[str, Any]
         raise SourceError(f"{url} lines {first}-{first + len(lines) - 1} are not Ion items: {error}")
     decoded = []
     for number, value in enumerate(values, first):
-        item = value.get("Item") if isinstance(value, dict) else None
-        if not isinstance(item, dict):
+        item = value.get("Item") if isinstance(value, Mapping) else None
+        if not isinstance(item, Mapping):
             raise SourceError(f"{url} line {number} is not an Ion item: no Item struct")
         decoded.append({name: ion_to_wire(v) for name, v in item.items()})
     return decoded
