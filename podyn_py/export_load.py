@@ -160,6 +160,15 @@ def load_from_export(
         record = target.read_table(spec)
         if options.reload or record is None or record.load_finished_at is None:
             check_stream_reaches(manifest, description)
+    else:
+        gap = stream_gap(
+            manifest.export_time,
+            stream_arn=description.stream_arn,
+            stream_created_at=description.stream_created_at,
+            now=datetime.now(UTC),
+        )
+        if gap is not None:
+            log.warning("table %s: %s; --changes will refuse to follow this load (%s)", spec.source, gap, NO_BRIDGE)
     files = target.begin_export_load(
         spec,
         manifest,

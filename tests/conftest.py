@@ -57,6 +57,9 @@ SLOW_MODULES = frozenset(
     {
         "test_changes.py",
         "test_demo_verify.py",
+        "test_export_changes.py",
+        "test_export_faults.py",
+        "test_export_load.py",
         "test_faults.py",
         "test_index_evolution.py",
         "test_liveness_and_locks.py",

@@ -149,7 +149,7 @@ def _json_line(item: dict[str, Any]) -> bytes:
 
 
 def _ion_line(item: dict[str, Any]) -> bytes:
-    text = simpleion.dumps({"Item": {name: _ion(value) for name, value in item.items()}}, binary=False)
+    text: str = simpleion.dumps({"Item": {name: _ion(value) for name, value in item.items()}}, binary=False)
     assert "\n" not in text
     return text.encode() + b"\n"
 
