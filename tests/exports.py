@@ -49,6 +49,8 @@ class WrittenExport:
     #: S3 keys of the data files, in manifest order.
     data_keys: tuple[str, ...]
     items: int
+    #: The export time its summary gives (milliseconds, as DynamoDB writes it).
+    export_time: datetime
 
 
 def scan_all(ddb: Any, table: str) -> list[dict[str, Any]]:
@@ -82,6 +84,7 @@ def write_export(
     """
     description = ddb.describe_table(TableName=table)["Table"]
     when = export_time or datetime.now(UTC) + AFTER_STREAM
+    when = when.replace(microsecond=when.microsecond // 1000 * 1000)
     export_id = f"{int(when.timestamp() * 1000):014d}-{os.urandom(4).hex()}"
     folder = f"{prefix}/AWSDynamoDB/{export_id}/"
     rows = scan_all(ddb, table) if items is None else items
@@ -126,7 +129,7 @@ def write_export(
     for name in ("manifest-summary", "manifest-files"):
         s3.put_object(Bucket=bucket, Key=f"{folder}{name}.checksum", Body=b"")
     s3.put_object(Bucket=bucket, Key=f"{folder}_started", Body=b"")
-    return WrittenExport(f"s3://{bucket}/{folder}", export_id, bucket, tuple(keys), len(rows))
+    return WrittenExport(f"s3://{bucket}/{folder}", export_id, bucket, tuple(keys), len(rows), when)
 
 
 def _iso(when: datetime) -> str:
