@@ -56,6 +56,9 @@ class ExportLoadResult(LoadResult):
     read_capacity: float = 0.0
 
 
+_NOT_OPENED = object()
+
+
 class _Workers:
     """What a table's file workers share: the growing schema, progress, each thread's connection."""
 
@@ -85,12 +88,15 @@ class _Workers:
         return self.stop.is_set() or self.failed.is_set()
 
     def connection(self) -> Any:
-        if not hasattr(self._local, "conn"):
-            self.keep(self.target.connect())
-        return self._local.conn
+        """This thread's connection, opened on its first file and kept for the next ones (None: the dry run)."""
+        conn = getattr(self._local, "conn", _NOT_OPENED)
+        if conn is _NOT_OPENED:
+            conn = self.target.connect()
+            self.keep(conn)
+        return conn
 
     def keep(self, conn: Any) -> None:
-        if getattr(self._local, "conn", None) is not conn:
+        if getattr(self._local, "conn", _NOT_OPENED) is not conn:
             self._local.conn = conn
             if conn is not None:
                 with self.lock:

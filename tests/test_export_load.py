@@ -16,6 +16,10 @@ from helpers import assert_exit, fresh, podyn
 from oracle import connect, table_differences
 from psycopg import sql
 
+from podyn_py import metrics
+from podyn_py.config import AwsSettings, Config, parse_postgres_url
+from podyn_py.export_load import ExportLoadResult
+from podyn_py.replicate import replicate
 from podyn_py.target import state
 
 FORMATS = ("DYNAMODB_JSON", "ION")
@@ -153,3 +157,48 @@ def test_export_loads_the_same_rows_as_a_scan(
     with connect(pg_url) as conn:
         version = conn.execute("SELECT version FROM podyn.schema_version").fetchone()
     assert version == (state.SCHEMA_VERSION,)
+
+
+def test_run_summary_metrics_and_dry_run(
+    ddb_server: Any, ddb: Any, s3: Any, s3_server: Any, export_bucket: str, pg_url: str, create_table: Any
+) -> None:
+    """In process: the run's summary and the metrics carry the export and zero read capacity. The dry run reads the
+    export and prints the COPY of each file's batches."""
+    table = create_table(name=fresh(), items=many_items(30))
+    export = write_export(s3, ddb, table, bucket=export_bucket, files=2)
+    dry = assert_exit(
+        podyn(
+            ddb_server,
+            None,
+            "-t",
+            table,
+            "-s",
+            "-d",
+            "--from-export",
+            export.url,
+            "--s3-endpoint-url",
+            s3_server.endpoint_url,
+        )
+    )
+    assert dry.stdout.count("COPY") == 2 and "lines 1-15" in dry.stdout
+    assert f"-- {table}: 30 rows would be copied" in dry.stdout
+    config = Config(
+        tables=(table,),
+        postgres=parse_postgres_url(pg_url),
+        schema=True,
+        data=True,
+        from_export=export.url,
+        aws=AwsSettings(endpoint_url=ddb_server.endpoint_url, s3_endpoint_url=s3_server.endpoint_url),
+    )
+    summary = replicate(config)
+    (result,) = summary.loaded
+    assert isinstance(result, ExportLoadResult)
+    assert (result.items, result.export_id, result.read_capacity) == (30, export.export_id, 0.0)
+    assert result.export_time == export.export_time
+    sample = metrics.REGISTRY.get_sample_value
+    assert sample("podyn_read_capacity_consumed_total", {"table": table}) == 0.0
+    assert sample("podyn_items_loaded_total", {"table": table}) == 30.0
+    labels = {"table": table, "export_id": export.export_id, "format": "DYNAMODB_JSON", "url": export.url}
+    assert sample("podyn_export_info", labels) == 1.0
+    assert sample("podyn_export_items", {"table": table}) == 30.0
+    assert sample("podyn_export_time_seconds", {"table": table}) == export.export_time.timestamp()
