@@ -455,6 +455,13 @@ class LocalS3(_LocalService):
         return f"http://127.0.0.1:{self._port}"
 
     @property
+    def pid(self) -> int:
+        """The server's process (benches charge its CPU)."""
+        if self._proc is None:
+            raise LocalServiceError("LocalS3 is not started")
+        return self._proc.pid
+
+    @property
     def log_path(self) -> Path:
         if self._tmp is None:
             raise LocalServiceError("LocalS3 is not started")

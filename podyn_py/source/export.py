@@ -28,6 +28,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -35,9 +36,11 @@ import botocore.config
 import botocore.exceptions
 import orjson
 from amazon.ion import simpleion
-from amazon.ion.core import IonType
+from amazon.ion.core import IonType, Timestamp
 from amazon.ion.exceptions import IonException
 from amazon.ion.simple_types import IonPyNull
+from amazon.ion.simpleion import IonPyValueModel
+from amazon.ion.symbols import SymbolToken
 
 from podyn_py import retry
 from podyn_py.config import AwsSettings
@@ -307,14 +310,14 @@ def _decode_json(lines: list[bytes], url: str, first: int) -> list[dict[str, Any
 def _decode_ion(lines: list[bytes], url: str, first: int) -> list[dict[str, Any]]:
     """Ion text lines, each ``$ion_1_0 {Item: {...}}``, parsed in one call (cheaper than one per line)."""
     try:
-        values = simpleion.loads(b"".join(lines), single_value=False)
+        values = simpleion.loads(b"".join(lines), single_value=False, value_model=_VALUE_MODEL)
     except (IonException, ValueError) as exc:
         values = None
         error: Exception = exc
     if values is None or len(values) != len(lines):
         for number, text in enumerate(lines, first):  # find the culprit
             try:
-                if len(simpleion.loads(text, single_value=False)) != 1:
+                if len(simpleion.loads(text, single_value=False, value_model=_VALUE_MODEL)) != 1:
                     raise ValueError("not one value")
             except (IonException, ValueError) as exc:
                 raise SourceError(f"{url} line {number} is not an Ion item: {exc}") from exc
@@ -329,21 +332,45 @@ def _decode_ion(lines: list[bytes], url: str, first: int) -> list[dict[str, Any]
 
 
 _SETS = {"$dynamodb_SS": "SS", "$dynamodb_NS": "NS", "$dynamodb_BS": "BS"}
+#: Plain Python values, as amazon-ion gives them where no wrapper is needed (MAY_BE_BARE), and their Ion types.
+_BARE = {
+    str: IonType.STRING,
+    bool: IonType.BOOL,
+    int: IonType.INT,
+    Decimal: IonType.DECIMAL,
+    float: IonType.FLOAT,
+    bytes: IonType.BLOB,
+    dict: IonType.STRUCT,
+    list: IonType.LIST,
+    type(None): IonType.NULL,
+    Timestamp: IonType.TIMESTAMP,
+    SymbolToken: IonType.SYMBOL,
+}
+#: Plain values where amazon-ion can give them (4× cheaper than its wrappers); annotated values (sets) keep theirs.
+_VALUE_MODEL = IonPyValueModel.MAY_BE_BARE | IonPyValueModel.STRUCT_AS_STD_DICT
+
+
+def _kind(value: Any) -> IonType | None:
+    if isinstance(value, IonPyNull):
+        return IonType.NULL
+    kind = getattr(value, "ion_type", None)
+    return kind if isinstance(kind, IonType) else _BARE.get(type(value))
 
 
 def ion_to_wire(value: Any) -> dict[str, Any]:
     """An Ion value of an export as a DynamoDB attribute value in wire form (what a Scan's JSON holds).
 
-    Total: a value DynamoDB never writes (a timestamp, a float, a set member of the wrong type) becomes one the
-    core rejects with the item's key (``{"Ion timestamp": ...}``: an unknown type tag), never an exception here.
+    Takes amazon-ion's wrapped values and its plain ones alike. Total: a value DynamoDB never writes (a timestamp,
+    a float, a set member of the wrong type) becomes one the core rejects with the item's key (``{"Ion
+    timestamp": ...}``: an unknown type tag), never an exception here.
     """
-    if isinstance(value, IonPyNull) or value is None:
-        return {"NULL": True}
-    kind = value.ion_type
+    kind = _kind(value)
     if kind is IonType.STRING:
         return {"S": str(value)}
     if kind is IonType.DECIMAL or kind is IonType.INT:
-        return {"N": _number(value)}
+        return {"N": _number(value, kind)}
+    if kind is IonType.NULL:
+        return {"NULL": True}
     if kind is IonType.BOOL:
         return {"BOOL": bool(value)}
     if kind is IonType.BLOB:
@@ -354,24 +381,24 @@ def ion_to_wire(value: Any) -> dict[str, Any]:
         annotations = [a.text for a in getattr(value, "ion_annotations", ())]
         tag = next((_SETS[a] for a in annotations if a in _SETS), None)
         if tag == "SS":
-            return {"SS": [str(m) if _is(m, IonType.STRING) else ion_to_wire(m) for m in value]}
+            return {"SS": [str(m) if _kind(m) is IonType.STRING else ion_to_wire(m) for m in value]}
         if tag == "NS":
-            return {"NS": [_number(m) if _is(m, IonType.DECIMAL, IonType.INT) else ion_to_wire(m) for m in value]}
+            return {"NS": [_number(m, k) if (k := _kind(m)) in _NUMBERS else ion_to_wire(m) for m in value]}
         if tag == "BS":
             return {
                 "BS": [
-                    base64.b64encode(bytes(m)).decode("ascii") if _is(m, IonType.BLOB) else ion_to_wire(m)
+                    base64.b64encode(bytes(m)).decode("ascii") if _kind(m) is IonType.BLOB else ion_to_wire(m)
                     for m in value
                 ]
             }
         return {"L": [ion_to_wire(m) for m in value]}
-    return {f"Ion {kind.name.lower()}": str(value)}
+    name = kind.name.lower() if kind is not None else type(value).__name__
+    return {f"Ion {name}": str(value)}
 
 
-def _is(value: Any, *kinds: IonType) -> bool:
-    return not isinstance(value, IonPyNull) and getattr(value, "ion_type", None) in kinds
+_NUMBERS = (IonType.DECIMAL, IonType.INT)
 
 
-def _number(value: Any) -> str:
+def _number(value: Any, kind: IonType | None) -> str:
     """An Ion decimal or int as DynamoDB's number text: every digit, the exponent as Decimal writes it."""
-    return str(value if value.ion_type is IonType.DECIMAL else int(value))
+    return str(Decimal(value) if kind is IonType.DECIMAL else int(value))
