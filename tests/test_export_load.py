@@ -202,3 +202,31 @@ def test_run_summary_metrics_and_dry_run(
     assert sample("podyn_export_info", labels) == 1.0
     assert sample("podyn_export_items", {"table": table}) == 30.0
     assert sample("podyn_export_time_seconds", {"table": table}) == export.export_time.timestamp()
+
+
+def test_a_table_loaded_before_the_export_columns_continues_after_the_migration(
+    ddb_server: Any, ddb: Any, pg_url: str, create_table: Any
+) -> None:
+    """Metadata of the release before (no export columns, no podyn.export_files) is migrated in place:
+    a table it loaded stays loaded, and --status reads it (no export, read capacity not recorded)."""
+    table = create_table(name=fresh(), items=many_items(10))
+    assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    with connect(pg_url) as conn:
+        conn.execute("DROP TABLE podyn.export_files")
+        conn.execute(
+            """ALTER TABLE podyn.tables DROP COLUMN export_id, DROP COLUMN export_arn, DROP COLUMN export_url,
+               DROP COLUMN export_time, DROP COLUMN export_item_count, DROP COLUMN export_size_bytes,
+               DROP COLUMN export_format, DROP COLUMN read_capacity_consumed"""
+        )
+        # The export columns are the last migration's: the version before it is the one without them.
+        conn.execute("UPDATE podyn.schema_version SET version = %s", (state.SCHEMA_VERSION - 1,))
+    result = assert_exit(podyn(ddb_server, pg_url, "-s", "-d", "-t", table))
+    assert f"migrated from version {state.SCHEMA_VERSION - 1} to {state.SCHEMA_VERSION}" in result.stderr
+    assert "already loaded" in result.stderr
+    (record,) = json.loads(assert_exit(podyn(ddb_server, pg_url, "--status", "--json", "-t", table)).stdout)["tables"]
+    assert (record["state"], record["items_loaded"], record["export"], record["read_capacity_consumed"]) == (
+        "loaded",
+        10,
+        None,
+        None,
+    )
