@@ -16,7 +16,7 @@ from amazon.ion import simpleion
 from amazon.ion.simpleion import IonPyValueModel
 from exports import write_export
 
-from podyn_py.core.exports import ExportFileRecord, replay_start, stream_gap
+from podyn_py.core.exports import ExportFileRecord, ExportFormat, ExportManifest, replay_start, stream_gap
 from podyn_py.core.rows import RowBuilder
 from podyn_py.core.schema import ConversionMode, KeyAttribute, TableSpec, initial_schema, plan_evolution
 from podyn_py.errors import ConfigError, SourceError
@@ -206,3 +206,76 @@ def test_the_end_of_a_file_is_checked_before_its_last_batch(s3: Any, ddb: Any, e
     with pytest.raises(SourceError, match="not a complete gzip file") as caught:
         list(reader.read_file(ExportFileRecord(entry.key, 0, 50, entry.md5, 0, 0, False)))
     assert url in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "exports/AWSDynamoDB/0123-ab/data/f.json.gz",  # as exports hold it: under the prefix
+        "AWSDynamoDB/0123-ab/data/f.json.gz",  # as the documentation's example shows it: without
+    ],
+)
+def test_data_file_keys_with_or_without_the_prefix(key: str) -> None:
+    manifest = ExportManifest(
+        url="s3://b/exports/AWSDynamoDB/0123-ab/",
+        export_id="0123-ab",
+        export_arn=None,
+        export_time=NOW,
+        table_arn=None,
+        table_id=None,
+        item_count=0,
+        billed_size_bytes=None,
+        output_format=ExportFormat.DYNAMODB_JSON,
+        files=(),
+    )
+    reader = ExportReader(None, manifest)
+    assert reader.object_url(key) == "s3://b/exports/AWSDynamoDB/0123-ab/data/f.json.gz"
+    with pytest.raises(SourceError, match="not in the export's folder"):
+        reader.object_key("other/AWSDynamoDB/9999-zz/data/f.json.gz")
+
+
+def put_summary(s3: Any, bucket: str, folder: str, **fields: Any) -> None:
+    summary = {"version": "2020-06-30", "exportTime": "2026-06-01T12:00:00.000Z", "outputFormat": "ION", **fields}
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest-summary.json", Body=json.dumps(summary))
+
+
+def test_an_incremental_export_or_an_unknown_format_is_refused(s3: Any, export_bucket: str) -> None:
+    folder = "x/AWSDynamoDB/0123-ab/"
+    s3.put_object(Bucket=export_bucket, Key=f"{folder}manifest-files.json", Body=b"")
+    put_summary(s3, export_bucket, folder, exportType="INCREMENTAL_EXPORT")
+    with pytest.raises(ConfigError, match="INCREMENTAL_EXPORT, not a full export"):
+        read_manifest(s3, f"s3://{export_bucket}/{folder}")
+    put_summary(s3, export_bucket, folder, outputFormat="PARQUET")
+    with pytest.raises(ConfigError, match="'PARQUET' is neither DYNAMODB_JSON nor ION"):
+        read_manifest(s3, f"s3://{export_bucket}/{folder}")
+    put_summary(s3, export_bucket, folder, itemCount=3)
+    with pytest.raises(SourceError, match="counts 3 items, manifest-files.json 0"):
+        read_manifest(s3, f"s3://{export_bucket}/{folder}")
+    with pytest.raises(SourceError, match="NoSuchKey"):
+        read_manifest(s3, f"s3://{export_bucket}/x/AWSDynamoDB/9999-zz/")
+
+
+def test_an_empty_partition_file_holds_no_items(s3: Any, export_bucket: str) -> None:
+    """An export writes a file for each partition, empty ones too: a 0-byte object or an empty gzip stream."""
+    folder = "e/AWSDynamoDB/0123-ab/"
+    empty_md5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
+    gzip_empty = gzip.compress(b"")
+    entries = [
+        {"dataFileS3Key": f"{folder}data/a.json.gz", "itemCount": 0, "md5Checksum": empty_md5},
+        {
+            "dataFileS3Key": f"{folder}data/b.json.gz",
+            "itemCount": 0,
+            "md5Checksum": base64.b64encode(hashlib.md5(gzip_empty).digest()).decode(),
+        },
+    ]
+    s3.put_object(Bucket=export_bucket, Key=f"{folder}data/a.json.gz", Body=b"")
+    s3.put_object(Bucket=export_bucket, Key=f"{folder}data/b.json.gz", Body=gzip_empty)
+    s3.put_object(
+        Bucket=export_bucket, Key=f"{folder}manifest-files.json", Body="\n".join(json.dumps(e) for e in entries)
+    )
+    put_summary(s3, export_bucket, folder, itemCount=0)
+    manifest = read_manifest(s3, f"s3://{export_bucket}/{folder}")
+    reader = ExportReader(s3, manifest)
+    for entry in manifest.files:
+        record = ExportFileRecord(entry.key, entry.ordinal, 0, entry.md5, 0, 0, False)
+        assert [(b.items, b.line, b.done) for b in reader.read_file(record)] == [([], 0, True)]
