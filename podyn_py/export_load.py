@@ -174,7 +174,7 @@ def load_from_export(
             now=datetime.now(UTC),
         )
         if gap is not None:
-            log.warning("table %s: %s; --changes will refuse to follow this load (%s)", spec.source, gap, NO_BRIDGE)
+            log.warning("table %s: %s; --changes will refuse to follow this load. %s", spec.source, gap, NO_BRIDGE)
     files = target.begin_export_load(
         spec,
         manifest,

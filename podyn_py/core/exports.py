@@ -144,8 +144,8 @@ def stream_gap(
 
 #: What to do when the stream cannot take over from an export; said with every such refusal.
 NO_BRIDGE = (
-    "podyn cannot bridge the gap with incremental exports yet (a later release will): make a new export of the"
-    " table with its stream enabled and load that within a day, or load with a Scan (--data without --from-export)"
+    "Bridging such a gap with incremental exports is not built yet: make a new export of the table with its"
+    " stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
 )
 
 
