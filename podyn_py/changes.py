@@ -8,6 +8,8 @@ two processes on one table.
 Where replication starts:
 - after a load: from the moment the load started, minus a safety margin (records older than that are skipped,
   their effect is in the scanned data); replaying further back would also be correct, only slower;
+- after a load from an export in S3: from the export's time minus its margin (``core.exports``), refused when the
+  stream does not reach back that far (enabled later, or more than 24 hours ago);
 - on a table never loaded: from the oldest record the stream still holds (TRIM_HORIZON), with a warning;
 - after a restart: from each shard's checkpoint.
 A stream re-created since the load, or a load that started longer ago than the stream keeps records, means a gap:
@@ -44,6 +46,7 @@ from podyn_py.core.changes import (
     key_identity,
     to_change,
 )
+from podyn_py.core.exports import EXPORT_REPLAY_MARGIN_SECONDS, NO_BRIDGE, stream_gap
 from podyn_py.core.keys import key_values
 from podyn_py.core.ports import ChangeSource, Hold, ItemClient, StreamsClient, TableClient, Target
 from podyn_py.core.positions import Lease, ShardBatch, ShardPosition, UnitKind
@@ -76,6 +79,8 @@ class ChangeOptions:
     live_lag_seconds: float = 5.0
     #: Replay starts this long before the load started, for clock differences between DynamoDB and PostgreSQL.
     replay_margin_seconds: float = 120.0
+    #: After a load from an export: this long before the export's time (see core.exports for why 5 minutes).
+    export_replay_margin_seconds: float = EXPORT_REPLAY_MARGIN_SECONDS
     #: DynamoDB Streams keeps records for 24 hours.
     retention_seconds: float = 24 * 3600.0
     #: Longest wait between attempts after a transient failure (PostgreSQL restarting, DynamoDB throttling).
@@ -453,6 +458,23 @@ class TableReplicator:
                     "table %s was never loaded: replicating from the oldest record the stream holds; a stream holds"
                     " only the last 24 hours, run with --data to copy older items",
                     spec.source,
+                )
+        elif record.export_time is not None:
+            margin = self.options.export_replay_margin_seconds
+            self.replay_from = record.export_time - timedelta(seconds=margin)
+            gap = stream_gap(
+                record.export_time,
+                stream_arn=stream_arn,
+                stream_created_at=self.description.stream_created_at,
+                now=datetime.now(UTC),
+                margin_seconds=margin,
+                retention_seconds=self.options.retention_seconds,
+            )
+            if not positions and gap is not None:
+                raise StreamGapError(
+                    f"the table was loaded from export {record.export_id}, and {gap}; re-run with --data --reload"
+                    f" from a newer export (or by a Scan). {NO_BRIDGE}",
+                    table=spec.source,
                 )
         else:
             self.replay_from = record.load_started_at - timedelta(seconds=self.options.replay_margin_seconds)

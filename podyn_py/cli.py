@@ -61,6 +61,9 @@ Examples:
   # a service's tables and their settings in a file (see the README's "Running many tables")
   podyn -u postgresql://app@db/app --config podyn.toml --schema --data --changes
 \b
+  # load a table from an export to S3 (no read capacity), then follow its stream from the export's time
+  podyn -u postgresql://app@db/app -t Orders -s -d -c --from-export s3://bucket/exports/AWSDynamoDB/01700000000000-abcd1234/
+\b
   # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
   podyn -u postgresql://app@db/app --verify
   podyn -u postgresql://app@db/app --verify --verify-sample 0.25 --segments 16
@@ -107,6 +110,12 @@ differences.
 )
 @click.option("-s", "--schema", is_flag=True, help="Create the PostgreSQL tables (reuse compatible existing ones).")
 @click.option("-d", "--data", is_flag=True, help="Copy the existing items (parallel scan, resumable).")
+@click.option(
+    "--from-export",
+    metavar="S3_URL",
+    help="--data: load the table from this DynamoDB export in S3 (s3://BUCKET/PREFIX/AWSDynamoDB/EXPORT_ID/) instead of"
+    " a Scan: no read capacity used; --changes then replays the stream from the export's time.",
+)
 @click.option("-c", "--changes", is_flag=True, help="Replicate changes continuously from DynamoDB Streams.")
 @click.option(
     "--ttl-deletes",
@@ -182,6 +191,7 @@ differences.
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--table-prefix", default="", help="Put this before the PostgreSQL name of every table of the run.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
+@click.option("--s3-endpoint-url", help="S3 endpoint for --from-export (an S3-compatible store); default: AWS's.")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
 @click.option(
@@ -267,6 +277,7 @@ def main(
     postgres_url: str | None,
     schema: bool,
     data: bool,
+    from_export: str | None,
     changes: bool,
     ttl_deletes: str,
     citus: bool,
@@ -284,6 +295,7 @@ def main(
     pg_schema: str,
     table_prefix: str,
     endpoint_url: str | None,
+    s3_endpoint_url: str | None,
     region: str | None,
     profile: str | None,
     max_attempts: int,
@@ -319,6 +331,10 @@ def main(
         raise click.UsageError("nothing to do: give --schema, --data, --changes, --verify or --status")
     if as_json and not checks:
         raise click.UsageError("--json goes with --verify or --status")
+    if from_export is not None and not data:
+        raise click.UsageError("--from-export goes with --data: it says where the data is loaded from")
+    if from_export is not None and tables and len([t for t in tables.split(",") if t.strip()]) > 1:
+        raise click.UsageError("--from-export loads one table: give at most one -t")
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
     if processes > 1 and (checks or not postgres_url):
@@ -356,12 +372,14 @@ def main(
             progress=(sys.stderr.isatty() and log_format == "text") if progress is None else progress,
             exclusions=exclusions,
             ttl_deletes=TtlPolicy(ttl_deletes),
+            from_export=from_export,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
                 region=region,
                 profile=profile,
                 max_attempts=max_attempts,
                 fast_path=fast_path,
+                s3_endpoint_url=s3_endpoint_url,
             ),
         )
         _check_targets(config)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -31,6 +32,7 @@ from podyn_py.errors import ConfigError, PodynError
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_s3 import S3Client
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +422,95 @@ class LocalDynamoDB(_LocalService):
                     time.sleep(0.1)
         finally:
             probe.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class LocalS3(_LocalService):
+    """moto's S3 in server mode, in memory, on 127.0.0.1: a real S3 API for exports (tests and benches; ``pip
+    install 'moto[server]'``, the test extra). Only S3 is used of it: DynamoDB stays DynamoDB Local."""
+
+    def __init__(self, *, start_timeout: float = 60.0) -> None:
+        self._start_timeout = start_timeout
+        self._tmp: Path | None = None
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._port is None:
+            raise LocalServiceError("LocalS3 is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process (benches charge its CPU)."""
+        if self._proc is None:
+            raise LocalServiceError("LocalS3 is not started")
+        return self._proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        if self._tmp is None:
+            raise LocalServiceError("LocalS3 is not started")
+        return self._tmp / "moto.log"
+
+    def client(self) -> S3Client:
+        """A boto3 S3 client for this server, with the fixed local credentials."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=LOCAL_REGION,
+            aws_access_key_id=LOCAL_ACCESS_KEY,
+            aws_secret_access_key=LOCAL_SECRET_KEY,
+        )
+
+    def start(self) -> Self:
+        if self._proc is not None:
+            raise LocalServiceError("LocalS3 is already running")
+        self._tmp = Path(tempfile.mkdtemp(prefix="podyn-s3-"))
+        self._port = free_port()
+        self._log = self.log_path.open("ab")
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self._port)]
+        self._proc = subprocess.Popen(
+            argv, cwd=self._tmp, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self._start_timeout
+        probe = self.client()
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    self._proc = None
+                    raise LocalServiceError(
+                        f"moto's server exited while starting (is moto[server] installed?); log:\n"
+                        f"{_log_tail(self.log_path)}"
+                    )
+                try:
+                    probe.list_buckets()
+                    break
+                except Exception as exc:  # any failure means "not ready yet"
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise LocalServiceError(
+                            f"moto's server did not answer within {self._start_timeout:.0f} s"
+                        ) from exc
+                    time.sleep(0.1)
+        finally:
+            probe.close()
+        logger.info("moto's S3 started at %s", self.endpoint_url)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is not None:

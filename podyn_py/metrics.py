@@ -14,7 +14,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi_app
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -56,6 +56,19 @@ LAG_SECONDS = Gauge(
     registry=REGISTRY,
 )
 ACTIVE_SHARDS = Gauge("podyn_active_shards", "Stream shards being read", ["table"], registry=REGISTRY)
+EXPORT = Info(
+    "podyn_export",
+    "The export in S3 a table is loaded from (--from-export): its id, format and folder",
+    ["table"],
+    registry=REGISTRY,
+)
+EXPORT_TIME = Gauge(
+    "podyn_export_time_seconds", "Point in time of the export a table is loaded from", ["table"], registry=REGISTRY
+)
+EXPORT_SIZE = Gauge(
+    "podyn_export_size_bytes", "Billed size of the export a table is loaded from", ["table"], registry=REGISTRY
+)
+EXPORT_ITEMS = Gauge("podyn_export_items", "Items in the export a table is loaded from", ["table"], registry=REGISTRY)
 TABLE_STATE = Gauge(
     "podyn_table_state", "1 for the table's current state, 0 for the others", ["table", "state"], registry=REGISTRY
 )

@@ -16,13 +16,14 @@ from typing import TextIO
 from podyn_py import health, logs
 from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.config import Config
-from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
+from podyn_py.core.ports import DataClient, ExportSource, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
 from podyn_py.core.targets import StoredTarget, choose_target, replaced
-from podyn_py.errors import Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.export_load import load_from_export
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
-from podyn_py.source import dynamodb
+from podyn_py.source import dynamodb, export
 from podyn_py.target.dryrun import DryRunTarget
 from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
 from podyn_py.units import LeaseTiming
@@ -64,7 +65,8 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
         target.check_follows_changes()  # the dry run refuses here, before anything is read
     client: TableClient = dynamodb.make_client(config.aws, pool_size=config.connections)
     data: DataClient = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
-    names = list(config.tables) or dynamodb.list_tables(client)
+    exported = _open_export(config)
+    names = list(config.tables) or (_exported_table(exported) if exported else dynamodb.list_tables(client))
     if not names:
         log.warning("no DynamoDB tables found")
     health.expect(names)
@@ -78,7 +80,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             break
         try:
             with logs.about(name):
-                ready.append(_prepare_and_load(config, client, data, target, name, summary, stop))
+                ready.append(_prepare_and_load(config, client, data, target, name, summary, stop, exported))
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
@@ -94,6 +96,21 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
         summary.held_elsewhere.clear()
         _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
     return summary
+
+
+def _open_export(config: Config) -> ExportSource | None:
+    """``--from-export``: the export's manifest read and checked, its files ready to be read; None without it."""
+    if config.from_export is None:
+        return None
+    s3 = export.make_s3_client(config.aws, pool_size=config.connections)
+    return export.ExportReader(s3, export.read_manifest(s3, config.from_export))
+
+
+def _exported_table(exported: ExportSource) -> list[str]:
+    name = exported.manifest.table_name
+    if name is None:
+        raise ConfigError(f"export {exported.manifest.export_id} does not say which table it is of: give -t TABLE")
+    return [name]
 
 
 def _describe(
@@ -122,6 +139,7 @@ def _prepare_and_load(
     name: str,
     summary: RunSummary,
     stop: threading.Event,
+    exported: ExportSource | None = None,
 ) -> dynamodb.TableDescription:
     stored = target.stored_targets()
     description = _describe(config, client, target, name, summary, stored)
@@ -150,9 +168,22 @@ def _prepare_and_load(
                 run_started=config.run_started,
             )
             beat = hold.heartbeat if hold is not None else None
-            summary.loaded.append(
-                load_table(description, schema, target, data, options, stop=stop, heartbeat=beat, selection=selection)
-            )
+            if exported is not None:
+                result = load_from_export(
+                    description,
+                    schema,
+                    target,
+                    exported,
+                    options,
+                    changes_follow=config.changes,
+                    stop=stop,
+                    heartbeat=beat,
+                )
+            else:
+                result = load_table(
+                    description, schema, target, data, options, stop=stop, heartbeat=beat, selection=selection
+                )
+            summary.loaded.append(result)
     return description
 
 

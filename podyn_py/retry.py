@@ -182,6 +182,10 @@ DYNAMODB_THROTTLED = Backoff(0.4, cap=30.0, jitter=Jitter.HALF)
 #: Other transient DynamoDB failures that outlasted the request's retries: eight more tries.
 DYNAMODB_FAILED = Backoff(1.0, cap=30.0, jitter=Jitter.HALF)
 DYNAMODB_FAILED_RETRIES = 8
+#: A data file of an export in S3 whose reading failed (connection lost, a 5xx beyond botocore's retries): read
+#: again from its committed position, eight more times.
+S3_FAILED = Backoff(1.0, cap=30.0, jitter=Jitter.HALF)
+S3_FAILED_RETRIES = 8
 #: BatchGetItem's unprocessed keys (the table is busy): asked for again, forever.
 UNPROCESSED_KEYS = Backoff(0.1, cap=5.0, jitter=Jitter.HALF)
 #: One DynamoDB Streams call (DescribeStream, GetShardIterator, GetRecords), tried ``retry_attempts`` times.

@@ -24,6 +24,7 @@ from podyn_py.core.changes import TtlCounts
 from podyn_py.target import postgres, state
 from podyn_py.target.state import (
     HEARTBEAT_STALE_SECONDS,
+    ExportFileProgress,
     SegmentProgress,
     ShardProgress,
     TableState,
@@ -81,6 +82,24 @@ class TableStatus:
     shards: tuple[ShardProgress, ...]
     #: TTL deletes read from the stream and what became of them (``--ttl-deletes``), counted with each batch.
     ttl_deletes: TtlCounts = TtlCounts()
+    #: Read capacity the load consumed from the DynamoDB table: 0 for a load from an export; None: not recorded.
+    read_capacity_consumed: float | None = None
+    #: The export in S3 the table was loaded from (None: a Scan load), with the load's position in each file.
+    export: ExportStatus | None = None
+    export_files: tuple[ExportFileProgress, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    id: str
+    arn: str | None
+    url: str | None
+    #: The point in time the export is of.
+    time: datetime | None
+    item_count: int | None
+    #: The table's size the export was billed for.
+    size_bytes: int | None
+    format: str | None
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,7 @@ def _table_status(
 ) -> TableStatus:
     schema, table = progress.target_schema, progress.target_table
     segments = tuple(state.read_segment_progress(conn, schema, table))
+    files = tuple(state.read_export_file_progress(conn, schema, table))
     shards = tuple(state.read_shard_progress(conn, schema, table, progress.stream_arn))
     stored = progress.state
     shown: TableState | Activity = stored
@@ -140,7 +160,24 @@ def _table_status(
         elif progress.heartbeat_age_seconds is None or progress.heartbeat_age_seconds > stale_after_seconds:
             shown = Activity.STALLED
     # While a load runs, only the segments know how far it got; the table's count is set when it finishes.
-    items = progress.items_loaded if progress.load_finished_at is not None else sum(s.items_loaded for s in segments)
+    items = (
+        progress.items_loaded
+        if progress.load_finished_at is not None
+        else sum(s.items_loaded for s in segments) + sum(f.items_loaded for f in files)
+    )
+    export = (
+        None
+        if progress.export_id is None
+        else ExportStatus(
+            id=progress.export_id,
+            arn=progress.export_arn,
+            url=progress.export_url,
+            time=progress.export_time,
+            item_count=progress.export_item_count,
+            size_bytes=progress.export_size_bytes,
+            format=progress.export_format,
+        )
+    )
     return TableStatus(
         source=progress.source_table,
         target=f"{schema}.{table}",
@@ -164,6 +201,9 @@ def _table_status(
         segments=segments,
         shards=shards,
         ttl_deletes=progress.ttl_deletes,
+        read_capacity_consumed=progress.read_capacity_consumed,
+        export=export,
+        export_files=files,
     )
 
 
@@ -195,6 +235,10 @@ def render(status: Status) -> str:
         if t.load_started_at:
             finished = f", finished {_time(t.load_finished_at)}" if t.load_finished_at else ""
             lines.append(f"  load: {t.items_loaded:,} items, started {_time(t.load_started_at)}{finished}")
+        if t.export is not None:
+            lines += _export_lines(t.export, t.export_files)
+        if t.read_capacity_consumed is not None:
+            lines.append(f"  read capacity consumed from the table: {t.read_capacity_consumed:,.0f} RCU")
         if t.rejected:
             lines.append(f"  rejected: {t.rejected:,} items (see podyn.rejected)")
         if t.stream_arn:
@@ -244,6 +288,35 @@ def render(status: Status) -> str:
     return "\n".join(lines)
 
 
+def _export_lines(export: ExportStatus, files: Sequence[ExportFileProgress]) -> list[str]:
+    size = "-" if export.size_bytes is None else f"{export.size_bytes:,} bytes"
+    items = "-" if export.item_count is None else f"{export.item_count:,} items"
+    lines = [
+        f"  export: {export.id} ({export.format}, of {_time(export.time)}, {items}, {size}), {export.url}",
+        f"  export files: {sum(f.done for f in files)}/{len(files)} done",
+    ]
+    shown = [f for f in files if len(files) <= _SEGMENTS_SHOWN or not f.done]
+    if shown:
+        lines += _indent(
+            _grid(
+                ("FILE", "DONE", "LINE", "ITEMS", "UPDATED"),
+                [
+                    (
+                        f.key.rsplit("/", 1)[-1],
+                        "yes" if f.done else "no",
+                        f"{f.line:,}",
+                        f"{f.items_loaded:,}/{f.item_count:,}",
+                        _time(f.updated_at),
+                    )
+                    for f in shown
+                ],
+            )
+        )
+    if len(shown) < len(files):
+        lines.append(f"  ({len(files) - len(shown)} finished files not listed; --json lists all)")
+    return lines
+
+
 def _overview(tables: Sequence[TableStatus]) -> list[str]:
     if not tables:
         return []
@@ -256,7 +329,11 @@ def _overview(tables: Sequence[TableStatus]) -> list[str]:
                 t.mode,
                 t.state.value,
                 f"{t.items_loaded:,}",
-                f"{sum(s.done for s in t.segments)}/{len(t.segments)} done" if t.segments else "-",
+                f"{sum(s.done for s in t.segments)}/{len(t.segments)} done"
+                if t.segments
+                else f"{sum(f.done for f in t.export_files)}/{len(t.export_files)} files"
+                if t.export_files
+                else "-",
                 f"{sum(not s.finished for s in t.shards)} open/{len(t.shards)}" if t.shards else "-",
                 f"{t.changes_applied:,}",
                 "-" if t.replication_lag_seconds is None else f"{t.replication_lag_seconds:.1f} s",

@@ -18,11 +18,19 @@ from helpers import REPO_ROOT, Service
 from proxy import ThrottlingProxy
 from psycopg import sql
 
-from podyn_py.demo_services import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, LocalDynamoDB, LocalPostgres
+from podyn_py.demo_services import (
+    LOCAL_ACCESS_KEY,
+    LOCAL_REGION,
+    LOCAL_SECRET_KEY,
+    LocalDynamoDB,
+    LocalPostgres,
+    LocalS3,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_s3 import S3Client
 
 KeySpec = Sequence[tuple[str, str]]
 CreateTable = Callable[..., str]
@@ -40,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 #: Fixtures that start PostgreSQL or DynamoDB Local: a test that uses one (directly or through another fixture) is
 #: marked ``services``.
-SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server"})
+SERVICE_FIXTURES = frozenset({"pg_server", "ddb_server", "s3_server"})
 
 #: Test modules whose tests run podyn against the services in subprocesses, or replicate until the databases agree:
 #: most take 5 to 30 s each (measured with --durations=0), the few others 1.5 to 4 s, so each module is marked
@@ -51,6 +59,9 @@ SLOW_MODULES = frozenset(
         "test_config_file_cli.py",
         "test_demo_verify.py",
         "test_exclude_attributes.py",
+        "test_export_changes.py",
+        "test_export_faults.py",
+        "test_export_load.py",
         "test_faults.py",
         "test_index_evolution.py",
         "test_liveness_and_locks.py",
@@ -111,6 +122,28 @@ def ddb_server() -> Iterator[LocalDynamoDB]:
     # One instance per session: DynamoDB Local slows down as stream records pile up; tests drop their tables.
     with LocalDynamoDB() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """moto's S3 in server mode, one per session: S3 only (exports are read from it; DynamoDB is DynamoDB Local)."""
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: LocalS3) -> Iterator[S3Client]:
+    client = s3_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def export_bucket(s3: S3Client, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket for this test's exports."""
+    name = _unique_name(request, 63).replace("_", "-")
+    s3.create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture

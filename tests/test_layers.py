@@ -10,7 +10,7 @@ The floors, bottom to top (README "Design notes"):
 3. the edges: ``source/*`` (DynamoDB and its streams), ``target/*`` (PostgreSQL and the ``podyn`` schema), and
    ``conversion`` (items → rows with schema growth, shared by the load and the changes); the source and the target
    do not import each other;
-4. the orchestration: ``load``, ``changes``, ``replicate``, ``verify``, ``status``;
+4. the orchestration: ``load``, ``export_load``, ``changes``, ``replicate``, ``verify``, ``status``;
 5. on top: ``cli``, ``__main__``, ``demo``, and ``demo_services`` (the embedded servers; only the demo imports them
    inside the package, the tests and benches outside it).
 
@@ -49,6 +49,7 @@ FLOORS: dict[str, int] = {
     "conversion": 3,
     "units": 3,
     "load": 4,
+    "export_load": 4,
     "changes": 4,
     "replicate": 4,
     "verify": 4,

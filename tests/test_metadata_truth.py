@@ -256,11 +256,14 @@ def downgrade_to_v1(url: str) -> None:
     """Back to podyn_py 0.1's layout exactly: its tables and columns, nothing newer."""
     with connect(url) as conn:
         conn.execute("DROP TABLE podyn.schema_version")
+        conn.execute("DROP TABLE podyn.export_files")
         conn.execute(
             """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
                DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
                DROP COLUMN holder_pid, DROP COLUMN heartbeat_at, DROP COLUMN mapping_generation,
-               DROP COLUMN naming_rule"""
+               DROP COLUMN naming_rule, DROP COLUMN export_id, DROP COLUMN export_arn, DROP COLUMN export_url,
+               DROP COLUMN export_time, DROP COLUMN export_item_count, DROP COLUMN export_size_bytes,
+               DROP COLUMN export_format, DROP COLUMN read_capacity_consumed"""
         )
 
 

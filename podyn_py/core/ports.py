@@ -3,8 +3,9 @@
 The orchestration (``load``, ``changes``, ``replicate``, ``verify``) speaks only these; the edges satisfy them
 structurally and need not import them: PostgreSQL (``target.postgres.PostgresTarget``) and the dry run
 (``target.dryrun.DryRunTarget``) are targets; a table's parallel scan (``source.dynamodb.TableScan``, paced by
-``source.scan``) and a stream's reader (``source.streams.StreamReader``) are sources. A new source (an export in
-S3) or target is a new class of the same shape, with no ``isinstance`` to add anywhere. The client protocols name
+``source.scan``), an export's data files in S3 (``source.export.ExportReader``) and a stream's reader
+(``source.streams.StreamReader``) are sources. A new source or target is a new class of the same shape, with no
+``isinstance`` to add anywhere. The client protocols name
 the calls made of boto3's clients; the fast path's ``RawJsonClient`` answers the data calls too. Results stay
 ``Any`` where boto3's stubs and the fast path differ (it gives binary values as base64 text).
 
@@ -14,12 +15,13 @@ Not here: how anything is done. This module defines no behaviour and imports not
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.exports import ExportBatch, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
@@ -92,6 +94,22 @@ class ScanSource(Protocol):
 
 
 @runtime_checkable
+class ExportSource(Protocol):
+    """A load's source that reads no table: an export's data files in S3, the units of work.
+
+    Each file is read from its position (lines committed) in batches, each with the position to commit with it;
+    the last one (``done``) comes once the file's end was checked against the manifest. It costs no read capacity.
+    """
+
+    @property
+    def manifest(self) -> ExportManifest: ...
+
+    def object_url(self, key: str) -> str: ...
+
+    def read_file(self, record: ExportFileRecord, *, stop: threading.Event | None = None) -> Iterator[ExportBatch]: ...
+
+
+@runtime_checkable
 class ChangeSource(Protocol):
     """A change feed's source: one stream's shards, the units of work, each read on from its checkpoint.
 
@@ -142,6 +160,14 @@ class StoredTable(Protocol):
     @property
     def state(self) -> str:
         """As ``podyn.tables.state`` says (``live``, ``loading``, …)."""
+        ...
+
+    @property
+    def export_id(self) -> str | None: ...
+
+    @property
+    def export_time(self) -> datetime | None:
+        """The point in time of the export the table was loaded from (None: loaded by a Scan, or not loaded)."""
         ...
 
 
@@ -213,6 +239,34 @@ class Target(Protocol):
         lease: Lease | None = None,
     ) -> bool: ...
 
+    # -- a load from an export: batches committed with their data file's position
+
+    def begin_export_load(
+        self,
+        spec: TableSpec,
+        manifest: ExportManifest,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+        run_started: datetime | None = None,
+    ) -> list[ExportFileRecord] | None: ...
+
+    def write_export_batch(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        file_key: str,
+        expected_line: int,
+        new_line: int,
+        done: bool,
+        lease: Lease | None = None,
+    ) -> bool: ...
+
+    def read_export_files(self, spec: TableSpec) -> list[ExportFileRecord]: ...
+
     def finish_load(self, spec: TableSpec) -> int: ...
 
     # -- work units shared by processes: leases (see podyn_py/units.py)
@@ -220,6 +274,10 @@ class Target(Protocol):
     def claim_segments(
         self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
     ) -> tuple[list[tuple[Lease, SegmentRecord]], int]: ...
+
+    def claim_export_files(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, ExportFileRecord]], int]: ...
 
     def claim_units(
         self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float

@@ -64,6 +64,7 @@ class UnitKind:
 
     SEGMENT = "scan segment"
     SHARD = "stream shard"
+    EXPORT_FILE = "export file"
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ class TableDescription:
     size_bytes: int
     #: Which table of that name: a table deleted and created again is another one.
     source: SourceIdentity = SourceIdentity()
+    #: When the table's current stream was enabled (its label, ``LatestStreamLabel``, is that time in UTC).
+    stream_created_at: datetime | None = None
 
 
 def list_tables(client: TableClient) -> list[str]:
@@ -153,7 +155,19 @@ def describe_table(
         item_count=int(table.get("ItemCount", 0)),
         size_bytes=int(table.get("TableSizeBytes", 0)),
         source=SourceIdentity(table.get("TableId"), _utc(table.get("CreationDateTime"))),
+        stream_created_at=stream_label_time(table.get("LatestStreamLabel")) if enabled else None,
     )
+
+
+def stream_label_time(label: Any) -> datetime | None:
+    """A stream's label (``2024-05-11T21:21:33.291``, the time it was enabled, UTC) as an aware datetime."""
+    if not isinstance(label, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(label)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _utc(value: Any) -> datetime | None:

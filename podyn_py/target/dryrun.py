@@ -17,6 +17,7 @@ from psycopg import sql
 
 from podyn_py.core import ddl, naming
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
@@ -35,6 +36,7 @@ class DryRunTarget:
         #: Per table: the segments not handed out yet, and those not done. One process: no other owner.
         self._unclaimed: dict[str, list[SegmentRecord]] = {}
         self._left: dict[str, set[int]] = {}
+        self._files: dict[str, list[ExportFileRecord]] = {}
 
     def _print(self, statement: sql.Composable | str, comment: str = "") -> None:
         text = statement if isinstance(statement, str) else statement.as_string()
@@ -113,6 +115,14 @@ class DryRunTarget:
             left = len(self._left.get(spec.source, ()))
         return [(Lease(UnitKind.SEGMENT, str(s.segment), owner, 1), s) for s in taken], left
 
+    def claim_export_files(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, ExportFileRecord]], int]:
+        with self._lock:
+            files = self._files.setdefault(spec.source, [])
+            taken, files[:limit] = files[:limit], []
+        return [(Lease(UnitKind.EXPORT_FILE, f.key, owner, 1), f) for f in taken], len(taken) + len(files)
+
     def claim_units(
         self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float
     ) -> list[Lease]:
@@ -132,6 +142,38 @@ class DryRunTarget:
 
     def held_units(self, spec: TableSpec, kind: str) -> dict[str, tuple[str, bool]]:
         return {}
+
+    def begin_export_load(
+        self,
+        spec: TableSpec,
+        manifest: ExportManifest,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+        run_started: datetime | None = None,
+    ) -> list[ExportFileRecord]:
+        files = [ExportFileRecord(f.key, f.ordinal, f.item_count, f.md5, 0, 0, False) for f in manifest.files]
+        with self._lock:
+            self._files[spec.source] = list(files)
+        return files
+
+    def read_export_files(self, spec: TableSpec) -> list[ExportFileRecord]:
+        return []
+
+    def write_export_batch(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+        file_key: str,
+        expected_line: int,
+        new_line: int,
+        done: bool,
+        lease: Lease | None = None,
+    ) -> bool:
+        return self._write(schema, rows, rejected, f"{file_key} lines {expected_line + 1}-{new_line}")
 
     def finish_load(self, spec: TableSpec) -> int:
         rows = self._rows.get(spec.source, 0)
@@ -153,13 +195,19 @@ class DryRunTarget:
         new_key: dict[str, Any] | None,
         lease: Lease | None = None,
     ) -> bool:
+        if new_key is None:
+            with self._lock:
+                self._left.get(schema.spec.source, set()).discard(segment)
+        return self._write(schema, rows, rejected, f"segment {segment}")
+
+    def _write(
+        self, schema: TableSchema, rows: Sequence[Sequence[Any]], rejected: Sequence[Rejected], unit: str
+    ) -> bool:
         spec = schema.spec
         with self._lock:
             self._rows[spec.source] = self._rows.get(spec.source, 0) + len(rows)
-            if new_key is None:
-                self._left.get(spec.source, set()).discard(segment)
         if rows:
-            self._print(ddl.copy_rows(schema), f"{len(rows)} rows, segment {segment}")
+            self._print(ddl.copy_rows(schema), f"{len(rows)} rows, {unit}")
         for item in rejected:
             with self._lock:
                 self.out.write(f"-- would reject item {item.key}: {item.error}\n")

@@ -1,8 +1,8 @@
 """The PostgreSQL edge: connections, table preparation, COPY of scanned pages, batched upserts and deletes.
 
-Every write that moves a position (a scan segment's last key, a shard's sequence number) happens in the same
-transaction as the rows it covers, guarded by a compare-and-set on the old position, so a page or batch applied a
-second time (a commit whose answer was lost, a restart, a second process) changes nothing.
+Every write that moves a position (a scan segment's last key, an export file's line, a shard's sequence number)
+happens in the same transaction as the rows it covers, guarded by a compare-and-set on the old position, so a page or
+batch applied a second time (a commit whose answer was lost, a restart, a second process) changes nothing.
 
 Connections made here dump jsonb parameters from bytes that are already JSON (orjson's output): the rows module
 serialises each value once, with exact numbers, and nothing here serialises it again.
@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 from podyn_py import health, metrics
 from podyn_py.core import ddl, naming
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
     EXPIRED_COLUMN,
@@ -569,6 +570,12 @@ class PostgresTarget:
             if not reload:
                 if record.load_finished_at is not None:
                     return None, None
+                if record.export_id is not None and not record.truncate_before_load:
+                    raise ConfigError(
+                        f"the load of {spec.source} from export {record.export_id} has not finished: resume it with"
+                        " --from-export (the same export), or load the table by a Scan from scratch with --reload",
+                        table=spec.source,
+                    )
                 if segments:  # an interrupted load: resume it with the segmentation it started with
                     return segments, None
             if reload or record.truncate_before_load:
@@ -587,6 +594,70 @@ class PostgresTarget:
         show_state(change)
         return segments
 
+    def begin_export_load(
+        self,
+        spec: TableSpec,
+        manifest: ExportManifest,
+        *,
+        reload: bool,
+        stream_arn: str | None = None,
+        stream_view_type: str | None = None,
+        run_started: datetime | None = None,
+    ) -> list[ExportFileRecord] | None:
+        """The export's data files with how far each got: all from their start for a new load (or ``reload``), as
+        committed to resume one from the same export. None when the table is already loaded.
+
+        As :meth:`begin_load`: ``reload`` (or rows of unknown provenance) empties the table in the transaction that
+        resets the files. An unfinished load from anything else (a Scan, another export) is refused: its rows are
+        a part of another copy.
+        """
+
+        def begin(conn: psycopg.Connection[Any]) -> tuple[list[ExportFileRecord] | None, state.StateChange | None]:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(DDL_LOCK, spec.schema, spec.table),)
+            )
+            record = state.read_table(conn, spec.schema, spec.table)
+            if record is None:
+                raise ConfigError(f"table {spec.source} has not been prepared: run with --schema", table=spec.source)
+            files = state.read_export_files(conn, spec)
+            if (
+                reload
+                and files
+                and record.load_finished_at is None
+                and record.export_id == manifest.export_id
+                and _load_under_way(conn, spec, record, run_started, UnitKind.EXPORT_FILE)
+            ):
+                log.info("table %s: joining the reload another podyn process is running", spec.source)
+                return files, None
+            if not reload and not record.truncate_before_load:
+                if record.load_finished_at is not None:
+                    return None, None
+                if record.export_id == manifest.export_id and files:
+                    return files, None  # an interrupted load of this export: resume it
+                if record.load_started_at is not None:
+                    started = f"export {record.export_id}" if record.export_id else "a Scan"
+                    raise ConfigError(
+                        f"the load of {spec.source} from {started} has not finished: resume it as it was started, or"
+                        f" load the table from export {manifest.export_id} from scratch with --reload",
+                        table=spec.source,
+                    )
+            if reload or record.truncate_before_load:
+                conn.execute(sql.SQL("TRUNCATE {}").format(ddl.qualified(spec.schema, spec.table)))
+            if reload:
+                state.forget_shards(conn, spec)
+            state.reset_export_files(conn, spec, manifest.files)
+            change = state.start_export_load(
+                conn, spec, manifest, stream_arn=stream_arn, stream_view_type=stream_view_type
+            )
+            return state.read_export_files(conn, spec), change
+
+        files, change = self.run("starting the load from the export", begin, table=spec.source)
+        show_state(change)
+        return files
+
+    def read_export_files(self, spec: TableSpec) -> list[ExportFileRecord]:
+        return self.run("reading podyn.export_files", lambda conn: state.read_export_files(conn, spec))
+
     def finish_load(self, spec: TableSpec) -> int:
         """The items loaded, once every segment is done; marks the table loaded unless the commit of its last
         segment already did (a load interrupted between the two by an older podyn)."""
@@ -596,7 +667,7 @@ class PostgresTarget:
             record = state.read_table(conn, spec.schema, spec.table)
             if record is not None and record.load_finished_at is not None:
                 return record.items_loaded, None
-            if state.segments_left(conn, spec):
+            if state.segments_left(conn, spec) or state.export_files_left(conn, spec):
                 raise ConfigError(f"the load of {spec.source} is not finished", table=spec.source)
             return state.finish_load(conn, spec)
 
@@ -623,6 +694,21 @@ class PostgresTarget:
             return [(lease, fresh[lease.unit_id]) for lease in leases], len(segments)
 
         return self._run_on(conn, "claiming segments", claim, table=spec.source)
+
+    def claim_export_files(
+        self, spec: TableSpec, owner: str, limit: int, lease_seconds: float, conn: Any = None
+    ) -> tuple[list[tuple[Lease, ExportFileRecord]], int]:
+        """As :meth:`claim_segments`, for the data files of a load from an export."""
+
+        def claim(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Lease, ExportFileRecord]], int]:
+            files = {f.key: f for f in state.read_export_files(conn, spec) if not f.done}
+            leases = state.claim_units(conn, spec, UnitKind.EXPORT_FILE, list(files), owner, limit, lease_seconds)
+            if not leases:
+                return [], len(files)
+            fresh = {f.key: f for f in state.read_export_files(conn, spec)}
+            return [(lease, fresh[lease.unit_id]) for lease in leases], len(files)
+
+        return self._run_on(conn, "claiming export files", claim, table=spec.source)
 
     def claim_units(
         self, spec: TableSpec, kind: str, candidates: Sequence[str], owner: str, limit: int, lease_seconds: float
@@ -852,15 +938,69 @@ class PostgresTarget:
         show_state(change)
         return True
 
+    def write_export_batch(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        rows: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+        file_key: str,
+        expected_line: int,
+        new_line: int,
+        done: bool,
+        lease: Lease | None = None,
+    ) -> bool:
+        """Commit a batch of an export's data file with the file's new position. False if it was already applied.
+
+        As :meth:`write_page`: only under ``lease`` if given, and the commit that finishes the last file marks the
+        table loaded."""
+        spec = schema.spec
+        change: state.StateChange | None = None
+        try:
+            with conn.transaction():
+                _check_mapping(conn, schema)
+                if lease is not None and not state.holds_lease(conn, spec, lease):
+                    raise LeaseLost(
+                        f"{file_key}: another process took it over after this one's lease expired; the batch is left"
+                        " to it",
+                        table=spec.source,
+                    )
+                if done:
+                    state.lock_table_row(conn, spec)
+                if not state.advance_export_file(conn, schema.spec, file_key, expected_line, new_line, len(rows), done):
+                    raise _AlreadyApplied
+                if done and state.export_files_left(conn, spec) == 0:
+                    _, change = state.finish_load(conn, spec)
+                for item in rejected:
+                    state.reject_item(conn, schema.spec, item.key, item.attribute, item.error, item.item)
+                if rows:
+                    try:
+                        with conn.transaction():
+                            copy_rows(conn, schema, rows)
+                    except psycopg.errors.UniqueViolation:
+                        upsert_rows(conn, schema, rows)  # rows already there: see write_page
+        except _AlreadyApplied:
+            return False
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, schema.spec, exc, "writing a batch") from exc
+        except psycopg.Error as exc:
+            raise classify(exc, "writing a batch", table=schema.spec.source) from exc
+        show_state(change)
+        return True
+
 
 def _load_under_way(
-    conn: psycopg.Connection[Any], spec: TableSpec, record: state.TableRecord, run_started: datetime | None
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    record: state.TableRecord,
+    run_started: datetime | None,
+    kind: str = UnitKind.SEGMENT,
 ) -> bool:
-    """A load in progress that this run's ``--reload`` should join: started since this run did, or segments
-    leased by live processes now."""
+    """A load in progress that this run's ``--reload`` should join: started since this run did, or its units
+    (segments, export files) leased by live processes now."""
     if run_started is not None and record.load_started_at is not None and record.load_started_at >= run_started:
         return True
-    return any(live for _, live in state.held_units(conn, spec, UnitKind.SEGMENT).values())
+    return any(live for _, live in state.held_units(conn, spec, kind).values())
 
 
 def _stored_schema(conn: psycopg.Connection[Any], schema: TableSchema) -> TableSchema:

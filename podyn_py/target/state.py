@@ -4,11 +4,12 @@
 - ``podyn.columns``: the attribute → column mapping, one row per (attribute, type).
 - ``podyn.segments``: per parallel-scan segment, the last evaluated key and items loaded; done or not.
 - ``podyn.shards``: per stream shard, the last applied sequence number; finished or not.
+- ``podyn.export_files``: per data file of the export a table is loaded from, the lines committed; done or not.
 - ``podyn.rejected``: items podyn could not convert, kept whole with the error, so that nothing is lost silently.
 
-Segment and shard positions are written in the same transaction as the rows they cover (see ``postgres.py``):
-that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the caller's
-transaction; none commits. This is the only module that reads or writes ``podyn.*``.
+Segment, export file and shard positions are written in the same transaction as the rows they cover (see
+``postgres.py``): that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the
+caller's transaction; none commits. This is the only module that reads or writes ``podyn.*``.
 
 A change of a table's state returns a :class:`StateChange` instead of logging it or setting its metric: the
 caller shows it (``postgres.show_state``) once the transaction committed, so a rollback shows nothing.
@@ -30,6 +31,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.exports import ExportFile, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
@@ -195,6 +197,55 @@ _MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN IF NOT EXISTS ttl_deletes_marked bigint NOT NULL DEFAULT 0,
         ADD COLUMN IF NOT EXISTS expired_column text;
     """,
+    # 5: loads from an export in S3 (--from-export): the export a table was loaded from (its id, ARN, folder,
+    # point in time, items, billed size, format), the read capacity a load consumed from the table (0 for an
+    # export; NULL: not recorded), and the load's position in each of the export's data files (the lines read,
+    # committed with their rows; done once the file's end was checked against the manifest).
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS export_id text,
+        ADD COLUMN IF NOT EXISTS export_arn text,
+        ADD COLUMN IF NOT EXISTS export_url text,
+        ADD COLUMN IF NOT EXISTS export_time timestamptz,
+        ADD COLUMN IF NOT EXISTS export_item_count bigint,
+        ADD COLUMN IF NOT EXISTS export_size_bytes bigint,
+        ADD COLUMN IF NOT EXISTS export_format text,
+        ADD COLUMN IF NOT EXISTS read_capacity_consumed double precision;
+    CREATE TABLE IF NOT EXISTS podyn.export_files (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        data_file_key text NOT NULL,
+        ordinal integer NOT NULL,
+        item_count bigint NOT NULL,
+        md5_checksum text,
+        line bigint NOT NULL DEFAULT 0,
+        items_loaded bigint NOT NULL DEFAULT 0,
+        done boolean NOT NULL DEFAULT false,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target_schema, target_table, data_file_key)
+    );
+    CREATE OR REPLACE VIEW podyn.units AS
+        SELECT s.target_schema, s.target_table, 'scan segment'::text AS kind, s.segment::text AS unit_id,
+               ARRAY[]::text[] AS parents, s.last_key::text AS position, s.done, s.items_loaded AS items,
+               l.owner, l.generation, l.expires_at AS lease_expires_at, s.updated_at
+        FROM podyn.segments s
+        LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
+                                    = (s.target_schema, s.target_table, 'scan segment', s.segment::text)
+        UNION ALL
+        SELECT h.target_schema, h.target_table, 'stream shard', h.shard_id,
+               CASE WHEN h.parent_shard_id IS NULL THEN ARRAY[]::text[] ELSE ARRAY[h.parent_shard_id] END,
+               h.sequence_number, h.finished, h.records_applied,
+               l.owner, l.generation, l.expires_at, h.updated_at
+        FROM podyn.shards h
+        LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
+                                    = (h.target_schema, h.target_table, 'stream shard', h.shard_id)
+        UNION ALL
+        SELECT f.target_schema, f.target_table, 'export file', f.data_file_key, ARRAY[]::text[], f.line::text,
+               f.done, f.items_loaded, l.owner, l.generation, l.expires_at, f.updated_at
+        FROM podyn.export_files f
+        LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
+                                    = (f.target_schema, f.target_table, 'export file', f.data_file_key);
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -214,6 +265,7 @@ METADATA_TABLES = (
     "podyn.rejected",
     "podyn.leases",
     "podyn.workers",
+    "podyn.export_files",
 )
 
 
@@ -248,6 +300,9 @@ class TableRecord:
     truncate_before_load: bool = False
     #: The table's column names came from podyn_py 0.1's first-come rule: existing names are never changed.
     keep_names: bool = False
+    #: The export the table is (being) loaded from, and its point in time; None for a Scan load.
+    export_id: str | None = None
+    export_time: datetime | None = None
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
@@ -354,7 +409,8 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
     row = conn.execute(
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
-                  target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1
+                  target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1,
+                  export_id, export_time
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
@@ -376,6 +432,8 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         source=SourceIdentity(row[13], row[14]),
         truncate_before_load=row[15],
         keep_names=row[16],
+        export_id=row[17],
+        export_time=row[18],
     )
 
 
@@ -429,6 +487,8 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     removed = 0
     for metadata_table in (
         "podyn.segments",
+        "podyn.export_files",
+        "podyn.shards",
         "podyn.shards",
         "podyn.leases",
         "podyn.columns",
@@ -485,24 +545,59 @@ def start_load(
     stream_arn: str | None,
     stream_view_type: str | None,
 ) -> StateChange:
-    """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty."""
+    """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty, no
+    export (a Scan load; :func:`start_export_load` records the export)."""
     return _set_state(
         conn,
         spec,
         TableState.LOADING,
         None,
         """, total_segments = %s, items_loaded = 0, load_started_at = now(), load_finished_at = NULL,
-             stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false""",
+             stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false,
+             export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
+             export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL""",
         (total_segments, stream_arn, stream_view_type),
     )
 
 
-def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
-    """``loaded``, now, with the items the segments loaded; how many."""
-    row = conn.execute(
-        """SELECT coalesce(sum(items_loaded), 0)::bigint FROM podyn.segments
+def start_export_load(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    manifest: ExportManifest,
+    *,
+    stream_arn: str | None,
+    stream_view_type: str | None,
+) -> StateChange:
+    """``loading`` from an export, from now: the export recorded, no read capacity consumed from the table."""
+    change = start_load(conn, spec, 0, stream_arn=stream_arn, stream_view_type=stream_view_type)
+    conn.execute(
+        """UPDATE podyn.tables
+           SET export_id = %s, export_arn = %s, export_url = %s, export_time = %s, export_item_count = %s,
+               export_size_bytes = %s, export_format = %s, read_capacity_consumed = 0
            WHERE target_schema = %s AND target_table = %s""",
-        (spec.schema, spec.table),
+        (
+            manifest.export_id,
+            manifest.export_arn,
+            manifest.url,
+            manifest.export_time,
+            manifest.item_count,
+            manifest.billed_size_bytes,
+            manifest.output_format.value,
+            spec.schema,
+            spec.table,
+        ),
+    )
+    return change
+
+
+def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
+    """``loaded``, now, with the items the segments (or the export's files) loaded; how many."""
+    row = conn.execute(
+        """SELECT (SELECT coalesce(sum(items_loaded), 0) FROM podyn.segments
+                   WHERE target_schema = %(schema)s AND target_table = %(table)s)
+                + (SELECT coalesce(sum(items_loaded), 0) FROM podyn.export_files
+                   WHERE target_schema = %(schema)s AND target_table = %(table)s)""",
+        {"schema": spec.schema, "table": spec.table},
     ).fetchone()
     items = int(row[0]) if row else 0
     change = _set_state(conn, spec, TableState.LOADED, None, ", items_loaded = %s, load_finished_at = now()", (items,))
@@ -598,8 +693,12 @@ def read_segments(conn: psycopg.Connection[Any], spec: TableSpec) -> list[Segmen
 
 
 def reset_segments(conn: psycopg.Connection[Any], spec: TableSpec, total_segments: int) -> None:
+    """A new Scan load's units: ``total_segments`` segments, not started (an earlier load's units are gone)."""
     conn.execute("DELETE FROM podyn.segments WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
     forget_leases(conn, spec, UnitKind.SEGMENT)
+    conn.execute(
+        "DELETE FROM podyn.export_files WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table)
+    )
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO podyn.segments (target_schema, target_table, segment, total_segments)
@@ -634,6 +733,51 @@ def advance_segment(
             segment,
             _jsonb(expected_key),
         ),
+    )
+    return cur.rowcount == 1
+
+
+def reset_export_files(conn: psycopg.Connection[Any], spec: TableSpec, files: Sequence[ExportFile]) -> None:
+    """A new load from an export: its data files as the load's units, none started (no segments left)."""
+    reset_segments(conn, spec, 0)
+    forget_leases(conn, spec, UnitKind.EXPORT_FILE)
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO podyn.export_files
+                   (target_schema, target_table, data_file_key, ordinal, item_count, md5_checksum)
+               VALUES (%s, %s, %s, %s, %s, %s)""",
+            [(spec.schema, spec.table, f.key, f.ordinal, f.item_count, f.md5) for f in files],
+        )
+
+
+def read_export_files(conn: psycopg.Connection[Any], spec: TableSpec) -> list[ExportFileRecord]:
+    rows = conn.execute(
+        """SELECT data_file_key, ordinal, item_count, md5_checksum, line, items_loaded, done FROM podyn.export_files
+           WHERE target_schema = %s AND target_table = %s ORDER BY ordinal, data_file_key""",
+        (spec.schema, spec.table),
+    ).fetchall()
+    return [ExportFileRecord(*row) for row in rows]
+
+
+def advance_export_file(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    key: str,
+    expected_line: int,
+    new_line: int,
+    items: int,
+    done: bool,
+) -> bool:
+    """Move a data file from ``expected_line`` to ``new_line`` (lines read), done or not. False if it was not there.
+
+    Compare-and-set, as :func:`advance_segment`: a batch applied twice (a commit whose answer was lost, a second
+    process) changes nothing.
+    """
+    cur = conn.execute(
+        """UPDATE podyn.export_files
+           SET line = %s, done = %s, items_loaded = items_loaded + %s, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s AND data_file_key = %s AND NOT done AND line = %s""",
+        (new_line, done, items, spec.schema, spec.table, key, expected_line),
     )
     return cur.rowcount == 1
 
@@ -990,6 +1134,14 @@ def lock_table_row(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
     )
 
 
+def export_files_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM podyn.export_files WHERE target_schema = %s AND target_table = %s AND NOT done",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
     row = conn.execute(
         "SELECT count(*) FROM podyn.segments WHERE target_schema = %s AND target_table = %s AND NOT done",
@@ -1030,6 +1182,16 @@ class TableProgress:
     target_present: bool
     #: Columns of podyn's mapping that the target no longer has (dropped or renamed by hand).
     missing_columns: tuple[str, ...]
+    #: The export the table was loaded from (None: a Scan load), and what its manifest said of it.
+    export_id: str | None
+    export_arn: str | None
+    export_url: str | None
+    export_time: datetime | None
+    export_item_count: int | None
+    export_size_bytes: int | None
+    export_format: str | None
+    #: Read capacity the load consumed from the table: 0 from an export; None where not recorded (a Scan load).
+    read_capacity_consumed: float | None
     #: TTL deletes read from the stream, and what became of them (``--ttl-deletes``).
     ttl_deletes: TtlCounts = TtlCounts()
 
@@ -1039,6 +1201,17 @@ class SegmentProgress:
     segment: int
     done: bool
     items_loaded: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExportFileProgress:
+    key: str
+    item_count: int
+    #: Lines of the decompressed file read and committed.
+    line: int
+    items_loaded: int
+    done: bool
     updated_at: datetime
 
 
@@ -1071,6 +1244,8 @@ def read_progress(
                    WHERE c.target_schema = t.target_schema AND c.target_table = t.target_table
                      AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.oid
                                      AND a.attname = c.column_name AND NOT a.attisdropped)),
+                  export_id, export_arn, export_url, export_time, export_item_count, export_size_bytes,
+                  export_format, read_capacity_consumed,
                   ttl_deletes_seen, ttl_deletes_applied, ttl_deletes_kept, ttl_deletes_marked
            FROM podyn.tables t
            LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
@@ -1086,7 +1261,7 @@ def read_progress(
 def _table_progress(values: list[Any]) -> TableProgress:
     values[4] = TableState(values[4])
     values[21] = tuple(values[21] or ())
-    values[22:26] = [TtlCounts(*values[22:26])]
+    values[30:34] = [TtlCounts(*values[30:34])]
     return TableProgress(*values)
 
 
@@ -1097,6 +1272,15 @@ def read_segment_progress(conn: psycopg.Connection[Any], schema: str, table: str
         (schema, table),
     ).fetchall()
     return [SegmentProgress(*row) for row in rows]
+
+
+def read_export_file_progress(conn: psycopg.Connection[Any], schema: str, table: str) -> list[ExportFileProgress]:
+    rows = conn.execute(
+        """SELECT data_file_key, item_count, line, items_loaded, done, updated_at FROM podyn.export_files
+           WHERE target_schema = %s AND target_table = %s ORDER BY ordinal, data_file_key""",
+        (schema, table),
+    ).fetchall()
+    return [ExportFileProgress(*row) for row in rows]
 
 
 def read_shard_progress(

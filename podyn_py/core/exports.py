@@ -1,0 +1,153 @@
+"""An export of a DynamoDB table in S3 as values: what its manifest says, how far a load has got in each data
+file, and whether a stream can take over from it without a gap.
+
+The source (``source.export``) reads an export into these; the target (``target.state``) keeps them in the
+``podyn`` schema; the orchestration (``export_load``, ``changes``) decides with them. No I/O here.
+
+Each data file of an export is a unit of work whose position is the number of lines of the decompressed file read
+and committed (``line``): a resumed load reads the file again from its start and skips that many lines, since a
+gzip stream cannot be entered in its middle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+#: How far the items of an export may be from its export time: it is accurate to about a minute, and an export is
+#: not transactionally consistent (items are read around that time). Twice that, to be safe. The stream must have
+#: been enabled at least this long before the export time: the changes before it are then all in the export.
+EXPORT_TIME_ACCURACY_SECONDS = 120.0
+#: How long before the export time change replication starts reading the stream: the export time's accuracy
+#: (2 minutes), stream records' creation times rounded down to the minute (DynamoDB Local; real DynamoDB rounds to
+#: the second or better) and clock differences (2 minutes, as for a Scan load). Replaying from earlier is always
+#: correct (each record is a full image or a delete, applied in stream order), only a little slower.
+EXPORT_REPLAY_MARGIN_SECONDS = 300.0
+#: DynamoDB Streams keeps records for 24 hours.
+STREAM_RETENTION_SECONDS = 24 * 3600.0
+
+
+class ExportFormat(StrEnum):
+    DYNAMODB_JSON = "DYNAMODB_JSON"
+    ION = "ION"
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One data file, as ``manifest-files.json`` lists it: its S3 key, its items, the MD5 of its object."""
+
+    key: str
+    item_count: int
+    #: Base64 MD5 (as S3's Content-MD5): of the gzip object as stored (what exports hold), or of its content.
+    md5: str | None
+    ordinal: int = 0
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What ``manifest-summary.json`` and ``manifest-files.json`` say of an export."""
+
+    #: ``s3://bucket/prefix/AWSDynamoDB/<ExportId>/``, as given (normalised with a trailing slash).
+    url: str
+    export_id: str
+    export_arn: str | None
+    #: The point in time the export is of (``exportTime``), aware, UTC.
+    export_time: datetime
+    table_arn: str | None
+    table_id: str | None
+    item_count: int
+    #: The table's size the export was billed for (``billedSizeBytes``).
+    billed_size_bytes: int | None
+    output_format: ExportFormat
+    files: tuple[ExportFile, ...]
+
+    @property
+    def table_name(self) -> str | None:
+        """The DynamoDB table's name, from its ARN (``arn:aws:dynamodb:REGION:ACCOUNT:table/NAME``)."""
+        if not self.table_arn or ":table/" not in self.table_arn:
+            return None
+        return self.table_arn.split(":table/", 1)[1].split("/", 1)[0] or None
+
+
+@dataclass(frozen=True)
+class ExportFileRecord:
+    """How far a load has got in one data file: lines read and committed, items loaded from them, done or not.
+
+    ``done`` is set only by the batch that reached the file's end with its item count and MD5 checked.
+    """
+
+    key: str
+    ordinal: int
+    item_count: int
+    md5: str | None
+    line: int
+    items_loaded: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class ExportBatch:
+    """Items of one data file and the position to commit with them: lines read up to and including this batch.
+
+    ``done``: the file's end was reached and checked (item count, MD5, gzip trailer); the last batch of a file may
+    hold no items.
+    """
+
+    key: str
+    items: list[dict[str, Any]]
+    line: int
+    done: bool
+
+
+def replay_start(export_time: datetime, margin_seconds: float = EXPORT_REPLAY_MARGIN_SECONDS) -> datetime:
+    """Where change replication starts reading the stream after a load from an export made at ``export_time``."""
+    return export_time - timedelta(seconds=margin_seconds)
+
+
+def stream_gap(
+    manifest_time: datetime,
+    *,
+    stream_arn: str | None,
+    stream_created_at: datetime | None,
+    now: datetime,
+    margin_seconds: float = EXPORT_REPLAY_MARGIN_SECONDS,
+    accuracy_seconds: float = EXPORT_TIME_ACCURACY_SECONDS,
+    retention_seconds: float = STREAM_RETENTION_SECONDS,
+) -> str | None:
+    """Why the table's stream cannot take over from an export made at ``manifest_time``; None when it can.
+
+    It can when the stream was enabled before the export's items were read (the export time minus its accuracy:
+    every change before the stream is then in the export, every one after in the stream) and still holds the
+    records from the replay start on (the export time minus the margin; a stream keeps 24 hours).
+    """
+    start = replay_start(manifest_time, margin_seconds)
+    if stream_arn is None:
+        return "the table has no stream: enable DynamoDB Streams (NEW_AND_OLD_IMAGES) before making the export"
+    earliest = manifest_time - timedelta(seconds=accuracy_seconds)
+    if stream_created_at is not None and stream_created_at > earliest:
+        return (
+            f"the table's stream was enabled at {_utc(stream_created_at)}, after {_utc(earliest)} (the export time"
+            f" {_utc(manifest_time)} minus the {accuracy_seconds / 60:.0f} minutes it may be off by): changes made"
+            " before the stream may be in neither the export nor the stream"
+        )
+    age = (now - start).total_seconds()
+    if age > retention_seconds:
+        return (
+            f"the export was made at {_utc(manifest_time)}, {age / 3600:.1f} hours before now counting the"
+            f" {margin_seconds / 60:.0f}-minute margin, and a stream keeps records for"
+            f" {retention_seconds / 3600:.0f} hours: the changes made since the export are no longer all in it"
+        )
+    return None
+
+
+#: What to do when the stream cannot take over from an export; said with every such refusal.
+NO_BRIDGE = (
+    "Bridging such a gap with incremental exports is not built yet: make a new export of the table with its"
+    " stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
+)
+
+
+def _utc(value: datetime) -> str:
+    return value.isoformat(sep=" ", timespec="seconds")

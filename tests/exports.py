@@ -1,0 +1,275 @@
+"""Exports of DynamoDB tables in S3, written by the tests in the documented layout, and a slow S3 in front of moto.
+
+DynamoDB Local has no ExportTableToPointInTime, so :func:`write_export` makes what an export would be: it scans
+the table (boto3, consistent reads) and writes ``AWSDynamoDB/<ExportId>/manifest-summary.json``,
+``manifest-files.json`` (JSON lines with ``dataFileS3Key``, ``itemCount``, ``md5Checksum``: base64 MD5 of the gzip
+object, ``etag``) and ``data/<name>.json.gz`` files, in DYNAMODB_JSON (``{"Item": {...}}`` lines) or ION
+(``$ion_1_0 {Item: {...}}`` lines, sets annotated ``$dynamodb_SS``/``NS``/``BS``, numbers as Ion decimals written
+as DynamoDB does: ``600`` as ``6d2``), to the real S3 API of moto's server. The layout is the one the DynamoDB
+Developer Guide documents ("DynamoDB table export output format").
+
+:class:`SlowS3` is an HTTP proxy in front of it that sends object bodies slowly, so that a test can kill podyn in
+the middle of a data file.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from amazon.ion import simpleion
+from amazon.ion.core import IonType
+from amazon.ion.simple_types import IonPyBytes, IonPyList, IonPyNull
+
+#: How far ahead of now a test export's time is set: as if the export had been made a little more than two minutes
+#: after the table (and its stream) were created, which podyn requires of an export a stream takes over from.
+AFTER_STREAM = timedelta(seconds=125)
+
+_DECIMALS = Context(prec=60)
+
+
+@dataclass(frozen=True)
+class WrittenExport:
+    url: str
+    export_id: str
+    bucket: str
+    #: S3 keys of the data files, in manifest order.
+    data_keys: tuple[str, ...]
+    items: int
+    #: The export time its summary gives (milliseconds, as DynamoDB writes it).
+    export_time: datetime
+
+
+def scan_all(ddb: Any, table: str) -> list[dict[str, Any]]:
+    """Every item of a table (boto3's shape: binary as bytes), in scan order."""
+    found: list[dict[str, Any]] = []
+    request: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = ddb.scan(**request)
+        found.extend(page["Items"])
+        if "LastEvaluatedKey" not in page:
+            return found
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def write_export(
+    s3: Any,
+    ddb: Any,
+    table: str,
+    *,
+    bucket: str,
+    output_format: str = "DYNAMODB_JSON",
+    files: int = 3,
+    prefix: str = "exports",
+    export_time: datetime | None = None,
+    items: list[dict[str, Any]] | None = None,
+) -> WrittenExport:
+    """Write an export of ``table`` (its items now, or ``items``) to ``s3://bucket/prefix/AWSDynamoDB/<id>/``.
+
+    ``export_time`` defaults to now plus :data:`AFTER_STREAM`. Items are dealt to ``files`` data files in turn (a
+    file may end up empty, as a real export's empty partitions do).
+    """
+    description = ddb.describe_table(TableName=table)["Table"]
+    when = export_time or datetime.now(UTC) + AFTER_STREAM
+    when = when.replace(microsecond=when.microsecond // 1000 * 1000)
+    export_id = f"{int(when.timestamp() * 1000):014d}-{os.urandom(4).hex()}"
+    folder = f"{prefix}/AWSDynamoDB/{export_id}/"
+    rows = scan_all(ddb, table) if items is None else items
+    encode = _ion_line if output_format == "ION" else _json_line
+    entries = []
+    keys = []
+    for number in range(files):
+        name = f"{os.urandom(13).hex()}.json.gz"
+        body = gzip.compress(b"".join(encode(item) for item in rows[number::files]))
+        key = f"{folder}data/{name}"
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        keys.append(key)
+        entries.append(
+            {
+                "itemCount": len(rows[number::files]),
+                "md5Checksum": base64.b64encode(hashlib.md5(body).digest()).decode(),
+                "etag": hashlib.md5(body).hexdigest() + "-1",
+                "dataFileS3Key": key,
+            }
+        )
+    manifest_files = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest-files.json", Body=manifest_files)
+    summary = {
+        "version": "2020-06-30",
+        "exportArn": f"{description['TableArn']}/export/{export_id}",
+        "startTime": _iso(when),
+        "endTime": _iso(when + timedelta(minutes=5)),
+        "tableArn": description["TableArn"],
+        "tableId": description.get("TableId") or "00000000-0000-0000-0000-000000000000",
+        "exportTime": _iso(when),
+        "s3Bucket": bucket,
+        "s3Prefix": prefix,
+        "s3SseAlgorithm": "AES256",
+        "s3SseKmsKeyId": None,
+        "manifestFilesS3Key": f"{folder}manifest-files.json",
+        "billedSizeBytes": int(description.get("TableSizeBytes") or sum(len(json.dumps(_wire(i))) for i in rows)),
+        "itemCount": len(rows),
+        "outputFormat": output_format,
+        "exportType": "FULL_EXPORT",
+    }
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest-summary.json", Body=json.dumps(summary).encode())
+    for name in ("manifest-summary", "manifest-files"):
+        s3.put_object(Bucket=bucket, Key=f"{folder}{name}.checksum", Body=b"")
+    s3.put_object(Bucket=bucket, Key=f"{folder}_started", Body=b"")
+    return WrittenExport(f"s3://{bucket}/{folder}", export_id, bucket, tuple(keys), len(rows), when)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _wire(value: Any) -> Any:
+    """boto3's item (binary as bytes) in wire JSON form (binary as base64), as DynamoDB JSON exports hold it."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: _wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return value
+
+
+def _json_line(item: dict[str, Any]) -> bytes:
+    return json.dumps({"Item": _wire(item)}, ensure_ascii=False).encode() + b"\n"
+
+
+def _ion_line(item: dict[str, Any]) -> bytes:
+    text: str = simpleion.dumps({"Item": {name: _ion(value) for name, value in item.items()}}, binary=False)
+    assert "\n" not in text
+    return text.encode() + b"\n"
+
+
+def _number(text: str) -> Decimal:
+    """As DynamoDB writes numbers in Ion: trailing zeros folded into the exponent (600 → 6d2)."""
+    return Decimal(text).normalize(_DECIMALS)
+
+
+def _ion(value: dict[str, Any]) -> Any:
+    ((tag, raw),) = value.items()
+    if tag == "S":
+        return raw
+    if tag == "N":
+        return _number(raw)
+    if tag == "B":
+        return IonPyBytes.from_value(IonType.BLOB, bytes(raw))
+    if tag == "BOOL":
+        return raw
+    if tag == "NULL":
+        return IonPyNull.from_value(IonType.NULL, None)
+    if tag == "M":
+        return {k: _ion(v) for k, v in raw.items()}
+    if tag == "L":
+        return [_ion(v) for v in raw]
+    members: list[Any]
+    if tag == "SS":
+        members = list(raw)
+    elif tag == "NS":
+        members = [_number(n) for n in raw]
+    elif tag == "BS":
+        members = [IonPyBytes.from_value(IonType.BLOB, bytes(b)) for b in raw]
+    else:
+        raise ValueError(f"unknown tag {tag}")
+    return IonPyList.from_value(IonType.LIST, members, annotations=(f"$dynamodb_{tag}",))
+
+
+class SlowS3:
+    """An HTTP proxy in front of an S3 endpoint that relays requests as they are and sends each response body in
+    ``chunk`` bytes every ``pause`` seconds: a slow S3, for tests that must stop podyn in the middle of a file.
+
+    Test code only, stdlib only (as tests/proxy.py). The Host header is forwarded as sent: it is signed.
+    """
+
+    def __init__(self, upstream_url: str, *, chunk: int = 8192, pause: float = 0.05) -> None:
+        upstream = urlsplit(upstream_url)
+        assert upstream.hostname is not None
+        self._upstream = (upstream.hostname, upstream.port or 80)
+        self.chunk = chunk
+        self.pause = pause
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        assert self._server is not None, "not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> Self:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            def do_HEAD(self) -> None:
+                self._relay()
+
+            def do_PUT(self) -> None:
+                self._relay()
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection(*proxy._upstream, timeout=60)
+                try:
+                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        if name.lower() not in ("connection", "content-length", "transfer-encoding"):
+                            upstream.putheader(name, value)
+                    upstream.putheader("Content-Length", str(len(body)))
+                    upstream.endheaders(body)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    self.send_response(response.status)
+                    for name, value in response.getheaders():
+                        if name.lower() not in ("connection", "content-length", "transfer-encoding", "server", "date"):
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command == "HEAD":
+                        return
+                    for start in range(0, len(data), proxy.chunk):
+                        self.wfile.write(data[start : start + proxy.chunk])
+                        self.wfile.flush()
+                        time.sleep(proxy.pause)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (killed): nothing to send to
+                finally:
+                    upstream.close()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="slow-s3", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
