@@ -872,12 +872,16 @@ def release_leases(conn: psycopg.Connection[Any], spec: TableSpec, leases: Seque
 
 def holds_lease(conn: psycopg.Connection[Any], spec: TableSpec, lease: Lease) -> bool:
     """Whether ``lease`` is still its owner's, in this generation; locks the lease row until the caller's
-    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit)."""
+    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit).
+
+    The lock is FOR KEY SHARE: it keeps out a claim (FOR UPDATE) but not a renewal, which changes no key. Under
+    FOR SHARE, one slow commit held up the renewal of every lease of its process (one UPDATE renews them all),
+    and the process lost its other units to a takeover while that commit ran."""
     row = conn.execute(
         """SELECT 1 FROM podyn.leases
            WHERE target_schema = %s AND target_table = %s AND kind = %s AND unit_id = %s
              AND owner = %s AND generation = %s
-           FOR SHARE""",
+           FOR KEY SHARE""",
         (spec.schema, spec.table, lease.kind, lease.unit_id, lease.owner, lease.generation),
     ).fetchone()
     return row is not None
