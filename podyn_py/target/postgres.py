@@ -85,6 +85,9 @@ def classify(exc: BaseException, what: str, *, table: str | None = None) -> Pody
         psycopg.errors.DeadlockDetected,
         psycopg.errors.LockNotAvailable,
         psycopg.errors.QueryCanceled,
+        # A transaction left idle past its lease, ended by PostgreSQL (see PostgresTarget.connect): retried on a
+        # new connection, where the lease check decides.
+        psycopg.errors.IdleInTransactionSessionTimeout,
     )
     if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
         return TargetError(message, table=table)
@@ -231,8 +234,24 @@ class PostgresTarget:
         #: long-running query elsewhere cannot block podyn forever, nor podyn's queued lock block everyone else.
         self.lock_timeout_ms = lock_timeout_ms
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        return connect(self.conninfo, autocommit=autocommit)
+    def connect(self, *, autocommit: bool = False, lease_seconds: float | None = None) -> psycopg.Connection[Any]:
+        """A new connection. With ``lease_seconds`` (a worker that commits under leases), PostgreSQL ends any
+        transaction of it left idle for longer than the lease: a process paused in the middle of a commit (SIGSTOP,
+        a frozen VM) would otherwise keep its unit's lease row locked, and no other process could take the unit
+        over until it woke up. When it wakes, its commit fails, and the retry finds the lease gone."""
+        conn = connect(self.conninfo, autocommit=autocommit)
+        if lease_seconds is not None:
+            try:
+                conn.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                    (f"{max(1, round(lease_seconds * 1000))}ms",),
+                )
+                if not autocommit:
+                    conn.commit()
+            except psycopg.Error as exc:
+                conn.close()
+                raise classify(exc, "cannot connect to PostgreSQL") from exc
+        return conn
 
     @contextmanager
     def hold(self, spec: TableSpec) -> Iterator[TableHold]:
