@@ -99,6 +99,10 @@ def classify(exc: BaseException, what: str, *, table: str | None = None) -> Pody
 # Advisory lock namespaces: hashed together with the table's name into one bigint key per (namespace, table).
 DDL_LOCK = "podyn.ddl"  # held for a transaction while changing a table's schema or starting its load
 REPLICATION_LOCK = "podyn.replication"  # held for a session while a process loads or replicates the table
+#: Held for a transaction by a page that finishes a segment, and by finish_load: of two processes finishing the
+#: last two segments, the second sees the first's commit and marks the table loaded. Not podyn.tables' row lock,
+#: which every process's heartbeat must take too: a slow (or paused) last page held up every heartbeat behind it.
+LOAD_FINISH_LOCK = "podyn.load-finish"
 
 
 def table_lock_key(namespace: str, schema: str, table: str) -> int:
@@ -545,7 +549,7 @@ class PostgresTarget:
         segment already did (a load interrupted between the two by an older podyn)."""
 
         def finish(conn: psycopg.Connection[Any]) -> tuple[int, state.StateChange | None]:
-            state.lock_table_row(conn, spec)
+            _lock_load_finish(conn, spec)
             record = state.read_table(conn, spec.schema, spec.table)
             if record is not None and record.load_finished_at is not None:
                 return record.items_loaded, None
@@ -737,7 +741,7 @@ class PostgresTarget:
                         table=spec.source,
                     )
                 if new_key is None:
-                    state.lock_table_row(conn, spec)  # see state.lock_table_row: one of the last two decides
+                    _lock_load_finish(conn, spec)  # of the last two segments' commits, the second decides
                 if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
                     raise _AlreadyApplied
                 if new_key is None and state.segments_left(conn, spec) == 0:
@@ -759,6 +763,14 @@ class PostgresTarget:
             raise classify(exc, "writing a page", table=schema.spec.source) from exc
         show_state(change)
         return True
+
+
+def _lock_load_finish(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Serialise, until the transaction ends, the decisions that depend on all of a table's segments (see
+    LOAD_FINISH_LOCK)."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(LOAD_FINISH_LOCK, spec.schema, spec.table),)
+    )
 
 
 def _load_under_way(

@@ -933,15 +933,6 @@ def held_units(conn: psycopg.Connection[Any], spec: TableSpec, kind: str) -> dic
     return {str(r[0]): (str(r[1]), bool(r[2])) for r in rows}
 
 
-def lock_table_row(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
-    """Serialise, until the caller's transaction ends, the decisions about the table's state that depend on all
-    its units (the last segment done makes it loaded: two processes finishing the last two must not both miss it)."""
-    conn.execute(
-        "SELECT 1 FROM podyn.tables WHERE target_schema = %s AND target_table = %s FOR UPDATE",
-        (spec.schema, spec.table),
-    )
-
-
 def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
     row = conn.execute(
         "SELECT count(*) FROM podyn.segments WHERE target_schema = %s AND target_table = %s AND NOT done",
