@@ -621,6 +621,7 @@ class PostgresTarget:
 
         def beat(conn: psycopg.Connection[Any]) -> list[str]:
             state.beat_worker(conn, spec, role, worker)
+            state.forget_dead_workers(conn, spec)
             return state.live_workers(conn, spec, role, within_seconds)
 
         return self.run("recording the worker", beat, table=spec.source)

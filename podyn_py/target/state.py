@@ -911,6 +911,20 @@ def leave_worker(conn: psycopg.Connection[Any], spec: TableSpec, role: str, work
     )
 
 
+#: A worker whose heartbeat is this old is gone (the longest lease, --lease-seconds 3600, beats every 20 minutes):
+#: its row is removed, so that processes killed outright do not pile up in podyn.workers.
+DEAD_WORKER_SECONDS = 2 * 3600.0
+
+
+def forget_dead_workers(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Remove the table's workers (any role) that have not beaten for DEAD_WORKER_SECONDS."""
+    conn.execute(
+        """DELETE FROM podyn.workers WHERE target_schema = %s AND target_table = %s
+             AND heartbeat_at < now() - %s * interval '1 second'""",
+        (spec.schema, spec.table, DEAD_WORKER_SECONDS),
+    )
+
+
 def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, within_seconds: float) -> list[str]:
     """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds``, oldest first."""
     rows = conn.execute(
