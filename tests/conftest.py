@@ -57,8 +57,13 @@ SLOW_MODULES = frozenset(
         "test_metadata_attacks.py",
         "test_metadata_truth.py",
         "test_ports.py",
+        "test_processes.py",
         "test_properties.py",
+        "test_scan_rate_shared.py",
         "test_security.py",
+        "test_status_units.py",
+        "test_units_load.py",
+        "test_upgrade_in_place.py",
         "test_verify_status.py",
     }
 )
