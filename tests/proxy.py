@@ -14,6 +14,7 @@ import collections
 import http.client
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
@@ -58,6 +59,9 @@ class ThrottlingProxy:
         self._faults: dict[str, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
         #: Per operation, the Proxy-Authorization values received (when clients use this as their HTTP proxy).
         self.proxy_authorization: dict[str, set[str]] = collections.defaultdict(set)
+        #: Per operation, (time.monotonic() of the answer, CapacityUnits) of each answer that told its consumed
+        #: capacity (ReturnConsumedCapacity): what the clients behind this proxy consumed, and when.
+        self._consumed: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -96,6 +100,21 @@ class ThrottlingProxy:
         with self._lock:
             return dict(self._counts)
 
+    def consumed(self, operation: str) -> list[tuple[float, float]]:
+        """(time of the answer, capacity units) of every answer to ``operation`` that told its consumed capacity."""
+        with self._lock:
+            return list(self._consumed[operation])
+
+    def _record_consumed(self, operation: str, body: bytes) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return
+        consumed = answer.get("ConsumedCapacity") if isinstance(answer, dict) else None
+        if isinstance(consumed, dict) and "CapacityUnits" in consumed:
+            with self._lock:
+                self._consumed[operation].append((time.monotonic(), float(consumed["CapacityUnits"])))
+
     def pending_faults(self, operation: str) -> int:
         with self._lock:
             return len(self._faults[operation])
@@ -104,6 +123,7 @@ class ThrottlingProxy:
         with self._lock:
             self._counts.clear()
             self._faults.clear()
+            self._consumed.clear()
 
     def _take(self, operation: str) -> tuple[int, bytes] | None:
         with self._lock:
@@ -157,7 +177,10 @@ class ThrottlingProxy:
                     upstream.putheader("Content-Length", str(len(body)))
                     upstream.endheaders(body)
                     response = upstream.getresponse()
-                    self._reply(response.status, response.getheaders(), response.read())
+                    answer = response.read()
+                    if response.status == 200:
+                        proxy._record_consumed(operation, answer)
+                    self._reply(response.status, response.getheaders(), answer)
                 except OSError as exc:
                     self._reply(502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode())
                 finally:
