@@ -1068,3 +1068,77 @@ def read_shard_progress(
         ShardProgress(shard_id, parent, None if sequence is None else str(sequence), finished, records, updated)
         for shard_id, parent, sequence, finished, records, updated in rows
     ]
+
+
+@dataclass(frozen=True)
+class UnitProgress:
+    """A row of ``podyn.units`` as ``--status`` shows it: one unit of a table's work and its lease."""
+
+    kind: str
+    unit_id: str
+    parents: tuple[str, ...]
+    #: The committed position as text (a segment's LastEvaluatedKey as JSON, a shard's sequence number).
+    position: str | None
+    done: bool
+    items: int
+    #: The process holding the lease (``host:pid:tag``), or None when the unit is free.
+    owner: str | None
+    generation: int | None
+    lease_expires_at: datetime | None
+    #: Seconds until the lease expires, by the database's clock (negative: expired that long ago); None if free.
+    lease_seconds_left: float | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """A row of ``podyn.workers``: a process serving a table in a role (``load``, ``changes``)."""
+
+    worker: str
+    role: str
+    started_at: datetime
+    heartbeat_at: datetime
+    #: Seconds since the heartbeat, by the database's clock.
+    heartbeat_age_seconds: float
+
+
+def read_units(conn: psycopg.Connection[Any], schema: str, table: str) -> list[UnitProgress]:
+    """The table's units with their leases, by kind and then in their natural order (segment 2 before 10)."""
+    rows = conn.execute(
+        """SELECT kind, unit_id, parents, position, done, items, owner, generation, lease_expires_at,
+                  CASE WHEN owner IS NOT NULL
+                       THEN extract(epoch FROM lease_expires_at - statement_timestamp())::float8 END,
+                  updated_at
+           FROM podyn.units WHERE target_schema = %s AND target_table = %s
+           ORDER BY kind, length(unit_id), unit_id""",
+        (schema, table),
+    ).fetchall()
+    return [
+        UnitProgress(
+            str(kind),
+            str(unit),
+            tuple(parents or ()),
+            position,
+            bool(done),
+            int(items or 0),
+            owner,
+            generation,
+            expires,
+            left,
+            updated,
+        )
+        for kind, unit, parents, position, done, items, owner, generation, expires, left, updated in rows
+    ]
+
+
+def read_workers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[WorkerProgress]:
+    """The processes recorded as serving the table, oldest first (a process killed outright stays until its
+    heartbeat is old enough for :func:`forget_dead_workers`)."""
+    rows = conn.execute(
+        """SELECT worker, role, started_at, heartbeat_at,
+                  extract(epoch FROM statement_timestamp() - heartbeat_at)::float8
+           FROM podyn.workers WHERE target_schema = %s AND target_table = %s
+           ORDER BY started_at, worker, role""",
+        (schema, table),
+    ).fetchall()
+    return [WorkerProgress(*row) for row in rows]
