@@ -111,10 +111,19 @@ def assert_each_item_inserted_once(pg_url: str) -> None:
 
 
 def gone(pids: list[int]) -> bool:
-    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    """None of ``pids`` runs any more (exited: reaped, or a zombie waiting for an init that may never reap it)."""
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat[stat.rfind(")") + 2] != "Z"
+
+    return not any(running(pid) for pid in pids)
 
 
-def test_sigterm_to_the_parent_and_ctrl_c_stop_every_child_cleanly_and_a_rerun_finishes(
+def test_sigterm_ctrl_c_and_the_parent_killed_stop_every_child_cleanly_and_a_rerun_finishes(
     ddb_server: Any, ddb: Any, pg_url: str, create_table: Any, tmp_path: Path
 ) -> None:
     table = audited_table(ddb_server, pg_url, create_table)
@@ -139,12 +148,32 @@ def test_sigterm_to_the_parent_and_ctrl_c_stop_every_child_cleanly_and_a_rerun_f
                 timeout=90,
             )
             children = second.children()
+            # The terminal's SIGINT reaches the children only through the parent: they are not in its group. (In
+            # it they got two, unless the two arrived before the first was handled; a second means stop at once.)
+            assert all(os.getpgid(child) != second.process.pid for child in children)
             os.killpg(second.process.pid, signal.SIGINT)
             assert second.wait() == 0, second.text()
         text = second.text()
         assert text.count("received SIGINT") == 3 and "KeyboardInterrupt" not in text, text
         assert gone(children)
         assert loaded_items(pg_url, table) < COUNT, "the second run finished before it could be stopped"
+        # The parent killed outright: each child gets SIGTERM (Linux's parent-death signal), stops cleanly and gives
+        # its segments back, rather than load on unsupervised.
+        before = loaded_items(pg_url, table)
+        with command(ddb_server, pg_url, table, tmp_path / "third.log", "-d", "-P", "3", *PACED) as third:
+            wait_for(
+                lambda: loaded_items(pg_url, table) > before + 200 and len(third.children()) == 3,
+                "the third run loading",
+                timeout=90,
+            )
+            children = third.children()
+            third.process.send_signal(signal.SIGKILL)
+            assert third.wait() == -signal.SIGKILL
+            wait_for(lambda: gone(children), "the children of a killed parent stopping", timeout=30)
+        text = third.text()
+        assert text.count("received SIGTERM") == 3, text
+        assert all(u.owner is None for u in segment_units(pg_url, table)), segment_units(pg_url, table)
+        assert loaded_items(pg_url, table) < COUNT, "the third run finished before it could be stopped"
     done = assert_exit(podyn(ddb_server, pg_url, "-d", "-t", table, "-P", "3", "--segments", "12", "-n", "2"))
     assert "resuming an interrupted load" in done.stderr or "continues after" in done.stderr, done.stderr
     assert_each_item_inserted_once(pg_url)
