@@ -516,7 +516,7 @@ def run_status(config: Config, pg_schema: str | None, *, as_json: bool = False) 
     from podyn_py import status
 
     assert config.postgres is not None
-    result = status.read_status(config.postgres, config.tables, pg_schema)
+    result = status.read_status(config.postgres, config.tables, pg_schema, lease_seconds=config.lease_seconds)
     click.echo(json.dumps(status.to_json(result), indent=2) if as_json else status.render(result))
     for name in result.unknown:
         _say(f"table {name} is not known to podyn in this database", table=name)

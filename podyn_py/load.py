@@ -104,9 +104,13 @@ class _TableLoad:
         """This worker thread's connection: opened on its first segment, kept for the next ones."""
         conn = getattr(self._connection, "conn", _NOT_OPENED)
         if conn is _NOT_OPENED:
-            conn = self.target.connect()
+            conn = self.connect()
             self.keep_connection(conn)
         return conn
+
+    def connect(self) -> Any:
+        """A new connection for a worker: a transaction of it left idle past the lease is ended by PostgreSQL."""
+        return self.target.connect(lease_seconds=self.options.leases.lease_seconds)
 
     def keep_connection(self, conn: Any) -> None:
         """Remember the thread's connection (a new one after a reconnect) so that close_connections closes it."""
@@ -321,7 +325,7 @@ def _claim_with_reconnect(load: _TableLoad) -> tuple[list[tuple[Lease, SegmentRe
     spec = load.schema.spec
     retrier = Retrier(POSTGRES_RECONNECT, stop=load.stop, deadline=load.options.reconnect_seconds)
     while True:
-        conn = load.connection() or load.target.connect()
+        conn = load.connection() or load.connect()
         load.keep_connection(conn)
         try:
             return load.target.claim_segments(spec, load.keeper.worker, 1, load.keeper.timing.lease_seconds, conn)
@@ -412,7 +416,7 @@ def _write_with_reconnect(
     while True:
         try:
             if conn is None:
-                conn = load.target.connect()
+                conn = load.connect()
             if not load.target.write_page(conn, schema, rows, rejected, segment, key, new_key, lease):
                 log.info(
                     "table %s segment %d: page already applied (by an earlier attempt or another process)",

@@ -5,10 +5,16 @@ a full podyn that claims segments and shards by lease (see ``units.py``), so one
 only supervises: it passes SIGTERM/SIGINT on to every child, waits for them all, and exits with the worst of their
 exit codes. A child killed outright (kill -9, the OOM killer) loses nothing: its leases expire and the others take
 its units over; the parent reports it and exits non-zero once the others are done.
+
+The children run in a process group of their own, so that a Ctrl-C at the terminal reaches them once, through the
+parent (in the terminal's group they got it twice, and a second SIGINT means "stop at once"); on Linux each also
+gets SIGTERM when the parent dies, so that a parent killed outright leaves no podyn running unsupervised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -58,7 +64,14 @@ def run_processes(count: int, argv: Sequence[str]) -> int:
     children: list[subprocess.Popen[bytes]] = []
     for index in range(count):
         env[PROCESS_INDEX_ENV] = str(index)
-        children.append(subprocess.Popen([sys.executable, "-m", "podyn_py", *arguments], env=dict(env)))
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "podyn_py", *arguments],
+                env=dict(env),
+                process_group=0,
+                preexec_fn=_stop_with_parent,
+            )
+        )
     log.info("started %d podyn processes (pids %s)", count, ", ".join(str(c.pid) for c in children))
     stopping: list[int] = []
 
@@ -80,13 +93,36 @@ def run_processes(count: int, argv: Sequence[str]) -> int:
                     continue
                 codes[child.pid] = code
                 if code != 0:
-                    how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-                    log.warning("podyn process %d %s; the others go on with its work units", child.pid, how)
+                    how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with {code}"
+                    log.warning(
+                        "podyn process %d of %d (pid %d) %s; the others go on with its work units",
+                        children.index(child) + 1,
+                        count,
+                        child.pid,
+                        how,
+                    )
             time.sleep(0.2)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return worst_exit_code(list(codes.values()))
+
+
+#: prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def worst_exit_code(codes: Sequence[int]) -> int:

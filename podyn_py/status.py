@@ -21,6 +21,7 @@ import psycopg
 
 from podyn_py.config import redact, redact_text
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.positions import UnitKind
 from podyn_py.target import postgres, state
 from podyn_py.target.state import (
     HEARTBEAT_STALE_SECONDS,
@@ -28,8 +29,10 @@ from podyn_py.target.state import (
     SegmentProgress,
     ShardProgress,
     TableState,
+    UnitProgress,
     require_current_metadata,
 )
+from podyn_py.units import LEASE_SECONDS
 
 #: Above this many segments, the human-readable output lists only the unfinished ones.
 _SEGMENTS_SHOWN = 32
@@ -87,6 +90,10 @@ class TableStatus:
     #: The export in S3 the table was loaded from (None: a Scan load), with the load's position in each file.
     export: ExportStatus | None = None
     export_files: tuple[ExportFileProgress, ...] = ()
+    #: Every unit of the table's work (segments, shards) with its owner and lease (podyn.units).
+    units: tuple[UnitProgress, ...] = ()
+    #: The processes serving the table (podyn.workers), live or not.
+    workers: tuple[WorkerStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,19 @@ class ExportStatus:
     #: The table's size the export was billed for.
     size_bytes: int | None
     format: str | None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A process serving a table: ``host:pid:tag`` (as lease owners are named), its role, its heartbeat."""
+
+    worker: str
+    role: str
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_seconds: float
+    #: It beat within the lease (``--lease-seconds`` given to --status, default 30 s): it can still hold units.
+    live: bool
 
 
 @dataclass(frozen=True)
@@ -127,13 +147,17 @@ def read_status(
     pg_schema: str | None = None,
     *,
     stale_after_seconds: float = HEARTBEAT_STALE_SECONDS,
+    lease_seconds: float = LEASE_SECONDS,
 ) -> Status:
-    """Every table podyn recorded (or those whose DynamoDB name is in ``tables``), optionally in one schema."""
+    """Every table podyn recorded (or those whose DynamoDB name is in ``tables``), optionally in one schema.
+
+    A worker counts as live while its heartbeat is younger than ``lease_seconds`` (the lease its processes run
+    with: they renew every third of it)."""
     with postgres.connect(conninfo) as conn:
         conn.read_only = True
         require_current_metadata(conn)
         statuses = tuple(
-            _table_status(conn, progress, stale_after_seconds)
+            _table_status(conn, progress, stale_after_seconds, lease_seconds)
             for progress in state.read_progress(conn, tables, pg_schema)
         )
     known = {t.source for t in statuses}
@@ -141,12 +165,24 @@ def read_status(
 
 
 def _table_status(
-    conn: psycopg.Connection[Any], progress: state.TableProgress, stale_after_seconds: float
+    conn: psycopg.Connection[Any], progress: state.TableProgress, stale_after_seconds: float, lease_seconds: float
 ) -> TableStatus:
     schema, table = progress.target_schema, progress.target_table
     segments = tuple(state.read_segment_progress(conn, schema, table))
     files = tuple(state.read_export_file_progress(conn, schema, table))
     shards = tuple(state.read_shard_progress(conn, schema, table, progress.stream_arn))
+    units = tuple(state.read_units(conn, schema, table))
+    workers = tuple(
+        WorkerStatus(
+            w.worker,
+            w.role,
+            w.started_at,
+            w.heartbeat_at,
+            w.heartbeat_age_seconds,
+            w.heartbeat_age_seconds < lease_seconds,
+        )
+        for w in state.read_workers(conn, schema, table)
+    )
     stored = progress.state
     shown: TableState | Activity = stored
     if not progress.target_present:
@@ -204,6 +240,8 @@ def _table_status(
         read_capacity_consumed=progress.read_capacity_consumed,
         export=export,
         export_files=files,
+        units=units,
+        workers=workers,
     )
 
 
@@ -253,13 +291,20 @@ def render(status: Status) -> str:
             lines.append(f"  last error: {t.last_error}")
         if t.missing_columns:
             lines.append(f"  columns dropped outside podyn: {', '.join(t.missing_columns)} (load it again: --reload)")
+        leases = {(u.kind, u.unit_id): u for u in t.units}
         shown = [s for s in t.segments if len(t.segments) <= _SEGMENTS_SHOWN or not s.done]
         if shown:
             lines += _indent(
                 _grid(
-                    ("SEGMENT", "DONE", "ITEMS", "UPDATED"),
+                    ("SEGMENT", "DONE", "ITEMS", "UPDATED", "OWNER", "LEASE"),
                     [
-                        (str(s.segment), "yes" if s.done else "no", f"{s.items_loaded:,}", _time(s.updated_at))
+                        (
+                            str(s.segment),
+                            "yes" if s.done else "no",
+                            f"{s.items_loaded:,}",
+                            _time(s.updated_at),
+                            *_lease(leases.get((UnitKind.SEGMENT, str(s.segment)))),
+                        )
                         for s in shown
                     ],
                 )
@@ -269,7 +314,7 @@ def render(status: Status) -> str:
         if t.shards:
             lines += _indent(
                 _grid(
-                    ("SHARD", "PARENT", "CHECKPOINT", "FINISHED", "RECORDS", "UPDATED"),
+                    ("SHARD", "PARENT", "CHECKPOINT", "FINISHED", "RECORDS", "UPDATED", "OWNER", "LEASE"),
                     [
                         (
                             s.shard_id,
@@ -278,8 +323,25 @@ def render(status: Status) -> str:
                             "yes" if s.finished else "no",
                             f"{s.records_applied:,}",
                             _time(s.updated_at),
+                            *_lease(leases.get((UnitKind.SHARD, s.shard_id))),
                         )
                         for s in t.shards
+                    ],
+                )
+            )
+        if t.workers:
+            lines += _indent(
+                _grid(
+                    ("WORKER", "ROLE", "STARTED", "HEARTBEAT", "LIVE"),
+                    [
+                        (
+                            w.worker,
+                            w.role,
+                            _time(w.started_at),
+                            f"{w.heartbeat_age_seconds:.1f} s ago",
+                            "yes" if w.live else "no",
+                        )
+                        for w in t.workers
                     ],
                 )
             )
@@ -342,6 +404,15 @@ def _overview(tables: Sequence[TableStatus]) -> list[str]:
             for t in tables
         ],
     )
+
+
+def _lease(unit: UnitProgress | None) -> tuple[str, str]:
+    """A unit's owner and lease for the grids: ``-`` when free; else who holds it and until when."""
+    if unit is None or unit.owner is None or unit.lease_seconds_left is None:
+        return "-", "-"
+    left = unit.lease_seconds_left
+    lease = f"expires in {left:.1f} s" if left >= 0 else f"expired {-left:.1f} s ago"
+    return f"{unit.owner} (#{unit.generation})", lease
 
 
 def _time(value: datetime | None) -> str:

@@ -71,10 +71,15 @@ SLOW_MODULES = frozenset(
         "test_metadata_truth.py",
         "test_ports.py",
         "test_probes_and_json_logs.py",
+        "test_processes.py",
         "test_properties.py",
+        "test_scan_rate_shared.py",
         "test_security.py",
         "test_ttl_deletes.py",
         "test_target_names_cli.py",
+        "test_status_units.py",
+        "test_units_load.py",
+        "test_upgrade_in_place.py",
         "test_verify_status.py",
     }
 )

@@ -10,16 +10,20 @@ has exited.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import psycopg
 from oracle import connect, table_differences
@@ -293,3 +297,150 @@ def recreate(ddb: Any, create_table: Any, table: str, **kwargs: Any) -> None:
         assert time.monotonic() < deadline, "the table was not deleted"
         time.sleep(0.05)
     create_table(name=table, **kwargs)
+
+
+# -- many processes sharing a table's work units (issue 12) -----------------------------------------------------
+
+
+def worker_prefix(pid: int) -> str:
+    """The start of the name podyn's process ``pid`` goes by as an owner of leases (``units.worker_id``:
+    host, pid and a random part)."""
+    return f"{socket.gethostname()}:{pid}:"
+
+
+def owner_pid(owner: str | None) -> int | None:
+    """The pid in a lease owner's name (None for a free lease)."""
+    return None if owner is None else int(owner.split(":")[-2])
+
+
+class Unit(NamedTuple):
+    """A row of ``podyn.units`` for one scan segment."""
+
+    segment: int
+    owner: str | None
+    generation: int | None
+    items: int
+    done: bool
+    lease_expires_at: Any
+    #: Seconds since the lease expired, by the database's clock (negative while it runs; None without an owner).
+    overdue: float | None
+
+
+def segment_units(url: str, table: str) -> list[Unit]:
+    """The scan segments of DynamoDB table ``table`` as ``podyn.units`` shows them, by segment number."""
+    try:
+        with connect(url) as conn:
+            rows = conn.execute(
+                """SELECT u.unit_id::int, u.owner, u.generation, u.items, u.done, u.lease_expires_at,
+                          CASE WHEN u.owner IS NOT NULL
+                               THEN extract(epoch FROM clock_timestamp() - u.lease_expires_at)::float8 END
+                   FROM podyn.units u JOIN podyn.tables t USING (target_schema, target_table)
+                   WHERE t.source_table = %s AND u.kind = 'scan segment' ORDER BY 1""",
+                (table,),
+            ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []
+    return [Unit(*row) for row in rows]
+
+
+class UnitWatcher:
+    """Watches a table's segments in ``podyn.units`` (every ``interval`` s, in a thread) and credits each
+    lease owner with the items its segments gained while it held them: which processes committed pages.
+
+    Items gained between two looks at a segment whose lease generation did not change were committed by that
+    generation's owner (a release keeps the generation, a claim bumps it); across a claim they are not credited.
+    """
+
+    def __init__(self, url: str, table: str, interval: float = 0.1) -> None:
+        self.url, self.table, self.interval = url, table, interval
+        self.committed: collections.Counter[str] = collections.Counter()
+        #: Every (segment, generation) → owner seen.
+        self.owners: dict[tuple[int, int], str] = {}
+        self.last: dict[int, Unit] = {}
+        #: The longest a lease was seen expired while its owner still held it (seconds).
+        self.overdue = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="unit-watcher", daemon=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> UnitWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.look()  # the last commits
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.look()
+
+    def look(self) -> list[Unit]:
+        now = segment_units(self.url, self.table)
+        with self._lock:
+            for unit in now:
+                if unit.overdue is not None:
+                    self.overdue = max(self.overdue, unit.overdue)
+                if unit.owner is not None and unit.generation is not None:
+                    self.owners[(unit.segment, unit.generation)] = unit.owner
+                before = self.last.get(unit.segment)
+                gained = unit.items - (before.items if before else 0)
+                if gained and before is not None and before.generation == unit.generation:
+                    owner = self.owners.get((unit.segment, unit.generation or 0))
+                    if owner is not None:
+                        self.committed[owner] += gained
+                self.last[unit.segment] = unit
+        return now
+
+    def committers(self) -> set[int]:
+        """The pids of the processes credited with committed items."""
+        with self._lock:
+            return {pid for owner, n in self.committed.items() if n and (pid := owner_pid(owner)) is not None}
+
+    def held_by_any(self) -> list[Unit]:
+        """The unfinished segments leased (live or expired) at the last look."""
+        with self._lock:
+            return [u for u in self.last.values() if not u.done and u.owner is not None]
+
+    def held_by(self, pid: int) -> list[Unit]:
+        """The unfinished segments whose lease (live or expired) process ``pid`` held at the last look."""
+        with self._lock:
+            return [u for u in self.last.values() if not u.done and owner_pid(u.owner) == pid]
+
+
+def loaded_items(url: str, table: str) -> int:
+    """The items committed so far by the load of DynamoDB table ``table`` (its segments' counts)."""
+    return sum(unit.items for unit in segment_units(url, table))
+
+
+def backends_in_transaction(url: str, pid: int) -> list[str]:
+    """The states of the PostgreSQL backends that process ``pid``'s TCP connections are served by, except the
+    idle ones: a process stopped while one is listed is stopped in the middle of a transaction."""
+    ports = _local_tcp_ports(pid)
+    with connect(url) as conn:
+        rows = conn.execute(
+            """SELECT state || coalesce(' ' || wait_event, '') FROM pg_stat_activity
+               WHERE client_port = ANY(%s) AND state IS DISTINCT FROM 'idle'""",
+            (sorted(ports),),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _local_tcp_ports(pid: int) -> set[int]:
+    """The local ports of process ``pid``'s TCP sockets, from /proc (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

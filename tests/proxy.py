@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
@@ -61,6 +62,9 @@ class ThrottlingProxy:
         self.proxy_authorization: dict[str, set[str]] = collections.defaultdict(set)
         #: Per operation, the JSON body of every request received (what was asked: TableName, Limit, Segment...).
         self.requests: dict[str, list[dict[str, object]]] = collections.defaultdict(list)
+        #: Per operation, (time.monotonic() of the answer, CapacityUnits) of each answer that told its consumed
+        #: capacity (ReturnConsumedCapacity): what the clients behind this proxy consumed, and when.
+        self._consumed: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -99,6 +103,21 @@ class ThrottlingProxy:
         with self._lock:
             return dict(self._counts)
 
+    def consumed(self, operation: str) -> list[tuple[float, float]]:
+        """(time of the answer, capacity units) of every answer to ``operation`` that told its consumed capacity."""
+        with self._lock:
+            return list(self._consumed[operation])
+
+    def _record_consumed(self, operation: str, body: bytes) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return
+        consumed = answer.get("ConsumedCapacity") if isinstance(answer, dict) else None
+        if isinstance(consumed, dict) and "CapacityUnits" in consumed:
+            with self._lock:
+                self._consumed[operation].append((time.monotonic(), float(consumed["CapacityUnits"])))
+
     def pending_faults(self, operation: str) -> int:
         with self._lock:
             return len(self._faults[operation])
@@ -108,6 +127,7 @@ class ThrottlingProxy:
             self._counts.clear()
             self._faults.clear()
             self.requests.clear()
+            self._consumed.clear()
 
     def _take(self, operation: str) -> tuple[int, bytes] | None:
         with self._lock:
@@ -163,7 +183,10 @@ class ThrottlingProxy:
                     upstream.putheader("Content-Length", str(len(body)))
                     upstream.endheaders(body)
                     response = upstream.getresponse()
-                    self._reply(response.status, response.getheaders(), response.read())
+                    answer = response.read()
+                    if response.status == 200:
+                        proxy._record_consumed(operation, answer)
+                    self._reply(response.status, response.getheaders(), answer)
                 except OSError as exc:
                     self._reply(502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode())
                 finally:

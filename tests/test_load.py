@@ -469,8 +469,8 @@ def test_a_worker_keeps_its_connection_from_one_segment_to_the_next(ddb: Any, pg
     class CountingTarget(PostgresTarget):
         opened: list[Any] = []
 
-        def connect(self, *, autocommit: bool = False) -> Any:
-            conn = super().connect(autocommit=autocommit)
+        def connect(self, *, autocommit: bool = False, lease_seconds: float | None = None) -> Any:
+            conn = super().connect(autocommit=autocommit, lease_seconds=lease_seconds)
             self.opened.append(conn)
             return conn
 

@@ -181,7 +181,7 @@ class DryRunTarget:
             self.out.write(f"-- {spec.source}: {rows} rows would be copied into {spec.schema}.{spec.table}\n")
         return rows
 
-    def connect(self) -> None:
+    def connect(self, *, lease_seconds: float | None = None) -> None:
         return None
 
     def write_page(

@@ -89,6 +89,9 @@ def classify(exc: BaseException, what: str, *, table: str | None = None) -> Pody
         psycopg.errors.DeadlockDetected,
         psycopg.errors.LockNotAvailable,
         psycopg.errors.QueryCanceled,
+        # A transaction left idle past its lease, ended by PostgreSQL (see PostgresTarget.connect): retried on a
+        # new connection, where the lease check decides.
+        psycopg.errors.IdleInTransactionSessionTimeout,
     )
     if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
         return TargetError(message, table=table)
@@ -100,6 +103,10 @@ def classify(exc: BaseException, what: str, *, table: str | None = None) -> Pody
 # Advisory lock namespaces: hashed together with the table's name into one bigint key per (namespace, table).
 DDL_LOCK = "podyn.ddl"  # held for a transaction while changing a table's schema or starting its load
 REPLICATION_LOCK = "podyn.replication"  # held for a session while a process loads or replicates the table
+#: Held for a transaction by a page that finishes a segment, and by finish_load: of two processes finishing the
+#: last two segments, the second sees the first's commit and marks the table loaded. Not podyn.tables' row lock,
+#: which every process's heartbeat must take too: a slow (or paused) last page held up every heartbeat behind it.
+LOAD_FINISH_LOCK = "podyn.load-finish"
 
 
 def table_lock_key(namespace: str, schema: str, table: str) -> int:
@@ -243,8 +250,24 @@ class PostgresTarget:
         self._serving: dict[str, set[tuple[str, str, str]]] = {}
         self._presence_lock = threading.Lock()
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        return connect(self.conninfo, autocommit=autocommit)
+    def connect(self, *, autocommit: bool = False, lease_seconds: float | None = None) -> psycopg.Connection[Any]:
+        """A new connection. With ``lease_seconds`` (a worker that commits under leases), PostgreSQL ends any
+        transaction of it left idle for longer than the lease: a process paused in the middle of a commit (SIGSTOP,
+        a frozen VM) would otherwise keep its unit's lease row locked, and no other process could take the unit
+        over until it woke up. When it wakes, its commit fails, and the retry finds the lease gone."""
+        conn = connect(self.conninfo, autocommit=autocommit)
+        if lease_seconds is not None:
+            try:
+                conn.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                    (f"{max(1, round(lease_seconds * 1000))}ms",),
+                )
+                if not autocommit:
+                    conn.commit()
+            except psycopg.Error as exc:
+                conn.close()
+                raise classify(exc, "cannot connect to PostgreSQL") from exc
+        return conn
 
     @contextmanager
     def hold(self, spec: TableSpec) -> Iterator[TableHold]:
@@ -663,7 +686,7 @@ class PostgresTarget:
         segment already did (a load interrupted between the two by an older podyn)."""
 
         def finish(conn: psycopg.Connection[Any]) -> tuple[int, state.StateChange | None]:
-            state.lock_table_row(conn, spec)
+            _lock_load_finish(conn, spec)
             record = state.read_table(conn, spec.schema, spec.table)
             if record is not None and record.load_finished_at is not None:
                 return record.items_loaded, None
@@ -750,6 +773,7 @@ class PostgresTarget:
 
         def beat(conn: psycopg.Connection[Any]) -> list[str]:
             state.beat_worker(conn, spec, role, worker)
+            state.forget_dead_workers(conn, spec)
             return state.live_workers(conn, spec, role, within_seconds)
 
         self._ensure_presence(worker, spec)
@@ -915,7 +939,7 @@ class PostgresTarget:
                         table=spec.source,
                     )
                 if new_key is None:
-                    state.lock_table_row(conn, spec)  # see state.lock_table_row: one of the last two decides
+                    _lock_load_finish(conn, spec)  # of the last two segments' commits, the second decides
                 if not state.advance_segment(conn, schema.spec, segment, expected_key, new_key, len(rows)):
                     raise _AlreadyApplied
                 if new_key is None and state.segments_left(conn, spec) == 0:
@@ -966,7 +990,7 @@ class PostgresTarget:
                         table=spec.source,
                     )
                 if done:
-                    state.lock_table_row(conn, spec)
+                    _lock_load_finish(conn, spec)
                 if not state.advance_export_file(conn, schema.spec, file_key, expected_line, new_line, len(rows), done):
                     raise _AlreadyApplied
                 if done and state.export_files_left(conn, spec) == 0:
@@ -987,6 +1011,14 @@ class PostgresTarget:
             raise classify(exc, "writing a batch", table=schema.spec.source) from exc
         show_state(change)
         return True
+
+
+def _lock_load_finish(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Serialise, until the transaction ends, the decisions that depend on all of a table's segments (see
+    LOAD_FINISH_LOCK)."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s::bigint)", (table_lock_key(LOAD_FINISH_LOCK, spec.schema, spec.table),)
+    )
 
 
 def _load_under_way(

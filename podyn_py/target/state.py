@@ -1068,12 +1068,16 @@ def release_leases(conn: psycopg.Connection[Any], spec: TableSpec, leases: Seque
 
 def holds_lease(conn: psycopg.Connection[Any], spec: TableSpec, lease: Lease) -> bool:
     """Whether ``lease`` is still its owner's, in this generation; locks the lease row until the caller's
-    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit)."""
+    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit).
+
+    The lock is FOR KEY SHARE: it keeps out a claim (FOR UPDATE) but not a renewal, which changes no key. Under
+    FOR SHARE, one slow commit held up the renewal of every lease of its process (one UPDATE renews them all),
+    and the process lost its other units to a takeover while that commit ran."""
     row = conn.execute(
         """SELECT 1 FROM podyn.leases
            WHERE target_schema = %s AND target_table = %s AND kind = %s AND unit_id = %s
              AND owner = %s AND generation = %s
-           FOR SHARE""",
+           FOR KEY SHARE""",
         (spec.schema, spec.table, lease.kind, lease.unit_id, lease.owner, lease.generation),
     ).fetchone()
     return row is not None
@@ -1103,6 +1107,20 @@ def leave_worker(conn: psycopg.Connection[Any], spec: TableSpec, role: str, work
     )
 
 
+#: A worker whose heartbeat is this old is gone (the longest lease, --lease-seconds 3600, beats every 20 minutes):
+#: its row is removed, so that processes killed outright do not pile up in podyn.workers.
+DEAD_WORKER_SECONDS = 2 * 3600.0
+
+
+def forget_dead_workers(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    """Remove the table's workers (any role) that have not beaten for DEAD_WORKER_SECONDS."""
+    conn.execute(
+        """DELETE FROM podyn.workers WHERE target_schema = %s AND target_table = %s
+             AND heartbeat_at < now() - %s * interval '1 second'""",
+        (spec.schema, spec.table, DEAD_WORKER_SECONDS),
+    )
+
+
 def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, within_seconds: float) -> list[str]:
     """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds``, oldest first."""
     rows = conn.execute(
@@ -1123,15 +1141,6 @@ def held_units(conn: psycopg.Connection[Any], spec: TableSpec, kind: str) -> dic
         (spec.schema, spec.table, kind),
     ).fetchall()
     return {str(r[0]): (str(r[1]), bool(r[2])) for r in rows}
-
-
-def lock_table_row(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
-    """Serialise, until the caller's transaction ends, the decisions about the table's state that depend on all
-    its units (the last segment done makes it loaded: two processes finishing the last two must not both miss it)."""
-    conn.execute(
-        "SELECT 1 FROM podyn.tables WHERE target_schema = %s AND target_table = %s FOR UPDATE",
-        (spec.schema, spec.table),
-    )
 
 
 def export_files_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
@@ -1313,3 +1322,77 @@ def recorded_targets(conn: psycopg.Connection[Any]) -> list[StoredTarget]:
            ORDER BY 2, 3"""
     ).fetchall()
     return [StoredTarget(source, schema, table, live) for source, schema, table, live in rows]
+
+
+@dataclass(frozen=True)
+class UnitProgress:
+    """A row of ``podyn.units`` as ``--status`` shows it: one unit of a table's work and its lease."""
+
+    kind: str
+    unit_id: str
+    parents: tuple[str, ...]
+    #: The committed position as text (a segment's LastEvaluatedKey as JSON, a shard's sequence number).
+    position: str | None
+    done: bool
+    items: int
+    #: The process holding the lease (``host:pid:tag``), or None when the unit is free.
+    owner: str | None
+    generation: int | None
+    lease_expires_at: datetime | None
+    #: Seconds until the lease expires, by the database's clock (negative: expired that long ago); None if free.
+    lease_seconds_left: float | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """A row of ``podyn.workers``: a process serving a table in a role (``load``, ``changes``)."""
+
+    worker: str
+    role: str
+    started_at: datetime
+    heartbeat_at: datetime
+    #: Seconds since the heartbeat, by the database's clock.
+    heartbeat_age_seconds: float
+
+
+def read_units(conn: psycopg.Connection[Any], schema: str, table: str) -> list[UnitProgress]:
+    """The table's units with their leases, by kind and then in their natural order (segment 2 before 10)."""
+    rows = conn.execute(
+        """SELECT kind, unit_id, parents, position, done, items, owner, generation, lease_expires_at,
+                  CASE WHEN owner IS NOT NULL
+                       THEN extract(epoch FROM lease_expires_at - statement_timestamp())::float8 END,
+                  updated_at
+           FROM podyn.units WHERE target_schema = %s AND target_table = %s
+           ORDER BY kind, length(unit_id), unit_id""",
+        (schema, table),
+    ).fetchall()
+    return [
+        UnitProgress(
+            str(kind),
+            str(unit),
+            tuple(parents or ()),
+            position,
+            bool(done),
+            int(items or 0),
+            owner,
+            generation,
+            expires,
+            left,
+            updated,
+        )
+        for kind, unit, parents, position, done, items, owner, generation, expires, left, updated in rows
+    ]
+
+
+def read_workers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[WorkerProgress]:
+    """The processes recorded as serving the table, oldest first (a process killed outright stays until its
+    heartbeat is old enough for :func:`forget_dead_workers`)."""
+    rows = conn.execute(
+        """SELECT worker, role, started_at, heartbeat_at,
+                  extract(epoch FROM statement_timestamp() - heartbeat_at)::float8
+           FROM podyn.workers WHERE target_schema = %s AND target_table = %s
+           ORDER BY started_at, worker, role""",
+        (schema, table),
+    ).fetchall()
+    return [WorkerProgress(*row) for row in rows]
