@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from podyn_py.changes import TableReplicator
+from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.schema import ConversionMode, TableSpec
@@ -183,7 +183,15 @@ def _follow_table(
                     standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
                 TableReplicator(
-                    description, schema, target, client, streams_client, stop, hold=hold, table_client=table_client
+                    description,
+                    schema,
+                    target,
+                    client,
+                    streams_client,
+                    stop,
+                    ChangeOptions(leases=LeaseTiming(config.lease_seconds)),
+                    hold=hold,
+                    table_client=table_client,
                 ).run()
             return
         except Interrupted:
