@@ -325,3 +325,33 @@ def test_a_child_shard_is_read_only_after_its_parent_is_finished(
     assert {c.shard_id for c in script.iterator_calls if c.parent_id == parent} == set(children)
     for process in processes:
         assert process.stop() == 0
+
+
+def test_a_killed_process_s_shards_are_taken_over_before_its_lease_expires(
+    scripted: Scripted, stream_server: ScriptedStreamServer, pg_url: str, services: Any
+) -> None:
+    """With 30 s leases, a process killed with SIGKILL leaves its presence lock with its connections: the other
+    process takes all four shards well before the leases expire, instead of keeping to a share that still counts
+    the dead one (the stream is scripted at the HTTP boundary: DynamoDB Local keeps one shard)."""
+    table, script = scripted()
+    writer = Writer(script, roots(script, 4, 2))
+    first = start(services, pg_url, table, stream_server, "--lease-seconds", "30")
+    second = start(services, pg_url, table, stream_server, "--lease-seconds", "30")
+    wait_for(lambda: shares(pg_url) == [2, 2], lambda: f"two shares of 2 (now {shares(pg_url)})",
+             timeout=TIMEOUT, service=second)  # fmt: skip
+    with connect(pg_url) as conn:
+        expiry = conn.execute(
+            "SELECT min(expires_at) FROM podyn.leases WHERE kind = 'stream shard' AND owner LIKE %s",
+            (f"%:{first.process.pid}:%",),
+        ).fetchone()
+    assert expiry is not None and expiry[0] is not None
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    writer.round()
+    wait_for(lambda: shares(pg_url) == [4], lambda: f"the other process on all 4 shards (now {shares(pg_url)})",
+             timeout=30, service=second)  # fmt: skip
+    with connect(pg_url) as conn:
+        now = conn.execute("SELECT now()").fetchone()
+    assert now is not None and now[0] < expiry[0]
+    wait_applied(pg_url, script, [second])
+    assert target_rows(pg_url, table) == script.final_state()
+    assert second.stop() == 0

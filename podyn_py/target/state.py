@@ -826,12 +826,18 @@ def claim_units(
     return sorted((Lease(kind, str(r[0]), owner, int(r[1])) for r in rows), key=lambda lease: order[lease.unit_id])
 
 
-#: The owner of lease row ``leases`` still holds its presence lock (its process runs, connected to PostgreSQL).
-_PRESENT = """SELECT FROM pg_locks k
+def _present(worker: str) -> str:
+    """SQL: the worker named by the column ``worker`` still holds its presence lock (its process runs, connected
+    to PostgreSQL)."""
+    return f"""SELECT FROM pg_locks k
                WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
-                 AND k.classid = ((hashtextextended(leases.owner, 0) >> 32) & 4294967295)::oid
-                 AND k.objid = (hashtextextended(leases.owner, 0) & 4294967295)::oid
+                 AND k.classid = ((hashtextextended({worker}, 0) >> 32) & 4294967295)::oid
+                 AND k.objid = (hashtextextended({worker}, 0) & 4294967295)::oid
                  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+#: The owner of lease row ``leases`` still holds its presence lock.
+_PRESENT = _present("leases.owner")
 
 
 def take_presence_lock(conn: psycopg.Connection[Any], worker: str) -> bool:
@@ -927,11 +933,13 @@ def leave_worker(conn: psycopg.Connection[Any], spec: TableSpec, role: str, work
 
 
 def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, within_seconds: float) -> list[str]:
-    """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds``, oldest first."""
+    """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds`` and who still hold
+    their presence lock, oldest first. A killed worker's row stays until its heartbeat is stale, but its presence
+    lock went with its connections: it no longer counts at once (its share of units, of ``--scan-rate``)."""
     rows = conn.execute(
-        """SELECT worker FROM podyn.workers
+        f"""SELECT worker FROM podyn.workers
            WHERE target_schema = %s AND target_table = %s AND role = %s
-             AND heartbeat_at > now() - %s * interval '1 second'
+             AND heartbeat_at > now() - %s * interval '1 second' AND EXISTS ({_present("workers.worker")})
            ORDER BY started_at, worker""",
         (spec.schema, spec.table, role, within_seconds),
     ).fetchall()
