@@ -355,3 +355,59 @@ def test_a_killed_process_s_shards_are_taken_over_before_its_lease_expires(
     wait_applied(pg_url, script, [second])
     assert target_rows(pg_url, table) == script.final_state()
     assert second.stop() == 0
+
+
+def test_a_process_paused_inside_its_commit_holds_up_neither_the_table_nor_its_shards(
+    scripted: Scripted, stream_server: ScriptedStreamServer, pg_url: str, services: Any
+) -> None:
+    """A process stopped with SIGSTOP inside a batch's transaction, after it updated the table's row in podyn.tables
+    (a trigger sleeps there on the batch with the 'freeze' key, and the process is stopped meanwhile), leaves its
+    session idle in that transaction, holding that row and its shard's lease row locked. PostgreSQL ends the
+    session once the lease is over, so the other process goes on applying its own shard and takes the paused one's
+    over; when the paused one continues, its commit fails and nothing is applied twice (the stream is scripted at
+    the HTTP boundary: DynamoDB Local keeps one shard)."""
+    table, script = scripted()
+    writer = Writer(script, roots(script, 2, 2))
+    first = start(services, pg_url, table, stream_server, "--lease-seconds", LEASE)
+    second = start(services, pg_url, table, stream_server, "--lease-seconds", LEASE)
+    writer.round()
+    wait_for(lambda: shares(pg_url) == [1, 1], lambda: f"one shard each (now {shares(pg_url)})",
+             timeout=TIMEOUT, service=second)  # fmt: skip
+    wait_applied(pg_url, script, [first, second])
+    with connect(pg_url) as conn:  # sleeps in the transaction that writes the 'freeze' row
+        conn.execute(
+            f"""CREATE FUNCTION hold_up() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                  IF EXISTS (SELECT FROM "{table}" WHERE pk = 'freeze'
+                             AND xmin::text::bigint = txid_current() % 4294967296) THEN
+                    PERFORM pg_sleep(2);
+                  END IF;
+                  RETURN NEW;
+                END $$;
+                CREATE TRIGGER hold_up BEFORE UPDATE ON podyn.tables FOR EACH ROW EXECUTE FUNCTION hold_up();"""
+        )
+    shard, owner = sorted(owners(pg_url).items())[0]
+    paused, other = (first, second) if owner_pid(owner) == first.process.pid else (second, first)
+    script.put(shard, "freeze", 1)
+
+    def sleeping() -> bool:
+        with connect(pg_url) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone()
+        return bool(row and row[0])
+
+    wait_for(sleeping, "the batch with the 'freeze' key in its trigger", timeout=TIMEOUT, service=paused)
+    paused.process.send_signal(signal.SIGSTOP)
+    writer.round()  # records for both shards: the other process's own must apply while this one is stopped
+    (own,) = [s for s in writer.keys if s != shard]
+    applied = script.last_sequence(own)
+    wait_for(lambda: checkpoints(pg_url).get(own, (None,))[0] == applied,
+             "the other process applying its own shard", timeout=30, service=other)  # fmt: skip
+    taken = f":{other.process.pid}:"
+    wait_for(lambda: taken in owners(pg_url).get(shard, ""), lambda: f"the other process on {shard} ({owners(pg_url)})",
+             timeout=30, service=other)  # fmt: skip
+    paused.process.send_signal(signal.SIGCONT)
+    for _ in range(5):
+        writer.round()
+        time.sleep(0.2)
+    wait_applied(pg_url, script, [paused, other])
+    assert_exactly_once(pg_url, table, script, splits=False)
+    assert paused.stop() == 0 and other.stop() == 0

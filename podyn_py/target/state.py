@@ -897,9 +897,20 @@ def release_leases(conn: psycopg.Connection[Any], spec: TableSpec, leases: Seque
 
 def holds_lease(conn: psycopg.Connection[Any], spec: TableSpec, lease: Lease) -> bool:
     """Whether ``lease`` is still its owner's, in this generation; locks the lease row until the caller's
-    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit)."""
+    transaction ends, so no claim can take it over before this transaction's commit (the fence of a commit).
+
+    The locks must not outlive the lease: a process paused (SIGSTOP, a frozen VM) inside the transaction would
+    keep its unit from every other process (claims skip locked rows), and once its batch updated the table's row
+    in podyn.tables, every other process's batches too, for as long as it is paused. So the transaction may not
+    stay idle past the lease's expiry (at least 1 s): PostgreSQL ends the session, the unit can be claimed, and
+    the paused process's commit fails when it wakes. PostgreSQL arms that timer when it answers a Sync, and a
+    pipelined ``executemany`` ends with a Flush that disarms it: a pause during the upserts or deletes of a batch
+    keeps that process's units (only those) until it continues or its connection drops. Nothing is applied twice
+    either way."""
     row = conn.execute(
-        """SELECT 1 FROM podyn.leases
+        """SELECT set_config('idle_in_transaction_session_timeout',
+                             (1000 * greatest(extract(epoch FROM expires_at - now()), 1))::bigint::text, true)
+           FROM podyn.leases
            WHERE target_schema = %s AND target_table = %s AND kind = %s AND unit_id = %s
              AND owner = %s AND generation = %s
            FOR SHARE""",
