@@ -80,6 +80,7 @@ SLOW_MODULES = frozenset(
         "test_status_units.py",
         "test_units_load.py",
         "test_upgrade_in_place.py",
+        "test_shard_processes.py",
         "test_verify_status.py",
     }
 )

@@ -49,6 +49,28 @@ def operation_of(target: str | None) -> str:
     return (target or "").rpartition(".")[2]
 
 
+def forward(
+    upstream: tuple[str, int], request: BaseHTTPRequestHandler, body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send ``request`` (its method, path, headers and ``body``) on to ``upstream``; its status, headers and body,
+    or a 502 when it cannot be reached."""
+    connection = http.client.HTTPConnection(*upstream, timeout=60)
+    try:
+        # Host is part of the SigV4 signature, so it is forwarded as the client sent it.
+        connection.putrequest(request.command, request.path, skip_host=True, skip_accept_encoding=True)
+        for name, value in request.headers.items():
+            if name.lower() not in HOP_BY_HOP:
+                connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    except OSError as exc:
+        return 502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode()
+    finally:
+        connection.close()
+
+
 class ThrottlingProxy:
     def __init__(self, upstream_url: str) -> None:
         upstream = urlsplit(upstream_url)
@@ -173,24 +195,10 @@ class ThrottlingProxy:
                     status, fault_body = fault
                     self._reply(status, [("Content-Type", JSON_CONTENT_TYPE)], fault_body)
                     return
-                upstream = http.client.HTTPConnection(*proxy._upstream, timeout=60)
-                try:
-                    # Host is part of the SigV4 signature, so it is forwarded as the client sent it.
-                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                    for name, value in self.headers.items():
-                        if name.lower() not in HOP_BY_HOP:
-                            upstream.putheader(name, value)
-                    upstream.putheader("Content-Length", str(len(body)))
-                    upstream.endheaders(body)
-                    response = upstream.getresponse()
-                    answer = response.read()
-                    if response.status == 200:
-                        proxy._record_consumed(operation, answer)
-                    self._reply(response.status, response.getheaders(), answer)
-                except OSError as exc:
-                    self._reply(502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode())
-                finally:
-                    upstream.close()
+                status, headers, answer = forward(proxy._upstream, self, body)
+                if status == 200:
+                    proxy._record_consumed(operation, answer)
+                self._reply(status, headers, answer)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="throttling-proxy", daemon=True)

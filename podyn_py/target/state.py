@@ -1003,12 +1003,18 @@ def claim_units(
     return sorted((Lease(kind, str(r[0]), owner, int(r[1])) for r in rows), key=lambda lease: order[lease.unit_id])
 
 
-#: The owner of lease row ``leases`` still holds its presence lock (its process runs, connected to PostgreSQL).
-_PRESENT = """SELECT FROM pg_locks k
+def _present(worker: str) -> str:
+    """SQL: the worker named by the column ``worker`` still holds its presence lock (its process runs, connected
+    to PostgreSQL)."""
+    return f"""SELECT FROM pg_locks k
                WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
-                 AND k.classid = ((hashtextextended(leases.owner, 0) >> 32) & 4294967295)::oid
-                 AND k.objid = (hashtextextended(leases.owner, 0) & 4294967295)::oid
+                 AND k.classid = ((hashtextextended({worker}, 0) >> 32) & 4294967295)::oid
+                 AND k.objid = (hashtextextended({worker}, 0) & 4294967295)::oid
                  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+#: The owner of lease row ``leases`` still holds its presence lock.
+_PRESENT = _present("leases.owner")
 
 
 def take_presence_lock(conn: psycopg.Connection[Any], worker: str) -> bool:
@@ -1072,9 +1078,20 @@ def holds_lease(conn: psycopg.Connection[Any], spec: TableSpec, lease: Lease) ->
 
     The lock is FOR KEY SHARE: it keeps out a claim (FOR UPDATE) but not a renewal, which changes no key. Under
     FOR SHARE, one slow commit held up the renewal of every lease of its process (one UPDATE renews them all),
-    and the process lost its other units to a takeover while that commit ran."""
+    and the process lost its other units to a takeover while that commit ran.
+
+    The locks must not outlive the lease: a process paused (SIGSTOP, a frozen VM) inside the transaction would
+    keep its unit from every other process (claims skip locked rows), and once its batch updated the table's row
+    in podyn.tables, every other process's batches too, for as long as it is paused. So the transaction may not
+    stay idle past the lease's expiry (at least 1 s): PostgreSQL ends the session, the unit can be claimed, and
+    the paused process's commit fails when it wakes. PostgreSQL arms that timer when it answers a Sync, and a
+    pipelined ``executemany`` ends with a Flush that disarms it: a pause during the upserts or deletes of a batch
+    keeps that process's units (only those) until it continues or its connection drops. Nothing is applied twice
+    either way."""
     row = conn.execute(
-        """SELECT 1 FROM podyn.leases
+        """SELECT set_config('idle_in_transaction_session_timeout',
+                             (1000 * greatest(extract(epoch FROM expires_at - now()), 1))::bigint::text, true)
+           FROM podyn.leases
            WHERE target_schema = %s AND target_table = %s AND kind = %s AND unit_id = %s
              AND owner = %s AND generation = %s
            FOR KEY SHARE""",
@@ -1122,11 +1139,13 @@ def forget_dead_workers(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
 
 
 def live_workers(conn: psycopg.Connection[Any], spec: TableSpec, role: str, within_seconds: float) -> list[str]:
-    """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds``, oldest first."""
+    """The workers of the table in ``role`` whose heartbeat is younger than ``within_seconds`` and who still hold
+    their presence lock, oldest first. A killed worker's row stays until its heartbeat is stale, but its presence
+    lock went with its connections: it no longer counts at once (its share of units, of ``--scan-rate``)."""
     rows = conn.execute(
-        """SELECT worker FROM podyn.workers
+        f"""SELECT worker FROM podyn.workers
            WHERE target_schema = %s AND target_table = %s AND role = %s
-             AND heartbeat_at > now() - %s * interval '1 second'
+             AND heartbeat_at > now() - %s * interval '1 second' AND EXISTS ({_present("workers.worker")})
            ORDER BY started_at, worker""",
         (spec.schema, spec.table, role, within_seconds),
     ).fetchall()
