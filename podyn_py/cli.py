@@ -136,6 +136,23 @@ differences.
     help="A lease on a segment or shard lasts this long unless renewed (every third of it); then another process"
     " takes the unit over.",
 )
+@click.option(
+    "--capture/--no-capture",
+    default=True,
+    show_default=True,
+    help="Read each table's stream from the start of its load, keeping each key's last change in the podyn"
+    " schema (the spool) until the load is done, so a load may last longer than the stream keeps records (24 h);"
+    " --no-capture replays the stream after the load instead.",
+)
+@click.option(
+    "--idle-poll-max",
+    type=click.FloatRange(0.25, 3600.0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest pause between GetRecords calls on an idle stream shard: a change after a quiet spell waits up to"
+    " this long; every call is billed.",
+)
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
@@ -210,6 +227,8 @@ def main(
     reload: bool,
     processes: int,
     lease_seconds: float,
+    capture: bool,
+    idle_poll_max: float,
     pg_schema: str,
     endpoint_url: str | None,
     region: str | None,
@@ -266,6 +285,8 @@ def main(
             pg_schema=pg_schema,
             reload=reload,
             lease_seconds=lease_seconds,
+            capture=capture,
+            idle_poll_max=idle_poll_max,
             run_started=_run_started(),
             progress=sys.stderr.isatty() if progress is None else progress,
             aws=AwsSettings(

@@ -149,6 +149,10 @@ class Config:
     lease_seconds: float = 30.0
     #: When this run (this command: all its processes) started, by the database's clock when known.
     run_started: datetime | None = None
+    #: Capture each table's stream into its spool from the start of its load (--no-capture: replay after it).
+    capture: bool = True
+    #: Longest wait between two GetRecords calls on an idle shard (--idle-poll-max); every call is billed.
+    idle_poll_max: float = 5.0
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,6 +38,27 @@ LAG_SECONDS = Gauge(
 ACTIVE_SHARDS = Gauge("podyn_active_shards", "Stream shards being read", ["table"], registry=REGISTRY)
 TABLE_STATE = Gauge(
     "podyn_table_state", "1 for the table's current state, 0 for the others", ["table", "state"], registry=REGISTRY
+)
+
+CHANGES_CAPTURED = Counter(
+    "podyn_changes_captured",
+    "Stream records captured into the spool while the table loads",
+    ["table"],
+    registry=REGISTRY,
+)
+CAPTURED_UNTIL = Gauge(
+    "podyn_captured_until_timestamp_seconds",
+    "Creation time (Unix seconds) of the newest stream record captured into the spool",
+    ["table"],
+    registry=REGISTRY,
+)
+SPOOL_ROWS = Gauge("podyn_spool_rows", "Keys whose last change waits in the spool", ["table"], registry=REGISTRY)
+FIRST_CHANGE_DELAY = Histogram(
+    "podyn_first_change_after_idle_seconds",
+    "From the creation of the first stream record after an idle stream to its commit in PostgreSQL",
+    ["table"],
+    buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0),
+    registry=REGISTRY,
 )
 
 

@@ -1,25 +1,33 @@
 """One run of podyn over a set of tables: schema, then data, (then changes), table by table.
 
+Each table's stream is captured from the moment its load begins, in a thread beside the load (see ``spool.py``):
+with ``--changes`` that thread goes on to apply the table's spool and replicate it as soon as its load is done,
+while the next tables load; with ``--data`` alone it stops with the load, leaving the spool to a later run.
+
 A table that fails stops alone: its state becomes ``stopped`` with the error, and the other tables go on. The run's
 summary tells the CLI which exit code to give.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from podyn_py.changes import TableReplicator
+from podyn_py.changes import ChangeOptions, ReaderFactory, TableReplicator
 from podyn_py.config import Config
-from podyn_py.core.ports import DataClient, StreamsClient, TableClient, Target
-from podyn_py.core.schema import ConversionMode, TableSpec
-from podyn_py.errors import Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.core.ports import ChangeSource, DataClient, StreamsClient, TableClient, Target
+from podyn_py.core.positions import ShardPosition
+from podyn_py.core.schema import ConversionMode, TableSchema, TableSpec
+from podyn_py.errors import CaptureEnded, ConfigError, Interrupted, PodynError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb
+from podyn_py.source.streams import StreamReader
+from podyn_py.spool import BesideLoad
 from podyn_py.target.dryrun import DryRunTarget
 from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
 from podyn_py.units import LeaseTiming
@@ -49,8 +57,9 @@ def make_target(config: Config, out: TextIO, stop: threading.Event | None = None
 def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Event | None = None) -> RunSummary:
     """Run the steps the config asks for over its tables (every table when none is named).
 
-    Schema and data go table by table; then, with ``changes``, every table replicates its stream in a thread of
-    its own until ``stop`` is set (or all of them stopped with errors).
+    Schema and data go table by table, each table's stream captured beside its load; with ``changes``, each table
+    then replicates its stream in a thread of its own, from the end of its load (while later tables load) until
+    ``stop`` is set (or all of them stopped with errors).
     """
     out = out or sys.stdout
     stop = stop or threading.Event()
@@ -65,13 +74,15 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
     target.ensure_metadata()
     summary = RunSummary()
-    ready: list[dynamodb.TableDescription] = []
+    streams = _Streams(config, data, target, summary, stop, client, len(names))
     for name in names:
         if stop.is_set():
             summary.interrupted = True
             break
         try:
-            ready.append(_prepare_and_load(config, client, data, target, name, summary, stop))
+            description = _prepare_and_load(config, client, data, target, name, summary, stop, streams)
+            if config.changes:
+                streams.follow(description)  # unless it already does, since its load began
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
@@ -82,10 +93,141 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             _fail_table(summary, target, config, name, exc)
     if config.changes and not stop.is_set():
         for name in summary.held_elsewhere:  # the service stands by for these instead
-            ready.append(_describe(config, client, target, name))
+            streams.follow(_describe(config, client, target, name))
         summary.held_elsewhere.clear()
-        _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
+    if config.changes:
+        streams.wait()
     return summary
+
+
+class _Streams:
+    """The run's work on streams: a thread per table, started beside its load or once it is prepared."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: DataClient,
+        target: Target,
+        summary: RunSummary,
+        stop: threading.Event,
+        table_client: TableClient,
+        tables: int,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.target = target
+        self.summary = summary
+        self.stop = stop
+        self.table_client = table_client
+        #: Capture beside each load: the target can follow a stream (not the dry run) and it was not turned off.
+        self.capture = config.capture and _follows_changes(target)
+        self.client: StreamsClient | None = (
+            dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=max(1, tables), data=True)
+            if self.capture or config.changes
+            else None
+        )
+        self.reader_factory = _reader_factory(config.idle_poll_max)
+        self.threads: dict[str, BesideLoad] = {}
+
+    def beside_load(self, description: dynamodb.TableDescription, schema: TableSchema) -> BesideLoad | None:
+        """What runs beside the table's load: its replication (``--changes``: it captures while the table loads),
+        or a capture that ends with the load (``--data`` alone); None when there is nothing to capture."""
+        if not self.capture or description.stream_arn is None or self.client is None:
+            return None
+        if self.config.changes:
+            return self._follower(description)
+        client = self.client
+        return BesideLoad(
+            description.spec.source,
+            lambda stop: self._capture(description, schema, client, stop),
+            self.stop,
+            after_load=False,
+        )
+
+    def _follower(self, description: dynamodb.TableDescription) -> BesideLoad:
+        def started(thread: BesideLoad) -> None:
+            self.threads[thread.table] = thread
+
+        work = functools.partial(self._follow, description)
+        return BesideLoad(description.spec.source, work, self.stop, after_load=True, on_start=started)
+
+    def follow(self, description: dynamodb.TableDescription) -> None:
+        """Replicate the table from now on, in a thread of its own (unless one does already)."""
+        if description.spec.source not in self.threads and not self.stop.is_set():
+            self._follower(description).start()
+
+    def _follow(self, description: dynamodb.TableDescription, stop: threading.Event) -> PodynError | None:
+        assert self.client is not None
+        return _follow_table(
+            self.config,
+            self.data,
+            self.client,
+            self.target,
+            description,
+            self.summary,
+            stop,
+            self.table_client,
+            reader_factory=self.reader_factory,
+        )
+
+    def _capture(
+        self, description: dynamodb.TableDescription, schema: TableSchema, client: StreamsClient, stop: threading.Event
+    ) -> PodynError | None:
+        """``--data`` alone: capture the table's stream into its spool until its load is done; the error that
+        stopped the capture (the load stops with it), None when it ended with the load or on request."""
+        options = ChangeOptions(capture=True, capture_only=True)
+        retrier = Retrier(TABLE_RESTART, stop=stop)
+        while not stop.is_set():
+            replicator = TableReplicator(
+                description,
+                schema,
+                self.target,
+                self.data,
+                client,
+                stop,
+                options,
+                self.reader_factory,
+                table_client=self.table_client,
+            )
+            try:
+                replicator.run()
+                return None
+            except (CaptureEnded, Interrupted):
+                return None
+            except PodynError as exc:
+                if not exc.transient:
+                    return exc
+                delay = retrier.advance()
+                log.warning(
+                    "table %s: capturing the stream: %s; retrying in %.0f s", description.spec.source, exc, delay
+                )
+                retrier.wait(delay)
+        return None
+
+    def wait(self) -> None:
+        """Until every table's replication ended (stopped on request, or each with its error)."""
+        while any(t.is_alive() for t in list(self.threads.values())):
+            for thread in list(self.threads.values()):
+                thread.join(timeout=0.5)
+        if self.stop.is_set():
+            self.summary.interrupted = True
+
+
+def _follows_changes(target: Target) -> bool:
+    try:
+        target.check_follows_changes()
+    except ConfigError:
+        return False
+    return True
+
+
+def _reader_factory(idle_poll_max: float) -> ReaderFactory:
+    """Stream readers whose idle shards are polled at most every ``idle_poll_max`` seconds (--idle-poll-max)."""
+
+    def reader(client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition]) -> ChangeSource:
+        return StreamReader(client, stream_arn, positions, idle_max=idle_poll_max)
+
+    return reader
 
 
 def _describe(config: Config, client: TableClient, target: Target, name: str) -> dynamodb.TableDescription:
@@ -102,6 +244,7 @@ def _prepare_and_load(
     name: str,
     summary: RunSummary,
     stop: threading.Event,
+    streams: _Streams | None = None,
 ) -> dynamodb.TableDescription:
     description = _describe(config, client, target, name)
     with target.hold(description.spec) as hold:
@@ -126,39 +269,11 @@ def _prepare_and_load(
                 run_started=config.run_started,
             )
             beat = hold.heartbeat if hold is not None else None
-            summary.loaded.append(load_table(description, schema, target, data, options, stop=stop, heartbeat=beat))
+            beside = streams.beside_load(description, schema) if streams is not None else None
+            summary.loaded.append(
+                load_table(description, schema, target, data, options, stop=stop, heartbeat=beat, beside=beside)
+            )
     return description
-
-
-def _replicate_changes(
-    config: Config,
-    client: DataClient,
-    target: Target,
-    descriptions: list[dynamodb.TableDescription],
-    summary: RunSummary,
-    stop: threading.Event,
-    *,
-    table_client: TableClient | None = None,
-) -> None:
-    streams_client: StreamsClient = dynamodb.make_client(
-        config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True
-    )
-    threads = [
-        threading.Thread(
-            target=_follow_table,
-            args=(config, client, streams_client, target, description, summary, stop, table_client),
-            name=f"changes-{description.spec.source}",
-            daemon=True,
-        )
-        for description in descriptions
-    ]
-    for thread in threads:
-        thread.start()
-    while any(t.is_alive() for t in threads):
-        for thread in threads:
-            thread.join(timeout=0.5)
-    if stop.is_set():
-        summary.interrupted = True
 
 
 def _follow_table(
@@ -170,8 +285,13 @@ def _follow_table(
     summary: RunSummary,
     stop: threading.Event,
     table_client: TableClient | None = None,
-) -> None:
-    """One table's change replication, standing by while another process holds the table."""
+    *,
+    reader_factory: ReaderFactory | None = None,
+) -> PodynError | None:
+    """One table's change replication, standing by while another process holds the table; the error that stopped
+    it (None: stopped on request). A table still loading is captured into its spool until it is loaded, when this
+    run loads it too (``--data``)."""
+    options = ChangeOptions(capture=config.data)
     name = description.spec.source
     standing_by = False
     retrier = Retrier(TABLE_RESTART, stop=stop)
@@ -183,11 +303,20 @@ def _follow_table(
                     standing_by = False
                 schema = target.prepare_table(description.spec, create=False, citus=False, source=description.source)
                 TableReplicator(
-                    description, schema, target, client, streams_client, stop, hold=hold, table_client=table_client
+                    description,
+                    schema,
+                    target,
+                    client,
+                    streams_client,
+                    stop,
+                    options,
+                    reader_factory or _reader_factory(config.idle_poll_max),
+                    hold=hold,
+                    table_client=table_client,
                 ).run()
-            return
+            return None
         except Interrupted:
-            return
+            return None
         except TableHeldElsewhere:
             if not standing_by:
                 log.warning("table %s is replicated by another podyn process; standing by to take over", name)
@@ -196,17 +325,21 @@ def _follow_table(
         except PodynError as exc:
             if not exc.transient:
                 _fail_table(summary, target, config, name, exc)
-                return
+                return exc
             delay = retrier.advance()
             log.warning("table %s: %s; retrying in %.0f s", name, exc, delay)
             retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
-            _fail_table(summary, target, config, name, PodynError(f"unexpected error: {exc!r}", table=name))
-            return
+            error = PodynError(f"unexpected error: {exc!r}", table=name)
+            _fail_table(summary, target, config, name, error)
+            return error
+    return None
 
 
 def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
+    if summary.failed.get(name) is exc:  # recorded already (by its replication, which stopped its load too)
+        return
     log.error("table %s stopped: %s", name, exc)
     summary.failed[name] = exc
     _record_failure(target, config, name, exc)

@@ -78,6 +78,11 @@ class TableStatus:
     rejected: int
     segments: tuple[SegmentProgress, ...]
     shards: tuple[ShardProgress, ...]
+    #: The stream captured during the load (spool.py): records kept, the newest one's creation time, and the keys
+    #: whose last change waits in the spool (applied once the load is done).
+    captured_changes: int = 0
+    captured_until: datetime | None = None
+    spool_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,9 @@ def _table_status(
         rejected=progress.rejected,
         segments=segments,
         shards=shards,
+        captured_changes=progress.captured_changes,
+        captured_until=progress.captured_until,
+        spool_rows=progress.spool_rows,
     )
 
 
@@ -191,6 +199,11 @@ def render(status: Status) -> str:
         if t.load_started_at:
             finished = f", finished {_time(t.load_finished_at)}" if t.load_finished_at else ""
             lines.append(f"  load: {t.items_loaded:,} items, started {_time(t.load_started_at)}{finished}")
+        if t.captured_changes or t.spool_rows:
+            lines.append(
+                f"  capture: {t.captured_changes:,} changes captured during the load, newest written"
+                f" {_time(t.captured_until)}; spool: {t.spool_rows:,} rows"
+            )
         if t.rejected:
             lines.append(f"  rejected: {t.rejected:,} items (see podyn.rejected)")
         if t.stream_arn:

@@ -46,6 +46,7 @@ FLOORS: dict[str, int] = {
     "units": 3,
     "load": 4,
     "changes": 4,
+    "spool": 4,
     "replicate": 4,
     "verify": 4,
     "status": 4,
