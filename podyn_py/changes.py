@@ -62,6 +62,10 @@ from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 log = logging.getLogger(__name__)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class ChangeOptions:
     #: How long one read waits for records before the loop checks for a stop request.
@@ -81,6 +85,8 @@ class ChangeOptions:
     capture: bool = False
     #: Stop once the table is loaded, leaving the spool to a later --changes (--data without --changes).
     capture_only: bool = False
+    #: The wall clock that tells whether a load started longer ago than the stream keeps records (tests simulate it).
+    now: Callable[[], datetime] = _utc_now
 
 
 class _CheckpointMoved(PodynError):
@@ -349,7 +355,7 @@ class TableReplicator:
                 )
         else:
             self.replay_from = record.load_started_at - timedelta(seconds=self.options.replay_margin_seconds)
-            age = (datetime.now(UTC) - record.load_started_at).total_seconds()
+            age = (self.options.now() - record.load_started_at).total_seconds()
             if not positions and age > self.options.retention_seconds - self.options.replay_margin_seconds:
                 raise StreamGapError(
                     f"the load started {age / 3600:.1f} hours ago, longer than the stream keeps records: changes"

@@ -206,7 +206,7 @@ def _load(
     beside: Beside | None,
 ) -> LoadResult:
     spec, target, keeper, progress, requested = load.schema.spec, load.target, load.keeper, load.progress, load.stop
-    stopping = _Either(requested)
+    stopping = _Either(requested, beside)
     try:
         keeper.join()
         load.share_rate()
@@ -262,14 +262,20 @@ def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
 
 
 class _Either:
-    """Stop when the run is asked to stop, or when another segment of this table failed (not other tables)."""
+    """Stop when the run is asked to stop, or when another segment of this table failed (not other tables), or
+    the work beside the load (its stream's capture)."""
 
-    def __init__(self, requested: threading.Event) -> None:
+    def __init__(self, requested: threading.Event, beside: Beside | None = None) -> None:
         self.requested = requested
         self.failed = threading.Event()
+        self.beside = beside
 
     def is_set(self) -> bool:
-        return self.requested.is_set() or self.failed.is_set()
+        return (
+            self.requested.is_set()
+            or self.failed.is_set()
+            or (self.beside is not None and self.beside.failure() is not None)
+        )
 
     def set(self) -> None:
         self.failed.set()

@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import Any, TextIO
 
 from podyn_py.changes import ChangeOptions, ReaderFactory, TableReplicator
 from podyn_py.config import Config
@@ -126,7 +126,7 @@ class _Streams:
             if self.capture or config.changes
             else None
         )
-        self.reader_factory = _reader_factory(config.idle_poll_max)
+        self.readers = reader_factory(config.idle_poll_max)
         self.threads: dict[str, BesideLoad] = {}
 
     def beside_load(self, description: dynamodb.TableDescription, schema: TableSchema) -> BesideLoad | None:
@@ -167,7 +167,7 @@ class _Streams:
             self.summary,
             stop,
             self.table_client,
-            reader_factory=self.reader_factory,
+            readers=self.readers,
         )
 
     def _capture(
@@ -186,7 +186,7 @@ class _Streams:
                 client,
                 stop,
                 options,
-                self.reader_factory,
+                self.readers,
                 table_client=self.table_client,
             )
             try:
@@ -221,11 +221,12 @@ def _follows_changes(target: Target) -> bool:
     return True
 
 
-def _reader_factory(idle_poll_max: float) -> ReaderFactory:
-    """Stream readers whose idle shards are polled at most every ``idle_poll_max`` seconds (--idle-poll-max)."""
+def reader_factory(idle_poll_max: float, **options: Any) -> ReaderFactory:
+    """Stream readers whose idle shards are polled at most every ``idle_poll_max`` seconds (--idle-poll-max);
+    ``options`` go to each :class:`StreamReader` too (tests give it a clock)."""
 
     def reader(client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition]) -> ChangeSource:
-        return StreamReader(client, stream_arn, positions, idle_max=idle_poll_max)
+        return StreamReader(client, stream_arn, positions, idle_max=idle_poll_max, **options)
 
     return reader
 
@@ -286,7 +287,7 @@ def _follow_table(
     stop: threading.Event,
     table_client: TableClient | None = None,
     *,
-    reader_factory: ReaderFactory | None = None,
+    readers: ReaderFactory | None = None,
 ) -> PodynError | None:
     """One table's change replication, standing by while another process holds the table; the error that stopped
     it (None: stopped on request). A table still loading is captured into its spool until it is loaded, when this
@@ -310,7 +311,7 @@ def _follow_table(
                     streams_client,
                     stop,
                     options,
-                    reader_factory or _reader_factory(config.idle_poll_max),
+                    readers or reader_factory(config.idle_poll_max),
                     hold=hold,
                     table_client=table_client,
                 ).run()
@@ -338,11 +339,10 @@ def _follow_table(
 
 
 def _fail_table(summary: RunSummary, target: Target, config: Config, name: str, exc: PodynError) -> None:
-    if summary.failed.get(name) is exc:  # recorded already (by its replication, which stopped its load too)
-        return
-    log.error("table %s stopped: %s", name, exc)
-    summary.failed[name] = exc
-    _record_failure(target, config, name, exc)
+    if summary.failed.get(name) is not exc:  # else said already, by its replication, which stopped its load too
+        log.error("table %s stopped: %s", name, exc)
+        summary.failed[name] = exc
+    _record_failure(target, config, name, exc)  # again then: the load's last commit may have marked it loaded
 
 
 def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[ConversionMode, bool]:
