@@ -192,7 +192,10 @@ class _Streams:
             try:
                 replicator.run()
                 return None
-            except (CaptureEnded, Interrupted):
+            except CaptureEnded as exc:
+                log.info("table %s: capture beside the load ended: %s", description.spec.source, exc.message)
+                return None
+            except Interrupted:
                 return None
             except PodynError as exc:
                 if not exc.transient:

@@ -59,6 +59,7 @@ SLOW_MODULES = frozenset(
         "test_ports.py",
         "test_properties.py",
         "test_security.py",
+        "test_spool.py",
         "test_verify_status.py",
     }
 )
