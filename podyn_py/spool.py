@@ -183,7 +183,7 @@ def apply_spool(
     while True:
         if stop.is_set():
             raise Interrupted("stopped on request while applying the spool; the next run goes on", table=spec.source)
-        entries = target.read_spool(spec, after, batch)
+        entries = target.read_spool(spec, after, batch, conn)
         if not entries:
             break
         if after is None and not upserted + deleted:

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from scripted_streams import STREAM_ARN, TABLE, Clock, FakeShard, RecordMaker, ScriptedStreams, seqs, shard_id
 
-from podyn_py import metrics
+from podyn_py import metrics, status
 from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.core.changes import Delete, Upsert, from_spool_entry, spool_key, to_spool_entry
 from podyn_py.core.positions import ShardPosition
@@ -284,6 +284,10 @@ def setup(pg_url: str) -> Iterator[Setup]:
     yield made
 
 
+def captured_metric() -> float:
+    return metrics.REGISTRY.get_sample_value("podyn_changes_captured_total", {"table": TABLE}) or 0.0
+
+
 def simulation(setup: Setup, *, writes: int = 6) -> tuple[World, SimulatedScan, dt.datetime]:
     """A world of 120 keys written an hour before a load that starts 30 hours ago and takes 30 simulated hours
     or a few more: the table grows as it is written to, each page is 2 hours, and there are at least 15 pages."""
@@ -305,6 +309,7 @@ def test_a_load_of_30_simulated_hours_with_writes_throughout_ends_equal_to_the_s
     world, scan, started = simulation(setup)
     capture = Capture(setup, world, started)
     scan.capture_running = lambda: capture.running
+    counted_before = captured_metric()
     load(setup, scan, capture)
 
     assert world.now - started >= dt.timedelta(hours=30), "the load lasted 30 simulated hours"
@@ -325,6 +330,8 @@ def test_a_load_of_30_simulated_hours_with_writes_throughout_ends_equal_to_the_s
     assert writes_during_load - scan.writes <= captured <= writes_during_load
     assert dt.timedelta(hours=28) < until - started <= world.now - started and spool_rows == 0
     assert state == "live"
+    assert captured_metric() - counted_before == captured
+    assert metrics.REGISTRY.get_sample_value("podyn_spool_rows", {"table": TABLE}) == 0
 
 
 def test_the_same_load_without_capture_stops_with_the_clear_error(setup: Setup) -> None:
@@ -417,6 +424,14 @@ def test_the_spool_keeps_each_keys_last_change_and_applies_them_in_key_order(set
         ('{"pk":{"S":"b"}}', True, None),
     ]
     assert tables_row(setup.url, "captured_changes", "spool_rows") == (4, 2)
+    (shown,) = status.read_status(setup.url).tables
+    assert (shown.captured_changes, shown.spool_rows) == (4, 2)
+    assert "capture: 4 changes captured during the load, newest written -; spool: 2 rows" in status.render(
+        status.read_status(setup.url)
+    )
+    assert {"captured_changes": 4, "captured_until": None, "spool_rows": 2}.items() <= status.to_json(
+        status.read_status(setup.url)
+    )["tables"][0].items()
     query(setup.url, "INSERT INTO public.orders (pk) VALUES ('b') RETURNING 1")  # as the scan copied it
 
     # Once loaded, no batch enters the spool any more: nothing of it is written, the checkpoint stays.

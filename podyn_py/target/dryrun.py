@@ -204,7 +204,7 @@ class DryRunTarget:
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 
-    def read_spool(self, spec: TableSpec, after: str | None, limit: int) -> list[SpoolEntry]:
+    def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 
     def apply_spool(

@@ -732,8 +732,11 @@ class PostgresTarget:
             raise classify(exc, "capturing changes into the spool", table=spec.source) from exc
         return spool_rows
 
-    def read_spool(self, spec: TableSpec, after: str | None, limit: int) -> list[SpoolEntry]:
-        return self.run("reading the spool", lambda conn: state.read_spool(conn, spec, after, limit), table=spec.source)
+    def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]:
+        """Up to ``limit`` spool entries after key ``after``, in key order; on ``conn`` if given."""
+        return self._run_on(
+            conn, "reading the spool", lambda c: state.read_spool(c, spec, after, limit), table=spec.source
+        )
 
     def apply_spool(
         self,

@@ -980,14 +980,15 @@ def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
 
 def spool_changes(conn: psycopg.Connection[Any], spec: TableSpec, entries: Sequence[SpoolEntry]) -> int:
     """Keep each entry as its key's last change, replacing the one kept before (the caller writes in stream order
-    and gives each key once); how many keys are new to the spool."""
+    and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's text
+    form escapes each element, which took 4 times as long as the insert itself."""
     if not entries:
         return 0
     rows = conn.execute(
         """INSERT INTO podyn.spool (target_schema, target_table, item_key, deleted, image, shard_id, sequence_number,
                                     created_at)
            SELECT %s, %s, k, i IS NULL, i::json, s, q, c
-           FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS e(k, i, s, q, c)
+           FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]) AS e(k, i, s, q, c)
            ON CONFLICT (target_schema, target_table, item_key) DO UPDATE
            SET deleted = excluded.deleted, image = excluded.image, shard_id = excluded.shard_id,
                sequence_number = excluded.sequence_number, created_at = excluded.created_at
@@ -1039,7 +1040,7 @@ def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[st
     rows the spool has left."""
     row = conn.execute(
         """WITH taken AS (DELETE FROM podyn.spool
-                          WHERE target_schema = %s AND target_table = %s AND item_key = ANY(%s::text[]) RETURNING 1)
+                          WHERE target_schema = %s AND target_table = %s AND item_key = ANY(%b::text[]) RETURNING 1)
            UPDATE podyn.tables SET spool_rows = spool_rows - (SELECT count(*) FROM taken), updated_at = now()
            WHERE target_schema = %s AND target_table = %s
            RETURNING (SELECT count(*) FROM taken), spool_rows""",
