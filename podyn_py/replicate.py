@@ -14,6 +14,7 @@ import functools
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
@@ -22,7 +23,7 @@ from podyn_py.config import Config
 from podyn_py.core.ports import ChangeSource, DataClient, StreamsClient, TableClient, Target
 from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import ConversionMode, TableSchema, TableSpec
-from podyn_py.errors import CaptureEnded, ConfigError, Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.errors import CaptureEnded, ConfigError, Interrupted, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb
@@ -173,12 +174,10 @@ class _Streams:
     def _capture(
         self, description: dynamodb.TableDescription, schema: TableSchema, client: StreamsClient, stop: threading.Event
     ) -> PodynError | None:
-        """``--data`` alone: capture the table's stream into its spool until its load is done; the error that
-        stopped the capture (the load stops with it), None when it ended with the load or on request."""
         options = ChangeOptions(capture=True, capture_only=True)
-        retrier = Retrier(TABLE_RESTART, stop=stop)
-        while not stop.is_set():
-            replicator = TableReplicator(
+
+        def replicator() -> TableReplicator:
+            return TableReplicator(
                 description,
                 schema,
                 self.target,
@@ -189,23 +188,8 @@ class _Streams:
                 self.readers,
                 table_client=self.table_client,
             )
-            try:
-                replicator.run()
-                return None
-            except CaptureEnded as exc:
-                log.info("table %s: capture beside the load ended: %s", description.spec.source, exc.message)
-                return None
-            except Interrupted:
-                return None
-            except PodynError as exc:
-                if not exc.transient:
-                    return exc
-                delay = retrier.advance()
-                log.warning(
-                    "table %s: capturing the stream: %s; retrying in %.0f s", description.spec.source, exc, delay
-                )
-                retrier.wait(delay)
-        return None
+
+        return capture_beside_load(replicator, description.spec.source, stop)
 
     def wait(self) -> None:
         """Until every table's replication ended (stopped on request, or each with its error)."""
@@ -214,6 +198,42 @@ class _Streams:
                 thread.join(timeout=0.5)
         if self.stop.is_set():
             self.summary.interrupted = True
+
+
+def capture_beside_load(
+    replicator: Callable[[], TableReplicator], table: str, stop: threading.Event
+) -> PodynError | None:
+    """``--data`` alone: capture the table's stream into its spool until its load is done (``replicator`` makes a
+    TableReplicator with ``ChangeOptions(capture_only=True)``, again after a transient failure). The error that
+    stopped the capture (the load stops with it); None when it ended with the load or on request.
+
+    A gap (records trimmed before they were captured) does not stop the load: its copy is still worth having, and a
+    later ``--changes`` refuses the table with the same gap."""
+    retrier = Retrier(TABLE_RESTART, stop=stop)
+    while not stop.is_set():
+        try:
+            replicator().run()
+            return None
+        except CaptureEnded as exc:
+            log.info("table %s: capture beside the load ended: %s", table, exc.message)
+            return None
+        except Interrupted:
+            return None
+        except StreamGapError as exc:
+            log.error(
+                "table %s: %s. The load goes on, but not all changes made during it were captured: --changes will"
+                " refuse this table; to replicate it, load it again with --data --reload",
+                table,
+                exc,
+            )
+            return None
+        except PodynError as exc:
+            if not exc.transient:
+                return exc
+            delay = retrier.advance()
+            log.warning("table %s: capturing the stream: %s; retrying in %.0f s", table, exc, delay)
+            retrier.wait(delay)
+    return None
 
 
 def _follows_changes(target: Target) -> bool:

@@ -36,10 +36,11 @@ from podyn_py.core.positions import ShardPosition
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
 from podyn_py.errors import ConfigError, SpoolClosed, SpoolNotEmpty, StreamGapError
 from podyn_py.load import LoadOptions, load_table
+from podyn_py.replicate import capture_beside_load
 from podyn_py.replicate import reader_factory as readers_polling_at_most
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import StreamReader
-from podyn_py.spool import apply_spool
+from podyn_py.spool import BesideLoad, apply_spool
 from podyn_py.target.dryrun import CANNOT_FOLLOW_CHANGES, DryRunTarget
 from podyn_py.target.postgres import PostgresTarget
 
@@ -380,6 +381,88 @@ def test_a_capture_stopped_for_25_simulated_hours_stops_the_load_with_the_clear_
     assert world.streams.failures[-1] == "TrimmedDataAccessException"
     assert scan.pages < 8 and tables_row(setup.url, "load_finished_at") == (None,)  # the load stopped with it
     assert spool_count(setup.url) > 0  # what was captured before stays, with its checkpoint
+
+
+class CaptureOnly:
+    """The capture beside the load of ``podyn --data`` alone (``replicate.capture_beside_load`` in a
+    ``spool.BesideLoad``), which can be stopped mid-load and started again, as :class:`Capture`."""
+
+    def __init__(self, setup: Setup, world: World, load_started: dt.datetime) -> None:
+        self.setup = setup
+        self.world = world
+        self.load_started = load_started
+        self.current: BesideLoad | None = None
+
+    def _replicator(self, stop: threading.Event) -> TableReplicator:
+        only = ChangeOptions(
+            max_wait=0.05, max_backoff_seconds=0.2, capture=True, capture_only=True, now=lambda: self.world.now
+        )
+        return TableReplicator(
+            description(), self.setup.schema, self.setup.target, None, self.world.streams, stop, only,
+            reader_factory(Clock()),
+        )  # fmt: skip
+
+    def start(self) -> None:
+        query(self.setup.url, "UPDATE podyn.tables SET load_started_at = %s RETURNING 1", (self.load_started,))
+        self.resume()
+
+    def resume(self) -> None:
+        def work(stop: threading.Event) -> Any:
+            return capture_beside_load(lambda: self._replicator(stop), TABLE, stop)
+
+        self.current = BesideLoad(TABLE, work, threading.Event(), after_load=False)
+        self.current.start()
+
+    def halt(self) -> None:
+        assert self.current is not None
+        self.current.end(loaded=False)
+
+    @property
+    def running(self) -> bool:
+        return self.current is not None and self.current.is_alive()
+
+    def failure(self) -> Any:
+        return None if self.current is None else self.current.failure()
+
+    def end(self, loaded: bool) -> None:
+        if self.current is not None:
+            self.current.end(loaded)
+
+
+def test_with_data_alone_a_capture_gap_lets_the_load_finish_and_changes_refuses_the_table(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    world, scan, started = simulation(setup)
+    capture = CaptureOnly(setup, world, started)
+    stalled: list[int] = []
+
+    def on_page(n: int) -> None:
+        if n == 3:
+            capture.halt()
+            stalled.append(n)
+            for _ in range(25):
+                world.now += dt.timedelta(hours=1)
+                world.write(2)
+        elif n == 4:
+            capture.resume()
+            wait_until(lambda: not capture.running, "the capture ended")
+
+    scan.on_page = on_page
+    scan.capture_running = lambda: capture.running and not stalled
+    load(setup, scan, capture)  # the load goes on and ends
+
+    assert tables_row(setup.url, "state") == ("loaded",)
+    assert any(
+        "DynamoDB Streams trimmed them" in r.getMessage() and "--changes will refuse this table" in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "ERROR"
+    )
+    later = TableReplicator(
+        description(), setup.schema, setup.target, None, world.streams, threading.Event(),
+        options(world, capture=False), reader_factory(Clock()),
+    )  # fmt: skip
+    with pytest.raises(StreamGapError, match="DynamoDB Streams trimmed them"):
+        later.run()
 
 
 # --- the spool's transactions --------------------------------------------------------------------------------------
