@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import run_podyn
 from scripted_streams import STREAM_ARN, TABLE, Clock, FakeShard, RecordMaker, ScriptedStreams, seqs, shard_id
 
 from podyn_py import metrics, status
@@ -647,3 +648,9 @@ def test_the_first_change_after_an_idle_stream_is_measured(setup: Setup) -> None
     total = metrics.REGISTRY.get_sample_value("podyn_first_change_after_idle_seconds_sum", {"table": TABLE})
     assert after == before + 1
     assert total is not None and total >= 3.0  # written 3 s before it was read
+
+
+def test_idle_poll_max_below_the_first_pause_is_a_usage_error() -> None:
+    result = run_podyn("--changes", "-u", "postgresql://", "--idle-poll-max", "0.1", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--idle-poll-max" in result.stderr and "0.25" in result.stderr
