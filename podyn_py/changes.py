@@ -12,6 +12,8 @@ Where replication starts:
   stream does not reach back that far (enabled later, or more than 24 hours ago);
 - on a table never loaded: from the oldest record the stream still holds (TRIM_HORIZON), with a warning;
 - after a restart: from each shard's checkpoint.
+While the table loads (``ChangeOptions.capture``), what is read goes to the table's spool instead, committed with the
+checkpoints; once the table is loaded, the spool is applied, then replication goes on (see ``spool.py``).
 A stream re-created since the load, or a load that started longer ago than the stream keeps records, means a gap:
 the table stops with StreamGapError, telling the user to reload.
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from podyn_py import health, logs, metrics
+from podyn_py import health, logs, metrics, spool
 from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
@@ -54,11 +56,14 @@ from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import (
+    CaptureEnded,
     ConfigError,
     DataError,
     LeaseLost,
     MappingChanged,
     PodynError,
+    SpoolClosed,
+    SpoolNotEmpty,
     StreamGapError,
     TableHeldElsewhere,
 )
@@ -69,6 +74,10 @@ from podyn_py.target.state import HEARTBEAT_SECONDS, TableState
 from podyn_py.units import LeaseTiming, UnitKeeper
 
 log = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,13 @@ class ChangeOptions:
     leases: LeaseTiming = LeaseTiming()
     #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
     ttl_deletes: TtlPolicy = TtlPolicy.DELETE
+    #: A table still loading has its stream captured into its spool (beside its load) instead of being refused;
+    #: once it is loaded, the spool is applied and replication goes on from the shard checkpoints (spool.py).
+    capture: bool = False
+    #: Stop once the table is loaded, leaving the spool to a later --changes (--data without --changes).
+    capture_only: bool = False
+    #: The wall clock that tells whether a load started longer ago than the stream keeps records (tests simulate it).
+    now: Callable[[], datetime] = _utc_now
 
 
 class _CheckpointMoved(PodynError):
@@ -213,6 +229,11 @@ class TableReplicator:
         #: The latest shard listing (shard id → parent id) any of this process's readers saw.
         self._listed: dict[str, str | None] | None = None
         self._rebalance_due = 0.0
+        #: The table loads: batches go to its spool, not to the table (spool.py).
+        self.spooling = False
+        self._loaded_checked = 0.0
+        #: When the stream was first found idle since the last change applied (None: not idle).
+        self._idle_since: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
@@ -436,7 +457,11 @@ class TableReplicator:
         if record is None:
             raise ConfigError("the table has not been created by podyn: run with --schema", table=spec.source)
         if record.load_started_at is not None and record.load_finished_at is None:
-            raise ConfigError("the table's load has not finished: run with --data (it resumes)", table=spec.source)
+            if not self.options.capture:
+                raise ConfigError("the table's load has not finished: run with --data (it resumes)", table=spec.source)
+            self.spooling = True  # its changes go to its spool until it is loaded (spool.py)
+        elif self.options.capture_only:
+            raise CaptureEnded("the table is loaded: nothing to capture beside its load", table=spec.source)
         if record.truncate_before_load:
             # Changes applied onto these rows would go live over a copy of a DynamoDB table that is gone.
             raise ConfigError(
@@ -478,13 +503,16 @@ class TableReplicator:
                 )
         else:
             self.replay_from = record.load_started_at - timedelta(seconds=self.options.replay_margin_seconds)
-            age = (datetime.now(UTC) - record.load_started_at).total_seconds()
+            age = (self.options.now() - record.load_started_at).total_seconds()
             if not positions and age > self.options.retention_seconds - self.options.replay_margin_seconds:
                 raise StreamGapError(
                     f"the load started {age / 3600:.1f} hours ago, longer than the stream keeps records: changes"
                     " made during the load are gone; re-run with --data --reload --changes",
                     table=spec.source,
                 )
+        if self.spooling:
+            log.info("table %s: capturing its stream into the spool while it loads", spec.source)
+            return stream_arn
         others = [w for w in self.keeper.worker_list if w != self.keeper.worker]
         if others and record.state == TableState.LIVE and record.stream_arn == stream_arn:
             # Joining processes that keep the table live: it stays live (they read its shards until this one takes
@@ -497,15 +525,19 @@ class TableReplicator:
             stream_view_type=self.description.stream_view_type,
             replay_from=self.replay_from,
         )
+        self._apply_spool(None)  # what a capture left (--data without --changes) goes before any later change
         return stream_arn
 
     # -- one batch ------------------------------------------------------------------------------------------------
 
     def _apply(self, conn: Any, stream_arn: str, batches: Sequence[ShardBatch]) -> None:
+        if self.spooling and self._capture(conn, stream_arn, batches):  # the table loads: into its spool
+            return
         spec = self.spec
         changes: list[Change] = []
         bad: list[Rejected] = []
         newest: datetime | None = None
+        oldest: datetime | None = None
         skipped = 0
         ttl_seen = ttl_counted = 0
         for batch in batches:
@@ -526,6 +558,7 @@ class TableReplicator:
                 created = change.created_at
                 if created is not None:
                     newest = created if newest is None or created > newest else newest
+                    oldest = created if oldest is None or created < oldest else oldest
                     if self.replay_from is not None and created < self.replay_from:
                         skipped += 1  # its effect is already in the loaded data
                         continue
@@ -565,6 +598,8 @@ class TableReplicator:
             except MappingChanged as exc:  # columns renamed by another process: same batch, new names
                 log.info("table %s: %s", spec.source, exc.message)
                 self.rows.refresh(schema)
+            except SpoolNotEmpty:  # changes captured during the load go first (another process's capture)
+                self._apply_spool(conn)
         if not applied:
             raise _CheckpointMoved(
                 "a shard checkpoint moved under this process (another podyn applied these records); continuing"
@@ -575,6 +610,8 @@ class TableReplicator:
             self.positions[new.shard_id] = new
             if new.finished:
                 self._rebalance_due = 0.0  # its lease goes back, its children become claimable
+        if self._idle_since is not None and oldest is not None:
+            self._first_after_idle(oldest)
         self.applied += len(rows) + len(delete_keys) + len(expire)
         records = sum(len(b.records) for b in batches)
         metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(rows))
@@ -652,8 +689,15 @@ class TableReplicator:
         """Nothing new in this process's shards: caught up. Record it now and then, not on every empty poll.
 
         A process that reads no shard (all of them are other processes') says nothing about the table."""
+        if self.spooling:
+            if not self._load_done():
+                return
+            assert self.description.stream_arn is not None
+            self._end_capture(None, self.description.stream_arn)
         if not self.owned:
             return
+        if self._idle_since is None:
+            self._idle_since = time.monotonic()
         metrics.LAG_SECONDS.labels(self.spec.source).set(0.0)
         health.set_lag(self.spec.source, 0.0)
         if self.state is not TableState.LIVE:
@@ -678,6 +722,85 @@ class TableReplicator:
         self.state = TableState.LIVE
         self._last_idle_update = time.monotonic()
         self.target.become_live(self.spec, lag)
+
+    def _first_after_idle(self, written: datetime) -> None:
+        """Measure the first change after an idle stream: idle shards are polled ever less often (up to
+        ``--idle-poll-max``), so this is the change that waits longest."""
+        idle = time.monotonic() - (self._idle_since or time.monotonic())
+        self._idle_since = None
+        delay = max(0.0, (datetime.now(UTC) - written).total_seconds())
+        metrics.FIRST_CHANGE_DELAY.labels(self.spec.source).observe(delay)
+        log.debug("table %s: first change after %.1f s idle, committed %.1f s after it was written", self.spec.source,
+                  idle, delay)  # fmt: skip
+
+    # -- the spool, while the table loads (spool.py) -------------------------------------------------------------
+
+    def _capture(self, conn: Any, stream_arn: str, batches: Sequence[ShardBatch]) -> bool:
+        """Keep the batches in the table's spool with their checkpoints; False once the table is loaded: its spool
+        has been applied, and the batches go to the table."""
+        moves = self._moves(batches)
+        try:
+            captured = spool.capture(
+                self.target,
+                conn,
+                self.spec,
+                stream_arn,
+                batches,
+                moves=moves,
+                replay_from=self.replay_from,
+                key_tags=self._key_tags,
+                resolve=self._resolve,
+            )
+        except SpoolClosed:
+            self._end_capture(conn, stream_arn)
+            return False
+        if captured is None:
+            raise _CheckpointMoved(
+                "a shard checkpoint moved under this process (another podyn captured these records); continuing"
+                " from the stored checkpoints",
+                table=self.spec.source,
+            )
+        for _, new, _ in moves:
+            self.positions[new.shard_id] = new
+        metrics.ACTIVE_SHARDS.labels(self.spec.source).set(sum(1 for p in self.positions.values() if not p.finished))
+        spool.log_captured(self.spec, captured)
+        return True
+
+    def _load_done(self) -> bool:
+        """While the stream is idle: whether the table is loaded now (by this process or another), looked up at
+        most every ``spool.LOADED_CHECK_SECONDS``."""
+        now = time.monotonic()
+        if now - self._loaded_checked < spool.LOADED_CHECK_SECONDS:
+            return False
+        self._loaded_checked = now
+        return not spool.loading(self.target, self.spec)
+
+    def _end_capture(self, conn: Any, stream_arn: str) -> None:
+        """The table is loaded: apply its spool, then replicate from the checkpoints (or stop, when this capture
+        only ran beside the load)."""
+        if self.options.capture_only:
+            raise CaptureEnded(
+                "the table is loaded; its spool and checkpoints wait for --changes", table=self.spec.source
+            )
+        self.spooling = False
+        self.target.start_catching_up(
+            self.spec,
+            stream_arn=stream_arn,
+            stream_view_type=self.description.stream_view_type,
+            replay_from=self.replay_from,
+        )
+        self._apply_spool(conn)
+
+    def _apply_spool(self, conn: Any) -> None:
+        """Apply the table's spool, on ``conn`` (None: a connection of its own)."""
+        own = conn is None
+        if own:
+            conn = self.target.connect()
+        try:
+            self.applied += spool.apply_spool(self.target, conn, self.rows, self.stop)
+        finally:
+            if own and conn is not None:
+                conn.close()
 
 
 def _parent_done(parent: str | None, listed: dict[str, str | None], positions: dict[str, ShardPosition]) -> bool:

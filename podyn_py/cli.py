@@ -188,6 +188,23 @@ differences.
     help="A lease on a segment or shard lasts this long unless renewed (every third of it); then another process"
     " takes the unit over.",
 )
+@click.option(
+    "--capture/--no-capture",
+    default=True,
+    show_default=True,
+    help="Read each table's stream from the start of its load, keeping each key's last change in the podyn"
+    " schema (the spool) until the load is done, so a load may last longer than the stream keeps records (24 h);"
+    " --no-capture replays the stream after the load instead.",
+)
+@click.option(
+    "--idle-poll-max",
+    type=click.FloatRange(0.25, 3600.0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest pause between GetRecords calls on an idle stream shard: a change after a quiet spell waits up to"
+    " this long; every call is billed.",
+)
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--table-prefix", default="", help="Put this before the PostgreSQL name of every table of the run.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
@@ -292,6 +309,8 @@ def main(
     reload: bool,
     processes: int,
     lease_seconds: float,
+    capture: bool,
+    idle_poll_max: float,
     pg_schema: str,
     table_prefix: str,
     endpoint_url: str | None,
@@ -368,6 +387,8 @@ def main(
             table_settings=table_settings,
             reload=reload,
             lease_seconds=lease_seconds,
+            capture=capture,
+            idle_poll_max=idle_poll_max,
             run_started=_run_started(),
             progress=(sys.stderr.isatty() and log_format == "text") if progress is None else progress,
             exclusions=exclusions,

@@ -183,6 +183,10 @@ class Config:
     exclusions: Exclusions = field(default_factory=Exclusions)
     #: What becomes of the deletes DynamoDB's TTL makes (``--ttl-deletes``).
     ttl_deletes: TtlPolicy = TtlPolicy.DELETE
+    #: Capture each table's stream into its spool from the start of its load (--no-capture: replay after it).
+    capture: bool = True
+    #: Longest wait between two GetRecords calls on an idle shard (--idle-poll-max); every call is billed.
+    idle_poll_max: float = 5.0
     aws: AwsSettings = field(default_factory=AwsSettings)
 
     @property

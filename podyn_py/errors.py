@@ -104,3 +104,18 @@ class LockKeyCollision(PodynError):
 
 class Interrupted(PodynError):
     """Stopped on request (SIGINT/SIGTERM) after committing what was in flight; a later run resumes."""
+
+
+class SpoolClosed(PodynError):
+    """The table is no longer loading (its load finished, or another process started a new one): its changes go to
+    the table from now on, after its spool, and no longer into the spool. Nothing of the batch was written."""
+
+
+class SpoolNotEmpty(TransientTargetError):
+    """Changes captured while the table loaded are still in its spool: they are applied before any later change.
+    Nothing of the batch was written."""
+
+
+class CaptureEnded(PodynError):
+    """The table's load is done and this capture ran only beside it (``--data`` without ``--changes``): it stops,
+    leaving the spool and the shard checkpoints to a later ``--changes``."""

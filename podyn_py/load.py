@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
@@ -65,6 +65,20 @@ class LoadResult:
 
 
 _NOT_OPENED = object()
+
+
+class Beside(Protocol):
+    """Work that runs beside a table's load, from before its first page (the capture of its stream, spool.py)."""
+
+    def start(self) -> None: ...
+
+    def failure(self) -> PodynError | None:
+        """The error that stopped it: the load stops with it too."""
+        ...
+
+    def end(self, loaded: bool) -> None:
+        """The load ended: with the table loaded, or not (failed, interrupted)."""
+        ...
 
 
 class _TableLoad:
@@ -141,12 +155,15 @@ def load_table(
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
     selection: AttributeSelection = EVERYTHING,
+    beside: Beside | None = None,
 ) -> LoadResult:
     """Copy every item of a table into its PostgreSQL table; resume an interrupted load; skip a finished one.
 
     ``heartbeat`` is called every HEARTBEAT_SECONDS while the segments load (the table's holder and heartbeat in
     podyn.tables), so that ``--status`` can tell a load that runs from one whose process is gone. ``selection``:
-    the attributes left out of every item (``--exclude-attributes``, global tables' own attributes).
+    the attributes left out of every item (``--exclude-attributes``, global tables' own attributes). ``beside`` is
+    started once the load has begun, before its first page (not for a table already loaded), and told when the
+    load ends; its failure stops the load.
     """
     spec = schema.spec
     started = time.monotonic()
@@ -181,7 +198,28 @@ def load_table(
     source = dynamodb.TableScan(client, spec.source, consistent_read=options.consistent_read)
     keeper = UnitKeeper(target, spec, "load", options.leases)
     load = _TableLoad(schema, target, source, options, progress, requested, keeper, selection)
-    stopping = _Either(requested)
+    if beside is None:
+        return _load(load, options, remaining, started, heartbeat, None)
+    beside.start()
+    try:
+        result = _load(load, options, remaining, started, heartbeat, beside)
+    except BaseException:
+        beside.end(loaded=False)
+        raise
+    beside.end(loaded=True)
+    return result
+
+
+def _load(
+    load: _TableLoad,
+    options: LoadOptions,
+    remaining: list[SegmentRecord],
+    started: float,
+    heartbeat: Callable[[], None] | None,
+    beside: Beside | None,
+) -> LoadResult:
+    spec, target, keeper, progress, requested = load.schema.spec, load.target, load.keeper, load.progress, load.stop
+    stopping = _Either(requested, beside)
     try:
         keeper.join()
         load.share_rate()
@@ -195,7 +233,11 @@ def load_table(
                     break
                 _beat(heartbeat, spec.source)
                 _renew(load)
+                if beside is not None and beside.failure() is not None:
+                    break
             failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if not failed and beside is not None and (error := beside.failure()) is not None:
+                failed = [error]
             if failed:
                 stopping.set()  # the other segments stop at their next page; their committed pages stay
                 wait(futures)
@@ -247,14 +289,20 @@ def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
 
 
 class _Either:
-    """Stop when the run is asked to stop, or when another segment of this table failed (not other tables)."""
+    """Stop when the run is asked to stop, or when another segment of this table failed (not other tables), or
+    the work beside the load (its stream's capture)."""
 
-    def __init__(self, requested: threading.Event) -> None:
+    def __init__(self, requested: threading.Event, beside: Beside | None = None) -> None:
         self.requested = requested
         self.failed = threading.Event()
+        self.beside = beside
 
     def is_set(self) -> bool:
-        return self.requested.is_set() or self.failed.is_set()
+        return (
+            self.requested.is_set()
+            or self.failed.is_set()
+            or (self.beside is not None and self.beside.failure() is not None)
+        )
 
     def set(self) -> None:
         self.failed.set()

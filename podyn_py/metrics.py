@@ -14,7 +14,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -71,6 +71,27 @@ EXPORT_SIZE = Gauge(
 EXPORT_ITEMS = Gauge("podyn_export_items", "Items in the export a table is loaded from", ["table"], registry=REGISTRY)
 TABLE_STATE = Gauge(
     "podyn_table_state", "1 for the table's current state, 0 for the others", ["table", "state"], registry=REGISTRY
+)
+
+CHANGES_CAPTURED = Counter(
+    "podyn_changes_captured",
+    "Stream records captured into the spool while the table loads",
+    ["table"],
+    registry=REGISTRY,
+)
+CAPTURED_UNTIL = Gauge(
+    "podyn_captured_until_timestamp_seconds",
+    "Creation time (Unix seconds) of the newest stream record captured into the spool",
+    ["table"],
+    registry=REGISTRY,
+)
+SPOOL_ROWS = Gauge("podyn_spool_rows", "Keys whose last change waits in the spool", ["table"], registry=REGISTRY)
+FIRST_CHANGE_DELAY = Histogram(
+    "podyn_first_change_after_idle_seconds",
+    "From the creation of the first stream record after an idle stream to its commit in PostgreSQL",
+    ["table"],
+    buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0),
+    registry=REGISTRY,
 )
 
 

@@ -1,29 +1,37 @@
 """One run of podyn over a set of tables: schema, then data, (then changes), table by table.
 
+Each table's stream is captured from the moment its load begins, in a thread beside the load (see ``spool.py``):
+with ``--changes`` that thread goes on to apply the table's spool and replicate it as soon as its load is done,
+while the next tables load; with ``--data`` alone it stops with the load, leaving the spool to a later run.
+
 A table that fails stops alone: its state becomes ``stopped`` with the error, and the other tables go on. The run's
 summary tells the CLI which exit code to give.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import Any, TextIO
 
 from podyn_py import health, logs
-from podyn_py.changes import ChangeOptions, TableReplicator
+from podyn_py.changes import ChangeOptions, ReaderFactory, TableReplicator
 from podyn_py.config import Config
-from podyn_py.core.ports import DataClient, ExportSource, StreamsClient, TableClient, Target
-from podyn_py.core.schema import ConversionMode, TableSpec
+from podyn_py.core.ports import ChangeSource, DataClient, ExportSource, StreamsClient, TableClient, Target
+from podyn_py.core.positions import ShardPosition
+from podyn_py.core.schema import ConversionMode, TableSchema, TableSpec
 from podyn_py.core.targets import StoredTarget, choose_target, replaced
-from podyn_py.errors import ConfigError, Interrupted, PodynError, TableHeldElsewhere
+from podyn_py.errors import CaptureEnded, ConfigError, Interrupted, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.export_load import load_from_export
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb, export
+from podyn_py.source.streams import StreamReader
+from podyn_py.spool import BesideLoad
 from podyn_py.target.dryrun import DryRunTarget
 from podyn_py.target.postgres import PostgresTarget, refuse_other_choices
 from podyn_py.units import LeaseTiming
@@ -55,8 +63,9 @@ def make_target(config: Config, out: TextIO, stop: threading.Event | None = None
 def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Event | None = None) -> RunSummary:
     """Run the steps the config asks for over its tables (every table when none is named).
 
-    Schema and data go table by table; then, with ``changes``, every table replicates its stream in a thread of
-    its own until ``stop`` is set (or all of them stopped with errors).
+    Schema and data go table by table, each table's stream captured beside its load; with ``changes``, each table
+    then replicates its stream in a thread of its own, from the end of its load (while later tables load) until
+    ``stop`` is set (or all of them stopped with errors).
     """
     out = out or sys.stdout
     stop = stop or threading.Event()
@@ -73,14 +82,18 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     target.check_connection()  # a wrong URL is an error now, not ten minutes of retries per table
     target.ensure_metadata()
     summary = RunSummary()
-    ready: list[dynamodb.TableDescription] = []
+    streams = _Streams(config, data, target, summary, stop, client, len(names))
     for name in names:
         if stop.is_set():
             summary.interrupted = True
             break
         try:
             with logs.about(name):
-                ready.append(_prepare_and_load(config, client, data, target, name, summary, stop, exported))
+                description = _prepare_and_load(
+                    config, client, data, target, name, summary, stop, streams=streams, exported=exported
+                )
+            if config.changes:
+                streams.follow(description)  # unless it already does, since its load began
         except Interrupted as exc:
             log.warning("%s", exc)
             summary.interrupted = True
@@ -92,10 +105,176 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
             _fail_table(summary, target, name, exc)
     if config.changes and not stop.is_set():
         for name in summary.held_elsewhere:  # the service stands by for these instead
-            ready.append(_describe(config, client, target, name, summary))
+            streams.follow(_describe(config, client, target, name, summary))
         summary.held_elsewhere.clear()
-        _replicate_changes(config, data, target, ready, summary, stop, table_client=client)
+    if config.changes:
+        streams.wait()
     return summary
+
+
+class _Streams:
+    """The run's work on streams: a thread per table, started beside its load or once it is prepared."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: DataClient,
+        target: Target,
+        summary: RunSummary,
+        stop: threading.Event,
+        table_client: TableClient,
+        tables: int,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.target = target
+        self.summary = summary
+        self.stop = stop
+        self.table_client = table_client
+        #: Capture beside each load: the target can follow a stream (not the dry run) and it was not turned off.
+        self.capture = config.capture and _follows_changes(target)
+        self.client: StreamsClient | None = (
+            dynamodb.make_client(config.aws, "dynamodbstreams", pool_size=max(1, tables), data=True)
+            if self.capture or config.changes
+            else None
+        )
+        self.readers = reader_factory(config.idle_poll_max)
+        self.threads: dict[str, BesideLoad] = {}
+
+    def beside_load(self, description: dynamodb.TableDescription, schema: TableSchema) -> BesideLoad | None:
+        """What runs beside the table's load: its replication (``--changes``: it captures while the table loads),
+        or a capture that ends with the load (``--data`` alone); None when there is nothing to capture."""
+        if not self.capture or description.stream_arn is None or self.client is None:
+            return None
+        if self.config.changes:
+            return self._follower(description)
+        client = self.client
+        return BesideLoad(
+            description.spec.source,
+            lambda stop: self._capture(description, schema, client, stop),
+            self.stop,
+            after_load=False,
+        )
+
+    def _follower(self, description: dynamodb.TableDescription) -> BesideLoad:
+        def started(thread: BesideLoad) -> None:
+            self.threads[thread.table] = thread
+
+        work = functools.partial(self._follow, description)
+        return BesideLoad(description.spec.source, work, self.stop, after_load=True, on_start=started)
+
+    def follow(self, description: dynamodb.TableDescription) -> None:
+        """Replicate the table from now on, in a thread of its own (unless one does already)."""
+        if description.spec.source not in self.threads and not self.stop.is_set():
+            self._follower(description).start()
+
+    def _follow(self, description: dynamodb.TableDescription, stop: threading.Event) -> PodynError | None:
+        """:func:`_follow_table`, watched by the health probes, its log records about its table."""
+        assert self.client is not None
+        name = description.spec.source
+        with health.loop(f"changes {name}", name), logs.about(name):
+            return _follow_table(
+                self.config,
+                self.data,
+                self.client,
+                self.target,
+                description,
+                self.summary,
+                stop,
+                self.table_client,
+                readers=self.readers,
+            )
+
+    def _capture(
+        self, description: dynamodb.TableDescription, schema: TableSchema, client: StreamsClient, stop: threading.Event
+    ) -> PodynError | None:
+        config = self.config.for_table(description.spec.source)
+        options = ChangeOptions(
+            capture=True,
+            capture_only=True,
+            ttl_deletes=config.ttl_deletes,
+            leases=LeaseTiming(config.lease_seconds),
+        )
+
+        def replicator() -> TableReplicator:
+            return TableReplicator(
+                description,
+                schema,
+                self.target,
+                self.data,
+                client,
+                stop,
+                options,
+                self.readers,
+                table_client=self.table_client,
+                selection=config.exclusions.for_table(description.spec),
+            )
+
+        return capture_beside_load(replicator, description.spec.source, stop)
+
+    def wait(self) -> None:
+        """Until every table's replication ended (stopped on request, or each with its error)."""
+        while any(t.is_alive() for t in list(self.threads.values())):
+            for thread in list(self.threads.values()):
+                thread.join(timeout=0.5)
+        if self.stop.is_set():
+            self.summary.interrupted = True
+
+
+def capture_beside_load(
+    replicator: Callable[[], TableReplicator], table: str, stop: threading.Event
+) -> PodynError | None:
+    """``--data`` alone: capture the table's stream into its spool until its load is done (``replicator`` makes a
+    TableReplicator with ``ChangeOptions(capture_only=True)``, again after a transient failure). The error that
+    stopped the capture (the load stops with it); None when it ended with the load or on request.
+
+    A gap (records trimmed before they were captured) does not stop the load: its copy is still worth having, and a
+    later ``--changes`` refuses the table with the same gap."""
+    retrier = Retrier(TABLE_RESTART, stop=stop)
+    while not stop.is_set():
+        try:
+            replicator().run()
+            return None
+        except CaptureEnded as exc:
+            log.info("table %s: capture beside the load ended: %s", table, exc.message)
+            return None
+        except Interrupted:
+            return None
+        except StreamGapError as exc:
+            log.error(
+                "table %s: %s. The load goes on, but not all changes made during it were captured: --changes will"
+                " refuse this table; to replicate it, load it again with --data --reload",
+                table,
+                exc,
+            )
+            return None
+        except PodynError as exc:
+            if not exc.transient:
+                return exc
+            delay = retrier.advance()
+            log.warning("table %s: capturing the stream: %s; retrying in %.0f s", table, exc, delay)
+            retrier.wait(delay)
+    return None
+
+
+def _follows_changes(target: Target) -> bool:
+    try:
+        target.check_follows_changes()
+    except ConfigError:
+        return False
+    return True
+
+
+def reader_factory(idle_poll_max: float, **options: Any) -> ReaderFactory:
+    """Stream readers whose idle shards are polled at most every ``idle_poll_max`` seconds (--idle-poll-max);
+    ``options`` go to each :class:`StreamReader` too (tests give it a clock)."""
+
+    def reader(
+        client: StreamsClient, stream_arn: str, positions: dict[str, ShardPosition], only: frozenset[str]
+    ) -> ChangeSource:
+        return StreamReader(client, stream_arn, positions, idle_max=idle_poll_max, only=only, **options)
+
+    return reader
 
 
 def _open_export(config: Config) -> ExportSource | None:
@@ -140,6 +319,7 @@ def _prepare_and_load(
     summary: RunSummary,
     stop: threading.Event,
     exported: ExportSource | None = None,
+    streams: _Streams | None = None,
 ) -> dynamodb.TableDescription:
     stored = target.stored_targets()
     description = _describe(config, client, target, name, summary, stored)
@@ -180,58 +360,20 @@ def _prepare_and_load(
                     heartbeat=beat,
                 )
             else:
+                beside = streams.beside_load(description, schema) if streams is not None else None
                 result = load_table(
-                    description, schema, target, data, options, stop=stop, heartbeat=beat, selection=selection
+                    description,
+                    schema,
+                    target,
+                    data,
+                    options,
+                    stop=stop,
+                    heartbeat=beat,
+                    selection=selection,
+                    beside=beside,
                 )
             summary.loaded.append(result)
     return description
-
-
-def _replicate_changes(
-    config: Config,
-    client: DataClient,
-    target: Target,
-    descriptions: list[dynamodb.TableDescription],
-    summary: RunSummary,
-    stop: threading.Event,
-    *,
-    table_client: TableClient | None = None,
-) -> None:
-    streams_client: StreamsClient = dynamodb.make_client(
-        config.aws, "dynamodbstreams", pool_size=len(descriptions), data=True
-    )
-    threads = [
-        threading.Thread(
-            target=_follow_table_watched,
-            args=(config, client, streams_client, target, description, summary, stop, table_client),
-            name=f"changes-{description.spec.source}",
-            daemon=True,
-        )
-        for description in descriptions
-    ]
-    for thread in threads:
-        thread.start()
-    while any(t.is_alive() for t in threads):
-        for thread in threads:
-            thread.join(timeout=0.5)
-    if stop.is_set():
-        summary.interrupted = True
-
-
-def _follow_table_watched(
-    config: Config,
-    client: DataClient,
-    streams_client: StreamsClient,
-    target: Target,
-    description: dynamodb.TableDescription,
-    summary: RunSummary,
-    stop: threading.Event,
-    table_client: TableClient | None = None,
-) -> None:
-    """:func:`_follow_table`, watched by the health probes, its log records about its table."""
-    name = description.spec.source
-    with health.loop(f"changes {name}", name), logs.about(name):
-        _follow_table(config, client, streams_client, target, description, summary, stop, table_client)
 
 
 def _follow_table(
@@ -243,8 +385,16 @@ def _follow_table(
     summary: RunSummary,
     stop: threading.Event,
     table_client: TableClient | None = None,
-) -> None:
-    """One table's change replication, standing by while another process holds the table."""
+    *,
+    readers: ReaderFactory | None = None,
+) -> PodynError | None:
+    """One table's change replication, standing by while another process holds the table; the error that stopped
+    it (None: stopped on request). A table still loading is captured into its spool until it is loaded, when this
+    run loads it too (``--data``)."""
+    table_config = config.for_table(description.spec.source)
+    options = ChangeOptions(
+        capture=config.data, ttl_deletes=table_config.ttl_deletes, leases=LeaseTiming(config.lease_seconds)
+    )
     name = description.spec.source
     standing_by = False
     retrier = Retrier(TABLE_RESTART, stop=stop)
@@ -264,16 +414,15 @@ def _follow_table(
                     client,
                     streams_client,
                     stop,
-                    ChangeOptions(
-                        ttl_deletes=config.for_table(name).ttl_deletes, leases=LeaseTiming(config.lease_seconds)
-                    ),
+                    options,
+                    readers or reader_factory(config.idle_poll_max),
                     hold=hold,
                     table_client=table_client,
                     selection=config.exclusions.for_table(description.spec),
                 ).run()
-            return
+            return None
         except Interrupted:
-            return
+            return None
         except TableHeldElsewhere:
             if not standing_by:
                 log.warning(
@@ -287,7 +436,7 @@ def _follow_table(
         except PodynError as exc:
             if not exc.transient:
                 _fail_table(summary, target, name, exc)
-                return
+                return exc
             delay = retrier.advance()
             log.warning(
                 "table %s: %s; retrying in %.0f s",
@@ -299,15 +448,18 @@ def _follow_table(
             retrier.wait(delay)
         except Exception as exc:  # a bug must stop this table loudly, not the whole service silently
             log.exception("table %s: unexpected error", name)
-            _fail_table(summary, target, name, PodynError(f"unexpected error: {exc!r}", table=name))
-            return
+            error = PodynError(f"unexpected error: {exc!r}", table=name)
+            _fail_table(summary, target, name, error)
+            return error
+    return None
 
 
 def _fail_table(summary: RunSummary, target: Target, name: str, exc: PodynError) -> None:
-    log.error("table %s stopped: %s", name, exc, extra={"table": name, "state": "stopped", "error": str(exc)})
-    summary.failed[name] = exc
+    if summary.failed.get(name) is not exc:  # else said already, by its replication, which stopped its load too
+        log.error("table %s stopped: %s", name, exc, extra={"table": name, "state": "stopped", "error": str(exc)})
+        summary.failed[name] = exc
     health.set_state(name, "stopped", str(exc))  # this process stopped it, whether or not recording it succeeds
-    _record_failure(target, summary, name, exc)
+    _record_failure(target, summary, name, exc)  # again then: the load's last commit may have marked it loaded
 
 
 def _choices(config: Config, target: Target, spec: TableSpec) -> tuple[ConversionMode, bool]:

@@ -95,6 +95,12 @@ class TableStatus:
     #: The processes serving the table (podyn.workers), live or not.
     workers: tuple[WorkerStatus, ...] = ()
 
+    #: The stream captured during the load (spool.py): records kept, the newest one's creation time, and the keys
+    #: whose last change waits in the spool (applied once the load is done).
+    captured_changes: int = 0
+    captured_until: datetime | None = None
+    spool_rows: int = 0
+
 
 @dataclass(frozen=True)
 class ExportStatus:
@@ -242,6 +248,9 @@ def _table_status(
         export_files=files,
         units=units,
         workers=workers,
+        captured_changes=progress.captured_changes,
+        captured_until=progress.captured_until,
+        spool_rows=progress.spool_rows,
     )
 
 
@@ -277,6 +286,11 @@ def render(status: Status) -> str:
             lines += _export_lines(t.export, t.export_files)
         if t.read_capacity_consumed is not None:
             lines.append(f"  read capacity consumed from the table: {t.read_capacity_consumed:,.0f} RCU")
+        if t.captured_changes or t.spool_rows:
+            lines.append(
+                f"  capture: {t.captured_changes:,} changes captured during the load, newest written"
+                f" {_time(t.captured_until)}; spool: {t.spool_rows:,} rows"
+            )
         if t.rejected:
             lines.append(f"  rejected: {t.rejected:,} items (see podyn.rejected)")
         if t.stream_arn:

@@ -81,6 +81,7 @@ SLOW_MODULES = frozenset(
         "test_units_load.py",
         "test_upgrade_in_place.py",
         "test_shard_processes.py",
+        "test_spool.py",
         "test_verify_status.py",
     }
 )

@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "load": 4,
     "export_load": 4,
     "changes": 4,
+    "spool": 4,
     "replicate": 4,
     "verify": 4,
     "status": 4,

@@ -11,15 +11,20 @@ A REMOVE made by DynamoDB's TTL process (``userIdentity`` type ``Service``, prin
 :class:`Delete` with ``expired`` set. :class:`TtlPolicy` says what becomes of it (``--ttl-deletes``): deleted like any
 other, kept (the row stays as the item was), or kept and marked (:class:`Expire`). :func:`compact` applies the policy,
 since what a kept or marked row must hold can depend on the key's earlier changes in the batch.
+
+The same holds over a whole load: the spool keeps each key's last change as a :class:`SpoolEntry`.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from podyn_py.core.values import decode_binary, key_text, split_value, to_column_value
 from podyn_py.errors import DataError
@@ -212,3 +217,49 @@ class TtlCounts:
             counted if ttl is TtlPolicy.KEEP else 0,
             counted if ttl is TtlPolicy.MARK else 0,
         )
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A key's last change captured while its table loads, as the spool (``podyn.spool``) keeps it.
+
+    ``key`` is :func:`spool_key`'s text; ``image`` the new image as DynamoDB JSON text, None for a delete;
+    ``shard_id`` and ``sequence_number`` name the stream record it came from.
+    """
+
+    key: str
+    image: str | None
+    shard_id: str
+    sequence_number: str
+    created_at: datetime | None = None
+
+
+def spool_key(key: Mapping[str, Any]) -> str:
+    """A key as JSON text that is the same for the same item however it arrived (attribute order; binary as bytes
+    from boto3 or base64 text from the fast path) and that holds any value (U+0000 is escaped, as PostgreSQL's
+    text needs): the spool's primary key, ordered as text."""
+    wire = {}
+    for name, value in key.items():
+        tag, raw = split_value(value)
+        wire[name] = {tag: base64.b64encode(decode_binary(raw)).decode("ascii") if tag == "B" else raw}
+    return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def to_spool_entry(change: Upsert | Delete, shard_id: str, sequence_number: str) -> SpoolEntry:
+    """What the spool keeps of a change: binary values anywhere in the image become base64 text (the fast path's
+    form, which the rows accept), everything else stays as DynamoDB sent it."""
+    image = orjson.dumps(change.item, default=_base64).decode() if isinstance(change, Upsert) else None
+    return SpoolEntry(spool_key(change.key), image, shard_id, sequence_number, change.created_at)
+
+
+def from_spool_entry(entry: SpoolEntry) -> Upsert | Delete:
+    key = orjson.loads(entry.key)
+    if entry.image is None:
+        return Delete(key, entry.created_at)
+    return Upsert(key, orjson.loads(entry.image), entry.created_at)
+
+
+def _base64(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"a stream image holds a {type(value).__name__}, which DynamoDB JSON has not")

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from podyn_py.core.changes import TtlCounts
+from podyn_py.core.changes import SpoolEntry, TtlCounts
 from podyn_py.core.exports import ExportBatch, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
@@ -326,3 +326,31 @@ class Target(Protocol):
     def become_live(self, spec: TableSpec, lag_seconds: float) -> None: ...
 
     def record_lag(self, spec: TableSpec, lag_seconds: float) -> None: ...
+
+    # -- the spool: changes captured while a table loads, committed with their shards' checkpoints (spool.py)
+
+    def spool_changes(
+        self,
+        conn: Any,
+        spec: TableSpec,
+        stream_arn: str,
+        *,
+        entries: Sequence[SpoolEntry],
+        rejected: Sequence[Rejected],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        captured: int,
+        captured_until: datetime | None,
+    ) -> int | None: ...
+
+    def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]: ...
+
+    def apply_spool(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        *,
+        keys: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+    ) -> int | None: ...

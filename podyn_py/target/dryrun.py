@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from podyn_py.core import ddl, naming
-from podyn_py.core.changes import TtlCounts
+from podyn_py.core.changes import SpoolEntry, TtlCounts
 from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
@@ -254,3 +254,32 @@ class DryRunTarget:
 
     def record_lag(self, spec: TableSpec, lag_seconds: float) -> None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def spool_changes(
+        self,
+        conn: Any,
+        spec: TableSpec,
+        stream_arn: str,
+        *,
+        entries: Sequence[SpoolEntry],
+        rejected: Sequence[Rejected],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        captured: int,
+        captured_until: datetime | None,
+    ) -> int | None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def apply_spool(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        *,
+        keys: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Rejected],
+    ) -> int | None:
+        raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import health, metrics
 from podyn_py.core import ddl, naming
-from podyn_py.core.changes import TtlCounts
+from podyn_py.core.changes import SpoolEntry, TtlCounts
 from podyn_py.core.exports import ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
@@ -53,6 +53,8 @@ from podyn_py.errors import (
     MappingChanged,
     PodynError,
     SchemaError,
+    SpoolClosed,
+    SpoolNotEmpty,
     TableHeldElsewhere,
     TargetError,
     TransientTargetError,
@@ -876,6 +878,8 @@ class PostgresTarget:
         try:
             with conn.transaction():
                 _check_mapping(conn, schema)
+                if state.spool_pending(conn, spec):  # what was captured during the load goes first (spool.py)
+                    raise SpoolNotEmpty("the changes captured during the load are applied first", table=spec.source)
                 for old, new, records in moves:
                     lease = None if leases is None else leases.get(new.shard_id)
                     if leases is not None and (lease is None or not state.holds_lease(conn, spec, lease)):
@@ -908,6 +912,86 @@ class PostgresTarget:
         except psycopg.Error as exc:
             raise classify(exc, "applying changes", table=spec.source) from exc
         return True
+
+    # -- the spool: changes captured while the table loads -------------------------------------------------------
+
+    def spool_changes(
+        self,
+        conn: psycopg.Connection[Any],
+        spec: TableSpec,
+        stream_arn: str,
+        *,
+        entries: Sequence[SpoolEntry],
+        rejected: Sequence[Any],
+        moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+        captured: int,
+        captured_until: datetime | None,
+    ) -> int | None:
+        """Keep a batch's changes in the table's spool (each key's last one) and move its shards' checkpoints, in
+        one transaction, while the table loads. The spool's rows after it; None, with nothing written, when a
+        checkpoint had already moved (as :meth:`apply_changes`). SpoolClosed, with nothing written, when the table
+        no longer loads: from then on its changes go to the table, after its spool."""
+        try:
+            with conn.transaction():
+                for old, new, records in moves:
+                    before = None if old is None else (old.sequence_number, old.finished)
+                    after = (new.sequence_number, new.finished)
+                    if not state.move_shard(
+                        conn, spec, stream_arn, (new.shard_id, new.parent_shard_id), before, after, records
+                    ):
+                        raise _AlreadyApplied
+                new_rows = state.spool_changes(conn, spec, entries)
+                for item in rejected:
+                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+                spool_rows = state.record_capture(conn, spec, captured, captured_until, new_rows)
+                if spool_rows is None:
+                    raise SpoolClosed("the table is no longer loading", table=spec.source)
+        except _AlreadyApplied:
+            return None
+        except psycopg.Error as exc:
+            raise classify(exc, "capturing changes into the spool", table=spec.source) from exc
+        return spool_rows
+
+    def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]:
+        """Up to ``limit`` spool entries after key ``after``, in key order; on ``conn`` if given."""
+        return self._run_on(
+            conn, "reading the spool", lambda c: state.read_spool(c, spec, after, limit), table=spec.source
+        )
+
+    def apply_spool(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        *,
+        keys: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+    ) -> int | None:
+        """Apply a batch of the spool's entries (``keys``) to the table and remove them from the spool, in one
+        transaction: the rows the spool has left. None, with nothing written, when one of them was no longer there
+        (another process applied it)."""
+        spec = schema.spec
+        try:
+            with conn.transaction():
+                _check_mapping(conn, schema)
+                taken, left = state.take_spool(conn, spec, keys)
+                if taken != len(keys):
+                    raise _AlreadyApplied
+                if delete_keys:
+                    delete_rows(conn, schema, delete_keys)
+                if rows:
+                    upsert_rows(conn, schema, rows)
+                for item in rejected:
+                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+                state.record_changes(conn, spec, len(rows) + len(delete_keys), None)
+        except _AlreadyApplied:
+            return None
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, spec, exc, "applying the spool") from exc
+        except psycopg.Error as exc:
+            raise classify(exc, "applying the spool", table=spec.source) from exc
+        return left
 
     # -- rows -----------------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
 - ``podyn.shards``: per stream shard, the last applied sequence number; finished or not.
 - ``podyn.export_files``: per data file of the export a table is loaded from, the lines committed; done or not.
 - ``podyn.rejected``: items podyn could not convert, kept whole with the error, so that nothing is lost silently.
+- ``podyn.spool``: per table and key, the key's last change captured from the stream while the table loads.
 
 Segment, export file and shard positions are written in the same transaction as the rows they cover (see
 ``postgres.py``): that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the
@@ -30,7 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from podyn_py.core.changes import TtlCounts
+from podyn_py.core.changes import SpoolEntry, TtlCounts
 from podyn_py.core.exports import ExportFile, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
@@ -246,6 +247,28 @@ _MIGRATIONS: tuple[str, ...] = (
         LEFT JOIN podyn.leases l ON (l.target_schema, l.target_table, l.kind, l.unit_id)
                                     = (f.target_schema, f.target_table, 'export file', f.data_file_key);
     """,
+    # 6: the spool. While a table loads, its stream is captured: each key's last change (the new image as DynamoDB
+    # JSON, or a delete), committed with the shard checkpoints; applied to the table once it is loaded. The key is
+    # core.changes.spool_key's text; json (not jsonb) keeps a U+0000 inside a value. How much was captured
+    # (captured_changes, captured_until: the newest record's ApproximateCreationDateTime) and the spool's rows are
+    # counted in podyn.tables by the transactions that change them.
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS captured_changes bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS captured_until timestamptz,
+        ADD COLUMN IF NOT EXISTS spool_rows bigint NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS podyn.spool (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        item_key text COLLATE "C" NOT NULL,
+        deleted boolean NOT NULL,
+        image json,
+        shard_id text NOT NULL,
+        sequence_number text NOT NULL,
+        created_at timestamptz,
+        PRIMARY KEY (target_schema, target_table, item_key)
+    );
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -266,6 +289,7 @@ METADATA_TABLES = (
     "podyn.leases",
     "podyn.workers",
     "podyn.export_files",
+    "podyn.spool",
 )
 
 
@@ -490,6 +514,7 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
         "podyn.export_files",
         "podyn.shards",
         "podyn.shards",
+        "podyn.spool",
         "podyn.leases",
         "podyn.columns",
         "podyn.rejected",
@@ -546,7 +571,9 @@ def start_load(
     stream_view_type: str | None,
 ) -> StateChange:
     """``loading``, from now, with the stream found at the start; no items, no replay point, nothing to empty, no
-    export (a Scan load; :func:`start_export_load` records the export)."""
+    export (a Scan load; :func:`start_export_load` records the export), an empty spool (what an earlier capture kept
+    happened before this load's scan: the scan reads its effect)."""
+    forget_spool(conn, spec)
     return _set_state(
         conn,
         spec,
@@ -555,7 +582,8 @@ def start_load(
         """, total_segments = %s, items_loaded = 0, load_started_at = now(), load_finished_at = NULL,
              stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false,
              export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
-             export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL""",
+             export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL,
+             captured_changes = 0, captured_until = NULL, spool_rows = 0""",
         (total_segments, stream_arn, stream_view_type),
     )
 
@@ -1178,6 +1206,93 @@ def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
     return int(row[0]) if row else 0
 
 
+# -- the spool: changes captured while a table loads ------------------------------------------------------------
+
+
+def spool_changes(conn: psycopg.Connection[Any], spec: TableSpec, entries: Sequence[SpoolEntry]) -> int:
+    """Keep each entry as its key's last change, replacing the one kept before (the caller writes in stream order
+    and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's text
+    form escapes each element, which took 4 times as long as the insert itself."""
+    if not entries:
+        return 0
+    rows = conn.execute(
+        """INSERT INTO podyn.spool (target_schema, target_table, item_key, deleted, image, shard_id, sequence_number,
+                                    created_at)
+           SELECT %s, %s, k, i IS NULL, i::json, s, q, c
+           FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]) AS e(k, i, s, q, c)
+           ON CONFLICT (target_schema, target_table, item_key) DO UPDATE
+           SET deleted = excluded.deleted, image = excluded.image, shard_id = excluded.shard_id,
+               sequence_number = excluded.sequence_number, created_at = excluded.created_at
+           RETURNING xmax = 0""",
+        (
+            spec.schema,
+            spec.table,
+            [e.key for e in entries],
+            [e.image for e in entries],
+            [e.shard_id for e in entries],
+            [e.sequence_number for e in entries],
+            [e.created_at for e in entries],
+        ),
+    ).fetchall()
+    return sum(1 for (inserted,) in rows if inserted)
+
+
+def record_capture(
+    conn: psycopg.Connection[Any], spec: TableSpec, captured: int, captured_until: datetime | None, new_rows: int
+) -> int | None:
+    """Count a batch captured into the spool: the spool's rows after it; None, counting nothing, when the table
+    is not loading (any more): the caller must roll back, since no change may enter the spool once its apply can
+    have begun. The row lock taken here is the one the commit that finishes the load takes first
+    (``lock_table_row``): a batch and that commit are serialised, and whichever comes second sees the other."""
+    row = conn.execute(
+        """UPDATE podyn.tables
+           SET captured_changes = captured_changes + %s, captured_until = greatest(captured_until, %s::timestamptz),
+               spool_rows = spool_rows + %s, updated_at = now()
+           WHERE target_schema = %s AND target_table = %s AND load_started_at IS NOT NULL AND load_finished_at IS NULL
+           RETURNING spool_rows""",
+        (captured, captured_until, new_rows, spec.schema, spec.table),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def read_spool(conn: psycopg.Connection[Any], spec: TableSpec, after: str | None, limit: int) -> list[SpoolEntry]:
+    """Up to ``limit`` entries of the table's spool in key order, after key ``after`` (None: from the first)."""
+    rows = conn.execute(
+        """SELECT item_key, image::text, shard_id, sequence_number, created_at FROM podyn.spool
+           WHERE target_schema = %s AND target_table = %s AND (%s::text IS NULL OR item_key > %s)
+           ORDER BY item_key LIMIT %s""",
+        (spec.schema, spec.table, after, after, limit),
+    ).fetchall()
+    return [SpoolEntry(str(k), image, str(shard), str(seq), created) for k, image, shard, seq, created in rows]
+
+
+def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[str]) -> tuple[int, int]:
+    """Remove these keys' entries from the spool as they are applied: how many were still there, and how many
+    rows the spool has left."""
+    row = conn.execute(
+        """WITH taken AS (DELETE FROM podyn.spool
+                          WHERE target_schema = %s AND target_table = %s AND item_key = ANY(%b::text[]) RETURNING 1)
+           UPDATE podyn.tables SET spool_rows = spool_rows - (SELECT count(*) FROM taken), updated_at = now()
+           WHERE target_schema = %s AND target_table = %s
+           RETURNING (SELECT count(*) FROM taken), spool_rows""",
+        (spec.schema, spec.table, list(keys), spec.schema, spec.table),
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def spool_pending(conn: psycopg.Connection[Any], spec: TableSpec) -> bool:
+    """Whether the table's spool still holds changes (they go to the table before any later change)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM podyn.spool WHERE target_schema = %s AND target_table = %s)",
+        (spec.schema, spec.table),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def forget_spool(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    conn.execute("DELETE FROM podyn.spool WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table))
+
+
 # -- what --status shows -----------------------------------------------------------------------------------------
 
 
@@ -1222,6 +1337,10 @@ class TableProgress:
     read_capacity_consumed: float | None
     #: TTL deletes read from the stream, and what became of them (``--ttl-deletes``).
     ttl_deletes: TtlCounts = TtlCounts()
+    #: Stream records captured into the spool during the load, the newest one's creation time, the spool's rows.
+    captured_changes: int = 0
+    captured_until: datetime | None = None
+    spool_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -1274,7 +1393,8 @@ def read_progress(
                                      AND a.attname = c.column_name AND NOT a.attisdropped)),
                   export_id, export_arn, export_url, export_time, export_item_count, export_size_bytes,
                   export_format, read_capacity_consumed,
-                  ttl_deletes_seen, ttl_deletes_applied, ttl_deletes_kept, ttl_deletes_marked
+                  ttl_deletes_seen, ttl_deletes_applied, ttl_deletes_kept, ttl_deletes_marked,
+                  captured_changes, captured_until, spool_rows
            FROM podyn.tables t
            LEFT JOIN LATERAL (SELECT to_regclass(format('%%I.%%I', t.target_schema, t.target_table))::oid) r(oid)
                ON true

@@ -1,0 +1,330 @@
+"""The spool: a table's stream captured while the table loads, then applied to the table once it is loaded.
+
+A stream keeps records for 24 hours and a load can take a week (500 GB at the 100 RCU/s production can spare).
+So from the moment a table's load begins, its stream is read beside the load (a ``TableReplicator`` in capture
+mode, see ``changes.py``), and what is read is kept in ``podyn.spool``, committed with the shard checkpoints:
+for each key only its last change in stream order, the new image or a delete. The spool holds at most one row per
+key changed during the load, however long the load and however many times a key changes. Once the table is
+loaded, the spool is applied to it, in key order, a batch at a time, each batch in one transaction with the spool
+rows it consumes; then replication goes on from the shard checkpoints. A kill -9 anywhere loses and doubles
+nothing: each batch into the spool moves its checkpoints by compare-and-set, each batch out of it removes its rows.
+
+Why the table ends exact, key by key:
+
+- While the table loads nothing but the scan writes to it: the stream's changes go to the spool. Every change
+  since the load's start is either in the spool (its key's last one up to the checkpoints) or after the
+  checkpoints, where replication reads it later, in order.
+- No batch enters the spool once the table is loaded: its transaction ends by counting it in ``podyn.tables``
+  only while the load is unfinished, under the row lock that the commit finishing the load takes first, so the
+  two are serialised and whichever commits second sees the other (``state.record_capture``). All of the scan's
+  writes and all of the spool are committed before the spool's apply begins.
+- No change reaches the table from the stream while its spool still holds changes (``apply_changes`` checks, in
+  its transaction): a key's change in a child shard can never be overwritten by an older one from the spool.
+- So each key is written in this order: by the scan (its state at some moment after the load began), by the
+  spool (its last change up to the checkpoints), by replication (its later changes, in stream order). The last
+  write is the key's last change; for a key that did not change since the load began, the scan's, its state.
+  Between those writes a key may show an older state than the scan's (the spool's change came before the scan
+  read the key): ``catching up`` until replication reaches the present, as with any replay.
+- Records older than the load's start (minus ``ChangeOptions.replay_margin_seconds``) are skipped: the scan began
+  after them and read their effect or a later one. Keeping them would be correct too, since only a key's last
+  change counts, and it is either one of them (then it is what the scan read) or a later one; skipping only
+  keeps the spool smaller.
+
+Gaps: the capture goes on from its checkpoints after any restart. If no process captured the table for longer than
+the stream keeps records, the reader meets trimmed records and the table stops with StreamGapError, as
+replication does; a first capture (no checkpoint yet) of a load that started more than 24 hours ago stops the same
+way (``TableReplicator._start``). ``--data`` without ``--changes`` captures too and stops when the load ends: the
+spool and the checkpoints wait for a later ``--changes``, which applies the spool first, and which must start
+within 24 hours of the capture's last checkpoint.
+
+Not here: reading the stream (``source/streams.py``), the replication loop (``changes.py``), the SQL
+(``target/state.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from podyn_py import metrics
+from podyn_py.conversion import RowConverter
+from podyn_py.core.changes import (
+    Change,
+    Delete,
+    KeyIdentity,
+    Upsert,
+    from_spool_entry,
+    key_identity,
+    to_change,
+    to_spool_entry,
+)
+from podyn_py.core.keys import key_values
+from podyn_py.core.ports import Target
+from podyn_py.core.positions import ShardBatch, ShardPosition
+from podyn_py.core.rows import Rejected
+from podyn_py.core.schema import TableSpec
+from podyn_py.errors import DataError, Interrupted, MappingChanged, PodynError
+
+log = logging.getLogger(__name__)
+
+#: Spool entries applied per transaction once the table is loaded.
+APPLY_BATCH = 2000
+#: While the table loads and its stream is idle, how often the capture looks whether the load is done.
+LOADED_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What one batch into the spool held: records read, changes captured (before each key's last was kept),
+    records skipped (older than the load), rejected, and the spool's rows after it."""
+
+    records: int
+    captured: int
+    skipped: int
+    rejected: int
+    spool_rows: int
+    newest: datetime | None
+
+
+def capture(
+    target: Target,
+    conn: Any,
+    spec: TableSpec,
+    stream_arn: str,
+    batches: Sequence[ShardBatch],
+    *,
+    moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+    replay_from: datetime | None,
+    key_tags: Sequence[str],
+    resolve: Callable[[list[Change]], list[Change]],
+) -> Captured | None:
+    """Keep the batches' changes in the table's spool, with their shards' new checkpoints, in one transaction.
+
+    None, with nothing written, when a checkpoint had moved (another process captured these records). SpoolClosed,
+    with nothing written, when the table is no longer loading: the caller applies the spool, then these batches.
+    ``resolve`` turns the Refetch of KEYS_ONLY and OLD_IMAGE streams into the item as it is now (or a delete).
+    """
+    last: dict[KeyIdentity, tuple[Change, str, str]] = {}
+    bad: list[Rejected] = []
+    newest: datetime | None = None
+    skipped = captured = records = 0
+    for batch in batches:
+        for record in batch.records:
+            records += 1
+            try:
+                change = to_change(record, spec.key_names, table=spec.source, key_tags=key_tags)
+            except DataError as exc:
+                bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
+                log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
+                continue
+            created = change.created_at
+            if created is not None:
+                newest = created if newest is None or created > newest else newest
+                if replay_from is not None and created < replay_from:
+                    skipped += 1  # its effect is in the scan (see the module's docstring)
+                    continue
+            identity = key_identity(change.key)
+            last.pop(identity, None)  # re-inserted: the order follows each key's last change
+            last[identity] = (change, batch.shard_id, str(record["dynamodb"]["SequenceNumber"]))
+            captured += 1
+    kept = list(last.values())
+    entries = []
+    for change, (_, shard_id, sequence_number) in zip(resolve([c for c, _, _ in kept]), kept, strict=True):
+        assert isinstance(change, Upsert | Delete), "resolve leaves no Refetch; the spool is not given Expire"
+        entries.append(to_spool_entry(change, shard_id, sequence_number))
+    spool_rows = target.spool_changes(
+        conn, spec, stream_arn, entries=entries, rejected=bad, moves=moves, captured=captured, captured_until=newest
+    )
+    if spool_rows is None:
+        return None
+    metrics.CHANGES_CAPTURED.labels(spec.source).inc(captured)
+    metrics.ITEMS_REJECTED.labels(spec.source).inc(len(bad))
+    metrics.SPOOL_ROWS.labels(spec.source).set(spool_rows)
+    metrics.BATCHES.labels(spec.source).inc()
+    if newest is not None:
+        metrics.CAPTURED_UNTIL.labels(spec.source).set(newest.timestamp())
+    return Captured(records, captured, skipped, len(bad), spool_rows, newest)
+
+
+def log_captured(spec: TableSpec, captured: Captured) -> None:
+    if not captured.records:
+        return
+    log.info(
+        "table %s: captured %d records into the spool (%d changes%s%s), spool %d rows, newest written %s",
+        spec.source,
+        captured.records,
+        captured.captured,
+        f", {captured.skipped} older than the load skipped" if captured.skipped else "",
+        f", {captured.rejected} rejected" if captured.rejected else "",
+        captured.spool_rows,
+        "-" if captured.newest is None else captured.newest.isoformat(timespec="seconds"),
+    )
+
+
+def apply_spool(
+    target: Target, conn: Any, rows: RowConverter, stop: threading.Event, *, batch: int = APPLY_BATCH
+) -> int:
+    """Apply the table's spool to the table, in key order, ``batch`` entries a transaction, each with the spool rows
+    it consumes; how many changes were applied. Once the table is loaded, before any later change.
+
+    Several processes may apply one spool at once: an entry another one applied first makes this batch roll back,
+    and it is read again. Interrupted when ``stop`` is set before the spool is empty (the next run goes on).
+    """
+    spec = rows.schema.spec
+    started = time.monotonic()
+    after: str | None = None
+    upserted = deleted = 0
+    while True:
+        if stop.is_set():
+            raise Interrupted("stopped on request while applying the spool; the next run goes on", table=spec.source)
+        entries = target.read_spool(spec, after, batch, conn)
+        if not entries:
+            break
+        if after is None and not upserted + deleted:
+            log.info("table %s: the load is done; applying the changes captured during it (the spool)", spec.source)
+        changes = [from_spool_entry(entry) for entry in entries]
+        upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        while True:
+            schema, converted, rejected = rows.convert(upserts)
+            delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
+            try:
+                left = target.apply_spool(
+                    conn,
+                    schema,
+                    keys=[entry.key for entry in entries],
+                    rows=converted,
+                    delete_keys=delete_keys,
+                    rejected=rejected,
+                )
+                break
+            except MappingChanged as exc:  # columns renamed by another process: same entries, new names
+                log.info("table %s: %s", spec.source, exc.message)
+                rows.refresh(schema)
+        if left is None:
+            log.info("table %s: another process applied part of the spool; reading it again", spec.source)
+            continue
+        after = entries[-1].key
+        upserted += len(converted)
+        deleted += len(delete_keys)
+        metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(converted))
+        metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
+        metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected))
+        metrics.BATCHES.labels(spec.source).inc()
+        metrics.SPOOL_ROWS.labels(spec.source).set(left)
+        log.debug("table %s: applied %d spool entries, %d left", spec.source, len(entries), left)
+    if upserted + deleted:
+        seconds = time.monotonic() - started
+        log.info(
+            "table %s: spool applied: %d changes (%d upserts, %d deletes) in %.1f s (%.0f changes/s)",
+            spec.source,
+            upserted + deleted,
+            upserted,
+            deleted,
+            seconds,
+            (upserted + deleted) / seconds if seconds > 0 else 0.0,
+        )
+    metrics.SPOOL_ROWS.labels(spec.source).set(0)
+    return upserted + deleted
+
+
+def loading(target: Target, spec: TableSpec) -> bool:
+    """Whether the table's load is still unfinished, as committed (by this process or another)."""
+    record = target.read_table(spec)
+    return record is not None and record.load_started_at is not None and record.load_finished_at is None
+
+
+class LinkedStop(threading.Event):
+    """A stop event set on its own or with ``parent``: one table's work beside its load stops alone (the load
+    failed) or with the whole run (SIGTERM)."""
+
+    def __init__(self, parent: threading.Event) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.parent.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            step = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if step <= 0:
+                return False
+            super().wait(step)
+        return True
+
+
+class BesideLoad:
+    """Work in a thread of its own beside a table's load (``load.Beside``): the capture of the table's stream.
+
+    ``work`` runs from before the load's first page, with its own stop event, and returns the error that stopped
+    the table (None: it ended or was stopped). ``after_load``: it goes on once the table is loaded (``--changes``:
+    it applies the spool and replicates); else it ends by itself soon after (``--data`` alone), and the load waits
+    for it. A load that fails stops it.
+    """
+
+    #: How long the end of a load waits for a capture to notice it and commit what it has in hand.
+    END_SECONDS = 60.0
+
+    def __init__(
+        self,
+        table: str,
+        work: Callable[[threading.Event], PodynError | None],
+        parent_stop: threading.Event,
+        *,
+        after_load: bool,
+        on_start: Callable[[BesideLoad], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.work = work
+        self.stop = LinkedStop(parent_stop)
+        self.after_load = after_load
+        self.on_start = on_start
+        self.error: PodynError | None = None
+        self.thread = threading.Thread(target=self._run, name=f"changes-{table}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.error = self.work(self.stop)
+        except Exception as exc:  # a bug must stop this table loudly, not vanish with its thread
+            log.exception("table %s: unexpected error beside the load", self.table)
+            self.error = PodynError(f"unexpected error capturing the stream: {exc!r}", table=self.table)
+
+    @property
+    def started(self) -> bool:
+        return self.thread.ident is not None
+
+    def start(self) -> None:
+        if self.on_start is not None:
+            self.on_start(self)
+        self.thread.start()
+
+    def failure(self) -> PodynError | None:
+        return self.error
+
+    def end(self, loaded: bool) -> None:
+        if not self.started:
+            return
+        if not loaded:
+            self.stop.set()
+        elif self.after_load:
+            return
+        self.thread.join(self.END_SECONDS)
+        if self.thread.is_alive():
+            log.warning("table %s: the capture did not end with the load; stopping it", self.table)
+            self.stop.set()
+            self.thread.join(self.END_SECONDS)
+        if loaded and self.error is not None:
+            log.error("table %s: the capture beside the load failed: %s", self.table, self.error)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.started:
+            self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
