@@ -38,6 +38,7 @@ FLOORS: dict[str, int] = {
     "metrics": 0,
     "progress": 0,
     "retry": 0,  # what a retry can fix and how long to wait: used by both edges and the orchestration
+    "collector": 0,  # the garbage collector's settings for a run, set by the CLI
     "core.*": 1,
     "config": 2,
     "source.*": 3,
