@@ -75,7 +75,7 @@ class RowConverter:
             if self.schema.generation > stale.generation:
                 return  # another thread has read it since
             self.schema = self.target.current_schema(self.schema)
-            self.builder = RowBuilder(self.schema, self.nul_counts)
+            self.builder = RowBuilder(self.schema, self.nul_counts, self.untagged_map_counts)
 
     def _build(
         self, builder: RowBuilder, items: list[dict[str, Any]]

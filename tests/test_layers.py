@@ -41,6 +41,7 @@ FLOORS: dict[str, int] = {
     "retry": 0,  # what a retry can fix and how long to wait: used by both edges and the orchestration
     "health": 0,  # the loops' beats and the tables' states that /healthz and /readyz report
     "logs": 0,  # the text and JSON log formats, the table of a record, redaction
+    "collector": 0,  # the garbage collector's settings for a run, set by the CLI
     "core.*": 1,
     "config": 2,
     "config_file": 2,  # --config: reads and checks the TOML file; the CLI converts its values with its own types

@@ -3,6 +3,12 @@
 A row has one value per schema column, in column order; attributes an item lacks are None (SQL NULL). jsonb values
 come back serialised (bytes), so the target writes them as they are. The schema must already hold every column the
 item needs (see :func:`podyn_py.core.schema.evolve`); a missing one is a bug, reported as DataError naming the key.
+
+Each item is first built by a fast path that knows, per type tag, the column of each attribute, converts the common
+values in line, and gives up (returns None) at the first thing it does not handle alone: an attribute without a
+column, a U+0000, an empty map without its "M", NULL that is not true, any error. The general path then builds the
+item from scratch, so what it decides (errors, counts, overflow, MissingColumn) is decided in one place; both give
+the same rows (tests/test_fast_rows.py).
 """
 
 from __future__ import annotations
@@ -10,22 +16,28 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from podyn_py.core.schema import DATA_COLUMN, ConversionMode, TableSchema
 from podyn_py.core.values import (
     NULL_TAG,
+    NUMBER,
     PG_TYPE_OF_TAG,
+    decode_binary,
     dump_json,
     key_text,
     split_value,
     to_column_value,
     to_json,
+    to_json_general,
 )
 from podyn_py.errors import DataError
 
 Item = Mapping[str, Any]
 T = TypeVar("T")
+
+_number = NUMBER.fullmatch
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,31 @@ class RowBuilder:
         self._jsonb = spec.mode is ConversionMode.JSONB
         self._data_position = schema.column_names.index(DATA_COLUMN) if self._jsonb else -1
         self._overflow = schema.overflow_position
+        #: Per type tag, each attribute's position in the row (the fast path's one lookup per attribute).
+        self._positions: dict[str, dict[str, int]] = {tag: {} for tag in PG_TYPE_OF_TAG}
+        for index, column in enumerate(schema.columns):
+            if column.attribute is not None:
+                for tag, pg_type in PG_TYPE_OF_TAG.items():
+                    if pg_type is column.type:
+                        self._positions[tag][column.attribute] = index
+        self._key_positions = tuple((name, index, schema.columns[index].type) for name, index in self._keys)
+        self._fast: Callable[[Item], list[Any] | None] = self._fast_jsonb if self._jsonb else self._fast_columns
+        self._general: Callable[[Item], list[Any]] = self._build_jsonb if self._jsonb else self._build_columns
 
     def build(self, item: Item) -> list[Any]:
-        return self._in_context(item, self._build_jsonb if self._jsonb else self._build_columns)
+        return self._in_context(item, self._build)
+
+    def build_general(self, item: Item) -> list[Any]:
+        """:meth:`build` without the fast path: what the fast path must agree with."""
+        return self._in_context(item, self._general)
+
+    def fast_row(self, item: Item) -> list[Any] | None:
+        """The row by the fast path alone (key attributes unchecked), or None where the general path must build it."""
+        return self._fast(item)
+
+    def _build(self, item: Item) -> list[Any]:
+        row = self._fast(item)
+        return self._general(item) if row is None else row
 
     def check(self, item: Item) -> None:
         """Raise the DataError that building ``item`` would meet once the schema holds its columns.
@@ -93,6 +127,50 @@ class RowBuilder:
                 key=key_text(item, self.schema.spec.key_names),
                 attribute=exc.attribute,
             ) from exc
+
+    def _fast_columns(self, item: Item) -> list[Any] | None:
+        """The row, or None for the general path to build it (see the module's docstring)."""
+        row: list[Any] = [None] * self.width
+        positions = self._positions
+        nuls: list[int] = []
+        untagged: list[int] = []
+        try:
+            for attribute, value in item.items():
+                try:
+                    ((tag, raw),) = value.items()
+                except (AttributeError, ValueError):
+                    return None
+                by_attribute = positions.get(tag)
+                if by_attribute is None:
+                    if tag == NULL_TAG and raw is True:
+                        continue
+                    return None
+                index = by_attribute.get(attribute)
+                if index is None:
+                    return None
+                if tag == "S":
+                    if raw.__class__ is not str or "\x00" in raw:
+                        return None
+                    row[index] = raw
+                elif tag == "N":
+                    # Digits alone are a number (cheaper than the pattern; isascii: "²".isdigit() is true too).
+                    if raw.__class__ is not str or not ((raw.isdigit() and raw.isascii()) or _number(raw)):
+                        return None
+                    row[index] = Decimal(raw)
+                elif tag == "BOOL":
+                    if raw.__class__ is not bool:
+                        return None
+                    row[index] = raw
+                elif tag == "B":
+                    row[index] = decode_binary(raw)
+                else:
+                    tree = to_json(value, nuls, untagged)
+                    if nuls or untagged:
+                        return None
+                    row[index] = dump_json(tree)
+        except DataError:
+            return None
+        return row
 
     def _build_columns(self, item: Item) -> list[Any]:
         row: list[Any] = [None] * self.width
@@ -123,7 +201,7 @@ class RowBuilder:
                 if overflow is None:
                     overflow = {}
                 try:
-                    overflow[attribute.replace("\x00", "")] = to_json(value, nuls, untagged)
+                    overflow[attribute.replace("\x00", "")] = to_json_general(value, nuls, untagged)
                 except DataError as exc:
                     raise DataError(exc.message, attribute=attribute) from exc
                 self._note_untagged(attribute, untagged, found)
@@ -144,6 +222,32 @@ class RowBuilder:
         self.untagged_map_counts.update(found)
         return row
 
+    def _fast_jsonb(self, item: Item) -> list[Any] | None:
+        """The row, or None for the general path to build it (see the module's docstring)."""
+        nuls: list[int] = []
+        untagged: list[int] = []
+        try:
+            if "\x00" in "".join(item):
+                return None
+        except TypeError:  # a name that is not a str
+            return None
+        try:
+            tree = {attribute: to_json(value, nuls, untagged) for attribute, value in item.items()}
+            if nuls or untagged:
+                return None
+            row: list[Any] = [None] * self.width
+            for attribute, index, pg_type in self._key_positions:
+                value = item.get(attribute)
+                if value is None:
+                    continue
+                ((tag, raw),) = value.items()
+                if PG_TYPE_OF_TAG.get(tag) is pg_type:
+                    row[index] = to_column_value(tag, raw)
+            row[self._data_position] = dump_json(tree)
+        except DataError:
+            return None
+        return row
+
     def _build_jsonb(self, item: Item) -> list[Any]:
         row: list[Any] = [None] * self.width
         nuls: list[int] = []
@@ -152,7 +256,7 @@ class RowBuilder:
         tree = {}
         for attribute, value in item.items():
             try:
-                tree[attribute.replace("\x00", "")] = to_json(value, nuls, untagged)
+                tree[attribute.replace("\x00", "")] = to_json_general(value, nuls, untagged)
             except DataError as exc:
                 raise DataError(exc.message, attribute=attribute) from exc
             self._note_untagged(attribute, untagged, found)

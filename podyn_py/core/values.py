@@ -13,6 +13,10 @@ value that lost one.
 DynamoDB Local writes an empty map inside stream images as ``{}``, without its ``"M"``. A value with no type tag at
 all can only be that, so :func:`split_value` reads it as an empty map; callers pass a list (``untagged``) that gets
 an entry for each one, to count and report them. Anything else malformed stays an error.
+
+:func:`to_json` is on every item's path, so it takes the common shapes (clean strings, plain numbers, maps, lists,
+booleans, string sets) in a few checks and hands anything else to :func:`to_json_general`, which handles every shape
+and raises every error; the two give the same tree, byte for byte once dumped (tests/test_fast_rows.py).
 """
 
 from __future__ import annotations
@@ -56,17 +60,28 @@ NULL_TAG = "NULL"
 
 # What DynamoDB accepts as a number: optional sign, digits with an optional point, optional exponent.
 # Decimal() alone would also take "1_000", " 1", "NaN" and "Infinity".
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The numbers whose JSON text is their DynamoDB text: str(Decimal(text)) == text (no sign to drop, no leading zero, no
+# exponent, no point to complete, nothing small enough for str() to write with an exponent). A subset of NUMBER.
+_plain_number = re.compile(r"-?(?:[1-9][0-9]*(?:\.[0-9]+)?|0(?:\.[1-9][0-9]*)?)").fullmatch
 
 
 def decode_number(text: Any) -> Decimal:
     """Parse a DynamoDB number exactly. Raises DataError for anything DynamoDB would not have stored."""
-    if not isinstance(text, str) or not _NUMBER.fullmatch(text):
+    if not isinstance(text, str) or not NUMBER.fullmatch(text):
         raise DataError(f"not a DynamoDB number: {text!r}")
     try:
         return Decimal(text)
     except InvalidOperation as exc:  # pragma: no cover - the pattern admits only valid literals
         raise DataError(f"not a DynamoDB number: {text!r}") from exc
+
+
+def is_plain_number(text: str) -> bool:
+    """True when ``text`` is a DynamoDB number that JSON writes as it is (see _plain_number)."""
+    # Digits alone first: cheaper than the pattern (isascii: "²".isdigit() is true too).
+    if text.isdigit() and text.isascii():
+        return text[0] != "0" or len(text) == 1
+    return _plain_number(text) is not None
 
 
 def json_number(text: Any) -> orjson.Fragment:
@@ -120,7 +135,38 @@ def to_json(value: Any, nuls: list[int] | None = None, untagged: list[int] | Non
     Maps become objects, lists and sets arrays, numbers JSON numbers (exact), binary base64 strings, NULL null.
     ``nuls``, when given, gets one entry appended for each string or map key that lost a U+0000; ``untagged`` one
     for each empty map without its ``"M"`` (see :func:`split_value`).
+
+    The same as :func:`to_json_general`, which it calls for every value it does not take itself: a value with a
+    U+0000 anywhere in it, a number str() would write otherwise, binary, NULL, anything malformed (for the error).
     """
+    if value.__class__ is dict and len(value) == 1:
+        ((tag, raw),) = value.items()
+        if tag == "S":
+            if raw.__class__ is str and "\x00" not in raw:
+                return raw
+        elif tag == "N":
+            if raw.__class__ is str and is_plain_number(raw):
+                return orjson.Fragment(raw)
+            return json_number(raw)
+        elif tag == "M":
+            if raw.__class__ is dict and _all_clean(raw):
+                return {k: to_json(v, nuls, untagged) for k, v in raw.items()}
+        elif tag == "L":
+            if raw.__class__ is list:
+                return [to_json(v, nuls, untagged) for v in raw]
+        elif tag == "BOOL":
+            if raw.__class__ is bool:
+                return raw
+        elif tag == "SS":
+            if raw.__class__ is list and _all_clean(raw):
+                return raw  # the members as they are: to_json_general would copy them
+        elif tag == "NS" and raw.__class__ is list:
+            return [orjson.Fragment(n) if n.__class__ is str and is_plain_number(n) else json_number(n) for n in raw]
+    return to_json_general(value, nuls, untagged)
+
+
+def to_json_general(value: Any, nuls: list[int] | None = None, untagged: list[int] | None = None) -> Any:
+    """:func:`to_json` for every value: each shape, each U+0000 counted, each error raised (the slow path)."""
     tag, raw = split_value(value, untagged)
     if tag == "S":
         return _clean(raw, nuls)
@@ -129,11 +175,11 @@ def to_json(value: Any, nuls: list[int] | None = None, untagged: list[int] | Non
     if tag == "M":
         if not isinstance(raw, dict):
             raise DataError(f"map value is not an object: {_preview(raw)}")
-        return {_clean(k, nuls): to_json(v, nuls, untagged) for k, v in raw.items()}
+        return {_clean(k, nuls): to_json_general(v, nuls, untagged) for k, v in raw.items()}
     if tag == "L":
         if not isinstance(raw, list):
             raise DataError(f"list value is not an array: {_preview(raw)}")
-        return [to_json(v, nuls, untagged) for v in raw]
+        return [to_json_general(v, nuls, untagged) for v in raw]
     if tag == "BOOL":
         return _boolean(raw)
     if tag == "NULL":
@@ -178,7 +224,7 @@ def to_column_value(tag: str, raw: Any, nuls: list[int] | None = None, untagged:
         return _boolean(raw)
     if tag == "NULL":
         return check_null(raw)
-    return dump_json(to_json({tag: raw}, nuls, untagged))
+    return dump_json(to_json_general({tag: raw}, nuls, untagged))
 
 
 def key_text(item: Mapping[str, Any], key_attributes: tuple[str, ...]) -> str:
@@ -197,6 +243,14 @@ def key_text(item: Mapping[str, Any], key_attributes: tuple[str, ...]) -> str:
         shown = encode_binary(raw) if tag == "B" and isinstance(raw, bytes) else raw
         parts.append(f"{name}={shown}")
     return ", ".join(parts)
+
+
+def _all_clean(strings: Any) -> bool:
+    """True when every member (every key, of a dict) is a str without U+0000: one join instead of a loop."""
+    try:
+        return "\x00" not in "".join(strings)
+    except TypeError:  # a member that is not a str: to_json_general says which
+        return False
 
 
 def _clean(text: Any, nuls: list[int] | None) -> str:

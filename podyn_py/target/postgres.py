@@ -23,7 +23,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import postgres, sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from podyn_py import health, metrics
@@ -65,6 +68,8 @@ from podyn_py.target import state
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_JSONB_OID = postgres.types["jsonb"].oid
 
 
 def _already_json(value: Any) -> Any:
@@ -1284,11 +1289,25 @@ class _AlreadyApplied(Exception):
     """Rolls back a transaction whose position had already moved on."""
 
 
+class _JsonbBytesBinaryDumper(Dumper):
+    """jsonb in binary COPY from bytes that are JSON already (the rows' jsonb values): the format's version byte,
+    then the text. One call a value, where psycopg's JsonbBinaryDumper makes three and two type checks."""
+
+    format = Format.BINARY
+    oid = _JSONB_OID
+
+    def dump(self, obj: bytes) -> Buffer:
+        return b"\x01" + obj
+
+
 def copy_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
-    with conn.cursor() as cur, cur.copy(ddl.copy_rows(schema)) as copy:
-        copy.set_types([c.type.value for c in schema.columns])
-        for row in rows:
-            copy.write_row(row)
+    with conn.cursor() as cur:
+        # On this cursor only, and by oid only: what set_types picks for jsonb columns, nothing else.
+        cur.adapters.register_dumper(None, _JsonbBytesBinaryDumper)
+        with cur.copy(ddl.copy_rows(schema)) as copy:
+            copy.set_types([c.type.value for c in schema.columns])
+            for row in rows:
+                copy.write_row(row)
 
 
 def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequence[Sequence[Any]]) -> None:
