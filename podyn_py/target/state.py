@@ -786,6 +786,10 @@ def claim_units(
     the unit's generation: the previous owner's commits to it fail from now on. The caller decides which units
     are candidates (not done, parents done); this only arbitrates between processes. The free units are picked in
     a materialised CTE, run once: as a subquery of UPDATE ... FROM it can be run again per row and claim more.
+
+    A lease of ``owner``'s own that expired (a renewal came late) is not claimed again by it: one of its threads
+    still works on that unit, and the next renewal keeps it; claiming it made that thread lose its page in flight
+    to a sibling (and log that another process took it over).
     """
     if not candidates or limit <= 0:
         return []
@@ -799,7 +803,8 @@ def claim_units(
         """WITH free AS MATERIALIZED (
                SELECT unit_id FROM podyn.leases
                WHERE target_schema = %(schema)s AND target_table = %(table)s AND kind = %(kind)s
-                 AND unit_id = ANY(%(ids)s) AND (owner IS NULL OR expires_at < now())
+                 AND unit_id = ANY(%(ids)s)
+                 AND (owner IS NULL OR (expires_at < now() AND owner <> %(owner)s))
                ORDER BY array_position(%(ids)s, unit_id) LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED)
            UPDATE podyn.leases l
