@@ -114,3 +114,14 @@ def test_workers_dead_for_hours_are_forgotten_the_others_kept(target: PostgresTa
     with connect(pg_url) as conn:
         left = {str(r[0]) for r in conn.execute("SELECT worker FROM podyn.workers").fetchall()}
     assert left == {"quiet:2:bb", "new:3:cc"}
+
+
+def test_a_process_does_not_take_its_own_expired_lease_from_itself(target: PostgresTarget, pg_url: str) -> None:
+    """A renewal that comes late leaves the lease expired but still its owner's: a sibling thread of the owner
+    must not claim it (its first thread is still loading that segment); another process may."""
+    (first, second) = claim(target, "a")
+    expire(pg_url)
+    assert claim(target, "a") == []
+    assert target.renew_leases(SPEC, [first, second], 30.0, role="load") == [first, second]  # still a's
+    expire(pg_url)
+    assert {lease.unit_id for lease in claim(target, "b")} == {first.unit_id, second.unit_id}

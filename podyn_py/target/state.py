@@ -993,6 +993,10 @@ def claim_units(
     expired, or at once when its owner's presence lock is gone (see :func:`take_presence_lock`: the process was
     killed, its connections closed). The free units are picked in
     a materialised CTE, run once: as a subquery of UPDATE ... FROM it can be run again per row and claim more.
+
+    A lease of ``owner``'s own that expired (a renewal came late) is not claimed again by it: one of its threads
+    still works on that unit, and the next renewal keeps it; claiming it made that thread lose its page in flight
+    to a sibling (and log that another process took it over).
     """
     if not candidates or limit <= 0:
         return []
@@ -1007,7 +1011,7 @@ def claim_units(
                SELECT unit_id FROM podyn.leases
                WHERE target_schema = %(schema)s AND target_table = %(table)s AND kind = %(kind)s
                  AND unit_id = ANY(%(ids)s)
-                 AND (owner IS NULL OR expires_at < now() OR NOT EXISTS ({_PRESENT}))
+                 AND (owner IS NULL OR (owner <> %(owner)s AND (expires_at < now() OR NOT EXISTS ({_PRESENT}))))
                ORDER BY array_position(%(ids)s, unit_id) LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED)
            UPDATE podyn.leases l
