@@ -358,20 +358,34 @@ class TableReplicator:
     # -- shards as leased units ----------------------------------------------------------------------------------
 
     def _rebalance_now(self, reader: _ReadAhead, stream_arn: str) -> bool:
-        """On the lease heartbeat (and as soon as a listing or a finished shard calls for it): renew the leases,
-        then take this process's share of the readable shards. True when the shards it reads changed."""
+        """On the lease heartbeat (and as soon as a new listing or a finished shard calls for it): renew the leases,
+        then take this process's share of the readable shards. True when the shards it reads changed.
+
+        A shard another process finished has children this process may have to read, but its reader lists the
+        shards only every ``relist_seconds``: when the checkpoints show a finished shard without known children,
+        it lists them again now, and the listing that brings them in rebalances at once."""
         listed = reader.reader.listed
-        first_listing = listed is not None and self._listed is None
+        new_listing = listed is not None and (self._listed is None or listed.keys() != self._listed.keys())
         if listed is not None:
             self._listed = listed
-        if not first_listing and time.monotonic() < self._rebalance_due:
+        if not new_listing and time.monotonic() < self._rebalance_due:
             return False
         before = set(self.owned)
         for lease in self.keeper.renew():
             self.owned.pop(lease.unit_id, None)
         self.positions = self.target.read_positions(self.spec, stream_arn)
+        if self._children_unknown():
+            reader.reader.relist()
         self._rebalance(stream_arn)
         return set(self.owned) != before
+
+    def _children_unknown(self) -> bool:
+        """Whether a listed shard is finished by the checkpoints while the listing holds none of its children."""
+        listed = self._listed
+        if listed is None:
+            return False
+        parents = set(listed.values())
+        return any(p.finished and shard in listed and shard not in parents for shard, p in self.positions.items())
 
     def _rebalance(self, stream_arn: str) -> None:
         """Claim this process's fair share of the readable shards; give back finished ones and any over the share.

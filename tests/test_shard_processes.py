@@ -411,3 +411,33 @@ def test_a_process_paused_inside_its_commit_holds_up_neither_the_table_nor_its_s
     wait_applied(pg_url, script, [paused, other])
     assert_exactly_once(pg_url, table, script, splits=False)
     assert paused.stop() == 0 and other.stop() == 0
+
+
+def test_both_children_of_a_split_are_read_soon_after_their_parent_finishes(
+    scripted: Scripted, stream_server: ScriptedStreamServer, pg_url: str, services: Any
+) -> None:
+    """Two processes: the first reads shard R, the second the parent P (R was opened first, so the first keeps it
+    when the second joins). P splits: the second process, whose share is then one shard, takes one child; the other
+    child is the first process's to take, which learns of it only from a listing of its own. Both children are
+    opened within a few lease heartbeats (1 s here) of the parent's finished checkpoint, not at the first process's
+    next periodic listing (every 30 s). The stream is scripted at the HTTP boundary: DynamoDB Local keeps one shard."""
+    table, script = scripted()
+    writer = Writer(script, roots(script, 2, 4))
+    rest, parent = list(writer.keys)
+    first = start(services, pg_url, table, stream_server, "--lease-seconds", LEASE)
+    wait_for(lambda: shares(pg_url) == [2], lambda: f"one process on both shards (now {shares(pg_url)})",
+             timeout=TIMEOUT, service=first)  # fmt: skip
+    second = start(services, pg_url, table, stream_server, "--lease-seconds", LEASE)
+    wait_for(lambda: f":{second.process.pid}:" in owners(pg_url).get(parent, ""),
+             lambda: f"the second on the parent (now {owners(pg_url)})", timeout=TIMEOUT, service=second)  # fmt: skip
+    writer.round()
+    children = writer.split(parent)
+    writer.round()
+    wait_for(lambda: checkpoints(pg_url).get(parent, (None, False))[1], "the parent finished",
+             timeout=TIMEOUT, service=second)  # fmt: skip
+    wait_for(lambda: all(script.iterators_on(c) for c in children), lambda: f"both children opened ({owners(pg_url)})",
+             timeout=12, service=first)  # fmt: skip
+    wait_applied(pg_url, script, [first, second])
+    assert_exactly_once(pg_url, table, script)
+    assert {owner_pid(owners(pg_url)[c]) for c in [rest, *children]} == {first.process.pid, second.process.pid}
+    assert first.stop() == 0 and second.stop() == 0

@@ -131,6 +131,10 @@ class ChangeSource(Protocol):
 
     def read(self, max_wait: float = 1.0) -> list[ShardBatch]: ...
 
+    def relist(self) -> None:
+        """Refresh :attr:`listed` at the next :meth:`read` (may be called from another thread)."""
+        ...
+
 
 # -- the target -------------------------------------------------------------------------------------------------
 

@@ -173,6 +173,11 @@ class StreamReader:
             return False
         return all(s.finished for s in self._shards.values() if s.listed)
 
+    def relist(self) -> None:
+        """List the shards again at the next :meth:`read` (another process finished a shard: its children are
+        due). May be called from another thread: it only moves the time of the next listing."""
+        self._next_listing = float("-inf")
+
     def positions(self) -> dict[str, ShardPosition]:
         """The position of every shard handed out so far or passed in, including finished ones."""
         return {s.shard_id: s.position() for s in self._shards.values() if s.has_position}
