@@ -465,6 +465,7 @@ def test_a_worker_keeps_its_connection_from_one_segment_to_the_next(ddb: Any, pg
     from podyn_py.load import LoadOptions, load_table
     from podyn_py.source import dynamodb
     from podyn_py.target.postgres import PostgresTarget
+    from podyn_py.target.state import HEARTBEAT_SECONDS
 
     class CountingTarget(PostgresTarget):
         opened: list[Any] = []
@@ -479,11 +480,15 @@ def test_a_worker_keeps_its_connection_from_one_segment_to_the_next(ddb: Any, pg
     target = CountingTarget(pg_url)
     schema = target.prepare_table(description.spec, create=True, citus=False)
     target.opened.clear()
+    started = time.monotonic()
     result = load_table(description, schema, target, ddb, LoadOptions(segments=12, connections=2))
+    beats = int((time.monotonic() - started) / HEARTBEAT_SECONDS) + 1
     assert result.items == 400 and table_differences(ddb, pg_url, table) == []
     # One per worker (its claims, pages and releases), plus one each for begin_load, joining the table's workers,
-    # leaving them and finish_load (one per segment would make 16 or more).
-    assert len(target.opened) <= 2 + 4, f"{len(target.opened)} connections for 12 segments on 2 workers"
+    # the worker's presence lock, leaving and finish_load, and one per heartbeat's lease renewal (a slow machine
+    # beats more often during the load); one per segment would make 12 more.
+    opened = len(target.opened)
+    assert opened <= 2 + 5 + beats, f"{opened} connections for 12 segments on 2 workers in {beats} heartbeats"
     assert all(conn.closed for conn in target.opened)
 
 
