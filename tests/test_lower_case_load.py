@@ -28,7 +28,7 @@ from scripted_streams import RecordMaker
 from podyn_py.changes import TableReplicator
 from podyn_py.conversion import RowConverter
 from podyn_py.core.naming import name_tag
-from podyn_py.core.positions import ShardPosition
+from podyn_py.core.positions import ShardPosition, UnitKind
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
 from podyn_py.demo_services import LocalPostgres
 from podyn_py.errors import MappingChanged
@@ -297,8 +297,13 @@ def test_a_change_batch_that_meets_a_rename_is_applied_under_the_new_names(pg_ur
     records = RecordMaker()
     batch = [records.put(f"k{i}", i, Id={"S": f"Id-k{i}"}) for i in range(5)]
     position = ShardPosition("shard-1", None, batch[-1]["dynamodb"]["SequenceNumber"], False)
-    with target.connect() as conn:
-        replicator._apply(conn, "arn:stream", [ShardBatch("shard-1", None, batch, position)])
+    replicator.keeper.join()  # as run() does: the batch commits only under its shard's lease
+    replicator.owned = {lease.unit_id: lease for lease in replicator.keeper.claim(UnitKind.SHARD, ["shard-1"], 1)}
+    try:
+        with target.connect() as conn:
+            replicator._apply(conn, "arn:stream", [ShardBatch("shard-1", None, batch, position)])
+    finally:
+        replicator.keeper.leave()
     assert target.refused == 1
     moved = "id_" + name_tag("Id")
     with connect(pg_url) as conn:
