@@ -24,7 +24,7 @@ from podyn_py import health, logs, metrics
 from podyn_py.conversion import RowConverter
 from podyn_py.core.keys import key_from_json, key_to_json
 from podyn_py.core.ports import ScanClient, ScanSource, Target
-from podyn_py.core.positions import Lease, SegmentRecord
+from podyn_py.core.positions import Lease, SegmentRecord, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
 from podyn_py.core.selection import EVERYTHING, AttributeSelection
@@ -183,7 +183,17 @@ def load_table(
         )
         return LoadResult(spec.source, 0, 0, True, 0.0)
     remaining = [s for s in segments if not s.done]
-    if any(s.done or s.last_key is not None for s in segments):
+    leased = sum(live for _, live in target.held_units(spec, UnitKind.SEGMENT).values())
+    if leased:
+        log.info(
+            "table %s: joining the load other podyn processes are running, %d of %d segments unfinished"
+            " (%d leased to them)",
+            spec.source,
+            len(remaining),
+            len(segments),
+            leased,
+        )
+    elif any(s.done or s.last_key is not None for s in segments):
         log.info(
             "table %s: resuming an interrupted load, %d of %d segments unfinished",
             spec.source,
@@ -464,7 +474,10 @@ def _write_with_reconnect(
     while True:
         try:
             if conn is None:
+                # Kept at once, not on success only: a reconnect that then meets a lost lease (or renamed columns)
+                # left the worker on its closed connection and this one open, never closed.
                 conn = load.connect()
+                load.keep_connection(conn)
             if not load.target.write_page(conn, schema, rows, rejected, segment, key, new_key, lease):
                 log.info(
                     "table %s segment %d: page already applied (by an earlier attempt or another process)",
