@@ -7,6 +7,7 @@ Run from the repository root, never as a test:
     .venv/bin/python bench/bench_load.py --items 100000 --repeat 3 --explore --profile   # py-spy: pip install py-spy
     .venv/bin/python bench/bench_load.py --items 1000000 --json /tmp/1m.json
     .venv/bin/python bench/bench_load.py --items 100000 --variant 'n4:-n 4' --variant 'arenas2:MALLOC_ARENA_MAX=2'
+    .venv/bin/python bench/bench_load.py --items 100000 --skip naive --skip postgres --processes 1,2 --repeat 2
 
 Output: RUN lines (one per measurement), FIGURE lines (each figure's best run), TARGET lines (ratios against the
 project's targets), and PROFILE lines; bench/RESULTS.md explains them and holds the measured results.
@@ -22,6 +23,9 @@ bytes with BatchWriteItem from several threads (no stream), then measures in the
                    INSERT, a commit per page (on a sample of the table when N is large, extrapolated)
   postgres ceiling server-side ``COPY ... FROM '/tmp/file'`` of the same rows into a table with the same columns
   podyn            ``python -m podyn_py -s -d --scan-rate 0`` as a subprocess: items/s, peak RSS, CPU time, rows
+  podyn -P N       with ``--processes N,...``: the same with ``-P N`` (N processes sharing the segments by lease),
+                   each into its own database, in every round; its client CPU is the parent's and every child's
+                   (wait4 counts the children it reaped); its peak RSS is the supervising parent's only
 
 Every figure also carries the CPU seconds that podyn (or this script), DynamoDB Local and PostgreSQL spent on it,
 since all three share the machine's cores. Every process this script starts is stopped before it exits, and the
@@ -788,6 +792,23 @@ def figure_line(figure: Figure, items: int, ctx: dict[str, Any]) -> str:
     return f"{text}  {short_context(ctx)}"
 
 
+def process_lines(figures: dict[str, Figure], counts: list[int], items: int) -> list[str]:
+    """One line per -P N (its best round): items/s, against -P 1's, and client CPU-seconds per 100k items (the
+    parent and all its children), against issue 12's target of 3.5."""
+    lines = []
+    base = figures.get("podyn -P 1")
+    for count in counts:
+        figure = figures[f"podyn -P {count}"]
+        client = figure.cpu.get("client", float("nan")) * 100_000 / items
+        ratio = f", {figure.rate / base.rate:.2f}× -P 1" if base is not None and base.rate else ""
+        total = sum(v for v in figure.cpu.values() if v == v) * 100_000 / items
+        lines.append(
+            f"PROCS   -P {count}: {figure.rate:,.0f} items/s{ratio}; client {client:.2f} CPU-s per 100k items"
+            f" (target 3.5: {verdict(client, 3.5, at_least=False)}); client, DynamoDB Local and PostgreSQL together {total:.1f} CPU-s per 100k"
+        )
+    return lines
+
+
 def verdict(value: float, target: float, *, at_least: bool) -> str:
     met = value >= target if at_least else value < target
     return "MET" if met else "MISSED"
@@ -858,6 +879,14 @@ def main() -> None:
         metavar="LABEL:[ENV=V ...] [ARG ...]",
         help="also run podyn with this environment and these extra arguments, into its own database (repeatable),"
         " e.g. 'n4:-n 4' or 'arenas2:MALLOC_ARENA_MAX=2'",
+    )
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(n) for n in text.split(",") if n.strip()],
+        default=[],
+        metavar="N,N,...",
+        help="also run podyn with -P N for each N, side by side in every round, each into its own database"
+        " (e.g. 1,2): items/s and client CPU-seconds per 100k items summed over the processes",
     )
     parser.add_argument("--profile", action="store_true", help="also run podyn under py-spy and print the top lines")
     parser.add_argument("--profile-top", type=int, default=20, help="lines per profile table (default 20)")
@@ -966,6 +995,14 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
             report(run_podyn(meter, ddb.endpoint_url, url, items, segments, args.podyn_arg, log_path))
             say("PODYN   " + _podyn_summary(log_path))
 
+            for count in args.processes:
+                url = new_database(f"bench_p{count}_{round_}")
+                figure = run_podyn(
+                    meter, ddb.endpoint_url, url, items, segments, [*args.podyn_arg, "-P", str(count)],
+                    workdir / f"podyn_p{count}_{round_}.log", name=f"podyn -P {count}",
+                )  # fmt: skip
+                report(figure, "PROCS")
+
         if args.explore:
             note = f"{SEGMENTS_PER_CONNECTION * segments} segments over 2 processes, botocore parser"
             scan = functools.partial(scan_in_processes, ddb.endpoint_url, segments, 2)
@@ -985,6 +1022,10 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
         for name in ("source ceiling", "source orjson", "naive", "postgres ceiling", "podyn"):
             if name in figures:
                 say(f"FIGURE  {figure_line(figures[name], items, ctx)}")
+        for count in args.processes:
+            say(f"FIGURE  {figure_line(figures[f'podyn -P {count}'], items, ctx)}")
+        for line in process_lines(figures, args.processes, items):
+            say(line)
         targets = target_lines(figures, items)
         for line in targets:
             say(line)
