@@ -804,7 +804,8 @@ def process_lines(figures: dict[str, Figure], counts: list[int], items: int) -> 
         total = sum(v for v in figure.cpu.values() if v == v) * 100_000 / items
         lines.append(
             f"PROCS   -P {count}: {figure.rate:,.0f} items/s{ratio}; client {client:.2f} CPU-s per 100k items"
-            f" (target 3.5: {verdict(client, 3.5, at_least=False)}); client, DynamoDB Local and PostgreSQL together {total:.1f} CPU-s per 100k"
+            f" (target 3.5: {verdict(client, 3.5, at_least=False)}); client, DynamoDB Local and PostgreSQL together"
+            f" {total:.1f} CPU-s per 100k"
         )
     return lines
 
