@@ -184,10 +184,10 @@ def load_table(
         return LoadResult(spec.source, 0, 0, True, 0.0)
     remaining = [s for s in segments if not s.done]
     leased = sum(live for _, live in target.held_units(spec, UnitKind.SEGMENT).values())
-    if leased:
+    if leased:  # their owners run, or stopped less than a lease ago (killed: the lease is still theirs)
         log.info(
-            "table %s: joining the load other podyn processes are running, %d of %d segments unfinished"
-            " (%d leased to them)",
+            "table %s: resuming the load, %d of %d segments unfinished, %d of them leased to other processes"
+            " (running, or stopped less than a lease ago)",
             spec.source,
             len(remaining),
             len(segments),
