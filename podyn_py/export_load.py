@@ -14,6 +14,7 @@ anything is loaded.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -192,6 +193,10 @@ def load_from_export(
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
         return LoadResult(spec.source, 0, 0, True, 0.0)
     _export_metrics(spec.source, manifest)
+    # Every batch allocates tens of thousands of containers, which set off the cyclic GC's collections; its full
+    # ones walk every object of the process, boto3's service models included (hundreds of thousands of dicts).
+    # Frozen, the objects made so far are left out: half the CPU of reading a file (bench/RESULTS.md).
+    gc.freeze()
     remaining = [f for f in files if not f.done]
     if any(f.done or f.line for f in files):
         log.info(
