@@ -1003,6 +1003,14 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
                     workdir / f"podyn_p{count}_{round_}.log", name=f"podyn -P {count}",
                 )  # fmt: skip
                 report(figure, "PROCS")
+            for text in args.variant:  # in every round too, so that a variant meets the same bursts of load
+                label, env, extra = parse_variant(text)
+                database = f"bench_{re.sub(r'[^a-z0-9]+', '_', label.lower())}_{round_}"
+                figure = run_podyn(
+                    meter, ddb.endpoint_url, new_database(database), items, segments, [*args.podyn_arg, *extra],
+                    workdir / f"{database}.log", name=f"podyn [{label}]", env=env,
+                )  # fmt: skip
+                report(figure, "VARIANT")
 
         if args.explore:
             note = f"{SEGMENTS_PER_CONNECTION * segments} segments over 2 processes, botocore parser"
@@ -1010,17 +1018,9 @@ def run(args: argparse.Namespace, ddb: LocalDynamoDB, pg: LocalPostgres, workdir
             report(source_figure("source 2 processes", note, scan), "EXPLORE")
             say("EXPLORE one Scan page in Python (tracemalloc): " + page_memory(ddb.endpoint_url))
 
-        for text in args.variant:
-            label, env, extra = parse_variant(text)
-            database = f"bench_{re.sub(r'[^a-z0-9]+', '_', label.lower())}"
-            figure = run_podyn(
-                meter, ddb.endpoint_url, new_database(database), items, segments, [*args.podyn_arg, *extra],
-                workdir / f"{database}.log", name=f"podyn [{label}]", env=env,
-            )  # fmt: skip
-            report(figure, "VARIANT")
-
         figures = {name: best_of(found) for name, found in runs.items()}
-        for name in ("source ceiling", "source orjson", "naive", "postgres ceiling", "podyn"):
+        variants = [name for name in figures if name.startswith("podyn [")]
+        for name in ("source ceiling", "source orjson", "naive", "postgres ceiling", "podyn", *variants):
             if name in figures:
                 say(f"FIGURE  {figure_line(figures[name], items, ctx)}")
         for count in args.processes:

@@ -84,23 +84,24 @@ class RowBuilder:
                     if pg_type is column.type:
                         self._positions[tag][column.attribute] = index
         self._key_positions = tuple((name, index, schema.columns[index].type) for name, index in self._keys)
-        self._fast: Callable[[Item], list[Any] | None] = self._fast_jsonb if self._jsonb else self._fast_columns
-        self._general: Callable[[Item], list[Any]] = self._build_jsonb if self._jsonb else self._build_columns
 
     def build(self, item: Item) -> list[Any]:
         return self._in_context(item, self._build)
 
     def build_general(self, item: Item) -> list[Any]:
         """:meth:`build` without the fast path: what the fast path must agree with."""
-        return self._in_context(item, self._general)
+        return self._in_context(item, self._build_jsonb if self._jsonb else self._build_columns)
 
     def fast_row(self, item: Item) -> list[Any] | None:
         """The row by the fast path alone (key attributes unchecked), or None where the general path must build it."""
-        return self._fast(item)
+        return self._fast_jsonb(item) if self._jsonb else self._fast_columns(item)
 
     def _build(self, item: Item) -> list[Any]:
-        row = self._fast(item)
-        return self._general(item) if row is None else row
+        if self._jsonb:
+            row = self._fast_jsonb(item)
+            return self._build_jsonb(item) if row is None else row
+        row = self._fast_columns(item)
+        return self._build_columns(item) if row is None else row
 
     def check(self, item: Item) -> None:
         """Raise the DataError that building ``item`` would meet once the schema holds its columns.
