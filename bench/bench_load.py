@@ -510,10 +510,16 @@ def podyn_argv(endpoint: str, pg_url: str, segments: int, extra: list[str]) -> l
 
 
 def podyn_env() -> dict[str, str]:
+    """The children's environment: podyn_py from this checkout, unless a variant gives its own PYTHONPATH.
+
+    Children run in the work directory, not here: ``python -m`` puts the current directory first on sys.path, ahead
+    of PYTHONPATH, so a variant's ``PYTHONPATH=<another tree>`` ran this tree's podyn_py when they ran here.
+    """
     env = dict(os.environ)
     env.update(
         AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY, AWS_DEFAULT_REGION=LOCAL_REGION
     )
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         env.pop(name, None)
     return env
@@ -542,7 +548,8 @@ def run_child(argv: list[str], log_path: Path, *, timeout: float, env: dict[str,
     with log_path.open("wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            argv, cwd=REPO, env=env or podyn_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv, cwd=log_path.parent, env=env or podyn_env(), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
@@ -626,7 +633,8 @@ def run_podyn(
     figure.extra["rss_trend_mb"] = rss_trend(child.rss)
     figure.extra["rows"] = count_rows(pg_url, TABLE)
     figure.extra["load_seconds"] = podyn_load_seconds(pg_url)
-    figure.extra["commit"] = podyn_commit()  # the tree changes while the benchmark runs: record what ran
+    # The tree changes while the benchmark runs: record what ran (a variant's PYTHONPATH names another tree).
+    figure.extra["commit"] = podyn_commit(Path((env or {}).get("PYTHONPATH", str(REPO)).split(os.pathsep)[0]))
     return figure
 
 
@@ -740,15 +748,15 @@ def machine_context(pg_url: str) -> dict[str, Any]:
     }
 
 
-def podyn_commit() -> str:
-    """The commit of podyn_py, marked when the working tree differs from it."""
+def podyn_commit(tree: Path = REPO) -> str:
+    """The commit of ``tree``'s podyn_py, marked when the working tree differs from it."""
     # Read-only git calls (GIT_OPTIONAL_LOCKS=0: not even an index refresh); others may be editing the tree.
     git_env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, env=git_env, capture_output=True, text=True, check=False
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tree, env=git_env, capture_output=True, text=True, check=False
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "diff", "--quiet", "HEAD", "--", "podyn_py"], cwd=REPO, env=git_env, capture_output=True, check=False
+        ["git", "diff", "--quiet", "HEAD", "--", "podyn_py"], cwd=tree, env=git_env, capture_output=True, check=False
     ).returncode
     return (commit or "?") + ("+uncommitted-changes" if dirty else "")
 
