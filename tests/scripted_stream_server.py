@@ -81,7 +81,8 @@ class StreamScript:
     """One table's stream: its shards, their records, and the calls podyn made. Thread-safe.
 
     ``page_limit`` caps the records one GetRecords returns (below the caller's Limit), so that a backlog is read
-    in many batches; ``listing_page`` is DescribeStream's page size (the caller's Limit caps it too).
+    in many batches; ``listing_page`` is DescribeStream's page size (the caller's Limit caps it too); each
+    GetRecords is answered ``latency`` seconds late (the time a call takes in a region, which costs podyn no CPU).
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class StreamScript:
         page_limit: int = 1000,
         listing_page: int = 100,
         on_iterator: Callable[[ScriptShard], object] | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.table = table
+        self.latency = latency
         self.view_type = view_type
         self.arn = f"arn:aws:dynamodb:ddblocal:000000000000:table/{table}/stream/{STREAM_LABEL}"
         self.page_limit = page_limit
@@ -323,6 +326,8 @@ class ScriptedStreamServer:
             if script is None:
                 raise StreamError("ResourceNotFoundException", "Requested resource not found: Stream not found")
             answer = script.answer(operation, params)
+            if operation == "GetRecords" and script.latency:
+                time.sleep(script.latency)  # outside the script's lock: calls on other shards go on meanwhile
         except StreamError as error:
             return 400, _dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{error.code}", "message": error.message})
         return 200, _dumps(answer)
