@@ -764,6 +764,7 @@ class TableReplicator:
                 replay_from=self.replay_from,
                 key_tags=self._key_tags,
                 resolve=self._resolve,
+                leases=self.owned,
             )
         except SpoolClosed:
             self._end_capture(conn, stream_arn)

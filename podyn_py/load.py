@@ -28,7 +28,7 @@ from podyn_py.core.positions import Lease, SegmentRecord, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
 from podyn_py.core.selection import EVERYTHING, AttributeSelection
-from podyn_py.errors import Interrupted, LeaseLost, MappingChanged, PodynError
+from podyn_py.errors import ConfigError, Interrupted, LeaseLost, MappingChanged, PodynError
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, Retrier
 from podyn_py.source import dynamodb
@@ -106,6 +106,8 @@ class _TableLoad:
         self.limiter = ReadCapacityLimiter(options.scan_rate)
         self.rejected = 0
         self.lock = threading.Lock()
+        #: Worker threads between asking for a segment and holding its lease (guarded by ``lock``).
+        self.claiming = 0
         #: Each worker thread's PostgreSQL connection, kept from one segment to the next.
         self._connection = threading.local()
         self._opened: list[Any] = []
@@ -256,9 +258,12 @@ def _load(
         keeper.leave()  # on any stop: the segments go back at once, for another process to take over
         load.close_connections()
         progress.close()
-    if requested.is_set():
-        raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
-    total = target.finish_load(spec)
+    try:
+        total = target.finish_load(spec)
+    except ConfigError as exc:  # segments left: stopped on request, or they are other processes' now
+        if requested.is_set():
+            raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source) from exc
+        raise
     seconds = time.monotonic() - started
     nuls = sum(load.rows.nul_counts.values())
     untagged = load.rows.untagged_map_counts.total()
@@ -341,21 +346,32 @@ def _load_segments(load: _TableLoad, stop: _Either) -> None:
 
 def _claim_and_load(load: _TableLoad, stop: _Either) -> None:
     spec = load.schema.spec
-    waiting = False
+    waiting = 0
     while not stop.is_set():
         health.beat()
-        claimed, left = _claim_with_reconnect(load)
+        with load.lock:
+            load.claiming += 1
+        try:
+            claimed, left = _claim_with_reconnect(load)
+            if claimed:
+                load.keeper.adopt([claimed[0][0]])
+        finally:
+            with load.lock:
+                load.claiming -= 1
         if not claimed:
-            if left <= len(load.keeper.leases):
+            with load.lock:  # a segment another thread has just claimed is this process's too
+                own = len(load.keeper.leases) + load.claiming
+            if left <= own:
                 return  # the rest are this process's, in its other threads (one that loses its lease claims again)
-            if not waiting:
+            if waiting == 2:  # not just this process's other threads finishing theirs
                 log.info("table %s: %d segments left, all held by other processes; waiting", spec.source, left)
-                waiting = True
-            load.stop.wait(load.keeper.timing.poll_seconds)
+            # Soon at first (this process's other threads may just have finished theirs: the count was read before
+            # they committed), then up to the poll interval (other processes' segments).
+            load.stop.wait(min(load.keeper.timing.poll_seconds, 0.1 * 2**waiting))
+            waiting += 1
             continue
-        waiting = False
+        waiting = 0
         lease, record = claimed[0]
-        load.keeper.adopt([lease])
         try:
             if record.done:
                 continue
@@ -383,16 +399,18 @@ def _claim_with_reconnect(load: _TableLoad) -> tuple[list[tuple[Lease, SegmentRe
     spec = load.schema.spec
     retrier = Retrier(POSTGRES_RECONNECT, stop=load.stop, deadline=load.options.reconnect_seconds)
     while True:
-        conn = load.connection() or load.connect()
-        load.keep_connection(conn)
-        try:
+        conn = None
+        try:  # connecting is retried too: PostgreSQL may be restarting
+            conn = load.connection() or load.connect()
+            load.keep_connection(conn)
             return load.target.claim_segments(spec, load.keeper.worker, 1, load.keeper.timing.lease_seconds, conn)
         except PodynError as exc:
             delay = retrier.next_delay() if exc.transient else None
             if delay is None:
                 raise
             log.warning("table %s: %s; reconnecting in %.1f s", spec.source, exc.message, delay)
-            conn.close()
+            if conn is not None:
+                conn.close()
             load.keep_connection(None)
             if retrier.wait(delay):
                 raise Interrupted("stopped on request while PostgreSQL was unreachable", table=spec.source) from exc

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,7 +65,7 @@ from podyn_py.core.changes import (
 )
 from podyn_py.core.keys import key_values
 from podyn_py.core.ports import Target
-from podyn_py.core.positions import ShardBatch, ShardPosition
+from podyn_py.core.positions import Lease, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSpec
 from podyn_py.errors import DataError, Interrupted, MappingChanged, PodynError
@@ -102,12 +102,14 @@ def capture(
     replay_from: datetime | None,
     key_tags: Sequence[str],
     resolve: Callable[[list[Change]], list[Change]],
+    leases: Mapping[str, Lease] | None = None,
 ) -> Captured | None:
     """Keep the batches' changes in the table's spool, with their shards' new checkpoints, in one transaction.
 
     None, with nothing written, when a checkpoint had moved (another process captured these records). SpoolClosed,
     with nothing written, when the table is no longer loading: the caller applies the spool, then these batches.
     ``resolve`` turns the Refetch of KEYS_ONLY and OLD_IMAGE streams into the item as it is now (or a delete).
+    ``leases``: this process's shards, each batch committed only under its shard's lease (as ``apply_changes``).
     """
     last: dict[KeyIdentity, tuple[Change, str, str]] = {}
     bad: list[Rejected] = []
@@ -138,7 +140,15 @@ def capture(
         assert isinstance(change, Upsert | Delete), "resolve leaves no Refetch; the spool is not given Expire"
         entries.append(to_spool_entry(change, shard_id, sequence_number))
     spool_rows = target.spool_changes(
-        conn, spec, stream_arn, entries=entries, rejected=bad, moves=moves, captured=captured, captured_until=newest
+        conn,
+        spec,
+        stream_arn,
+        entries=entries,
+        rejected=bad,
+        moves=moves,
+        captured=captured,
+        captured_until=newest,
+        leases=leases,
     )
     if spool_rows is None:
         return None

@@ -15,6 +15,8 @@ checkpoint was committed as finished.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import time
@@ -441,3 +443,33 @@ def test_both_children_of_a_split_are_read_soon_after_their_parent_finishes(
     assert_exactly_once(pg_url, table, script)
     assert {owner_pid(owners(pg_url)[c]) for c in [rest, *children]} == {first.process.pid, second.process.pid}
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_one_command_with_two_processes_shares_the_shards(
+    scripted: Scripted, stream_server: ScriptedStreamServer, pg_url: str, services: Any
+) -> None:
+    """``podyn -c -P 2``: the command's two processes take two of the four shards each and apply every record once;
+    SIGTERM to the command reaches both, which give their shards back (the stream is scripted at the HTTP boundary:
+    DynamoDB Local keeps one shard)."""
+    table, script = scripted()
+    writer = Writer(script, roots(script, 4, 2))
+    command = start(services, pg_url, table, stream_server, "-P", "2", "--lease-seconds", LEASE)
+    children: set[int] = set()
+    try:
+        wait_for(lambda: shares(pg_url) == [2, 2], lambda: f"two shares of 2 (now {shares(pg_url)})",
+                 timeout=TIMEOUT, service=command)  # fmt: skip
+        children = owning(pg_url)
+        assert len(children) == 2 and command.process.pid not in children
+        for _ in range(5):
+            writer.round()
+            time.sleep(0.2)
+        wait_applied(pg_url, script, [command])
+        assert_exactly_once(pg_url, table, script, splits=False)
+        assert command.stop() == 0
+        with connect(pg_url) as conn:
+            held = conn.execute("SELECT count(*) FROM podyn.leases WHERE owner IS NOT NULL").fetchone()
+        assert held == (0,)
+    finally:
+        for pid in children:  # the command's own processes, should it have died without stopping them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

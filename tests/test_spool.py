@@ -167,6 +167,7 @@ def test_a_small_table_is_live_while_a_slow_one_still_loads(
     slow = create_table(name=fresh(), stream_view_type=STREAM, items=loaded_items(1000))
     service = services(pg_url, f"{small},{slow}", "-s", "-d", "-c", "--scan-rate", "2", "-n", "2")
     wait_for_state(pg_url, small, "live", service=service, timeout=60)
+    wait_for_state(pg_url, slow, "loading", service=service)  # the next table's load has begun
     ddb.put_item(TableName=small, Item={"pk": {"S": "while-slow-loads"}, "counter": {"N": "1"}})
     ddb.delete_item(TableName=small, Key={"pk": {"S": "k0003"}})
     wait_equal(ddb, pg_url, small, service=service)

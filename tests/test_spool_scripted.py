@@ -33,9 +33,9 @@ from scripted_streams import STREAM_ARN, TABLE, Clock, FakeShard, RecordMaker, S
 from podyn_py import metrics, status
 from podyn_py.changes import ChangeOptions, TableReplicator
 from podyn_py.core.changes import Delete, Upsert, from_spool_entry, spool_key, to_spool_entry
-from podyn_py.core.positions import ShardPosition
+from podyn_py.core.positions import ShardPosition, UnitKind
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
-from podyn_py.errors import ConfigError, SpoolClosed, SpoolNotEmpty, StreamGapError
+from podyn_py.errors import ConfigError, LeaseLost, SpoolClosed, SpoolNotEmpty, StreamGapError
 from podyn_py.load import LoadOptions, load_table
 from podyn_py.replicate import capture_beside_load
 from podyn_py.replicate import reader_factory as readers_polling_at_most
@@ -551,6 +551,29 @@ def test_a_spool_batch_another_process_applied_first_writes_nothing(setup: Setup
         keys = [spool_key(key("a")), spool_key(key("z"))]  # z was applied (and removed) by another process
         assert setup.target.apply_spool(conn, schema, keys=keys, rows=[["a"]], delete_keys=[], rejected=[]) is None
     assert rows(setup.url) == {} and spool_count(setup.url) == 1
+
+
+def test_a_spool_batch_under_a_shard_lease_another_process_took_writes_nothing(setup: Setup) -> None:
+    """A capturing process paused past its shard's lease: the process that took the shard over owns its records;
+    the paused one's batch, committed late, must neither enter the spool nor move the checkpoint."""
+    begin(setup)
+    (mine,) = setup.target.claim_units(SPEC, UnitKind.SHARD, [P], "paused:1:aa", 1, 30.0)
+    query(setup.url, "UPDATE podyn.leases SET expires_at = now() - interval '1 minute' RETURNING 1")
+    (theirs,) = setup.target.claim_units(SPEC, UnitKind.SHARD, [P], "other:2:bb", 1, 30.0)
+    one = ShardPosition(P, None, "1", False)
+    change: list[Upsert | Delete] = [Upsert(key("a"), {"pk": {"S": "a"}})]
+    with setup.target.connect() as conn, pytest.raises(LeaseLost):
+        setup.target.spool_changes(
+            conn, SPEC, STREAM_ARN, entries=[to_spool_entry(change[0], P, "1")], rejected=[], moves=[(None, one, 1)],
+            captured=1, captured_until=None, leases={P: mine},
+        )  # fmt: skip
+    assert spool_count(setup.url) == 0 and checkpoint(setup.url) is None
+    with setup.target.connect() as conn:  # the owner's batch goes in
+        assert setup.target.spool_changes(
+            conn, SPEC, STREAM_ARN, entries=[to_spool_entry(change[0], P, "1")], rejected=[], moves=[(None, one, 1)],
+            captured=1, captured_until=None, leases={P: theirs},
+        ) == 1  # fmt: skip
+    assert spool_count(setup.url) == 1 and checkpoint(setup.url) == "1"
 
 
 def test_a_new_load_starts_with_an_empty_spool(setup: Setup) -> None:

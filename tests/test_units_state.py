@@ -110,10 +110,13 @@ def test_workers_dead_for_hours_are_forgotten_the_others_kept(target: PostgresTa
                    VALUES (%s, 'public', 'units_src', 'load', now() - %s::interval, now() - %s::interval)""",
                 (worker, age, age),
             )
-    assert target.beat_worker(SPEC, "load", "new:3:cc", 30.0) == ["new:3:cc"]
-    with connect(pg_url) as conn:
-        left = {str(r[0]) for r in conn.execute("SELECT worker FROM podyn.workers").fetchall()}
-    assert left == {"quiet:2:bb", "new:3:cc"}
+    try:
+        assert target.beat_worker(SPEC, "load", "new:3:cc", 30.0) == ["new:3:cc"]
+        with connect(pg_url) as conn:
+            left = {str(r[0]) for r in conn.execute("SELECT worker FROM podyn.workers").fetchall()}
+        assert left == {"quiet:2:bb", "new:3:cc"}
+    finally:
+        target.leave_worker(SPEC, "load", "new:3:cc", [])  # closes its presence lock's connection
 
 
 def test_a_process_does_not_take_its_own_expired_lease_from_itself(target: PostgresTarget, pg_url: str) -> None:

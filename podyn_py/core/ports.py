@@ -344,6 +344,7 @@ class Target(Protocol):
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         captured: int,
         captured_until: datetime | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> int | None: ...
 
     def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]: ...

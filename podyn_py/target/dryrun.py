@@ -266,6 +266,7 @@ class DryRunTarget:
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         captured: int,
         captured_until: datetime | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 

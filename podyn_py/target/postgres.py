@@ -885,20 +885,7 @@ class PostgresTarget:
                 _check_mapping(conn, schema)
                 if state.spool_pending(conn, spec):  # what was captured during the load goes first (spool.py)
                     raise SpoolNotEmpty("the changes captured during the load are applied first", table=spec.source)
-                for old, new, records in moves:
-                    lease = None if leases is None else leases.get(new.shard_id)
-                    if leases is not None and (lease is None or not state.holds_lease(conn, spec, lease)):
-                        raise LeaseLost(
-                            f"shard {new.shard_id}: another process took it over after this one's lease expired;"
-                            " its records are left to that process",
-                            table=spec.source,
-                        )
-                    before = None if old is None else (old.sequence_number, old.finished)
-                    after = (new.sequence_number, new.finished)
-                    if not state.move_shard(
-                        conn, spec, stream_arn, (new.shard_id, new.parent_shard_id), before, after, records
-                    ):
-                        raise _AlreadyApplied
+                _move_checkpoints(conn, spec, stream_arn, moves, leases)
                 if delete_keys:
                     delete_rows(conn, schema, delete_keys)
                 if rows:
@@ -931,20 +918,16 @@ class PostgresTarget:
         moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
         captured: int,
         captured_until: datetime | None,
+        leases: Mapping[str, Lease] | None = None,
     ) -> int | None:
         """Keep a batch's changes in the table's spool (each key's last one) and move its shards' checkpoints, in
         one transaction, while the table loads. The spool's rows after it; None, with nothing written, when a
         checkpoint had already moved (as :meth:`apply_changes`). SpoolClosed, with nothing written, when the table
-        no longer loads: from then on its changes go to the table, after its spool."""
+        no longer loads: from then on its changes go to the table, after its spool. With ``leases``, only under
+        the lease of each shard (else LeaseLost, nothing written), as :meth:`apply_changes`."""
         try:
             with conn.transaction():
-                for old, new, records in moves:
-                    before = None if old is None else (old.sequence_number, old.finished)
-                    after = (new.sequence_number, new.finished)
-                    if not state.move_shard(
-                        conn, spec, stream_arn, (new.shard_id, new.parent_shard_id), before, after, records
-                    ):
-                        raise _AlreadyApplied
+                _move_checkpoints(conn, spec, stream_arn, moves, leases)
                 new_rows = state.spool_changes(conn, spec, entries)
                 for item in rejected:
                     state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
@@ -1287,6 +1270,30 @@ class TableHold:
 
 class _AlreadyApplied(Exception):
     """Rolls back a transaction whose position had already moved on."""
+
+
+def _move_checkpoints(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    stream_arn: str,
+    moves: Sequence[tuple[ShardPosition | None, ShardPosition, int]],
+    leases: Mapping[str, Lease] | None,
+) -> None:
+    """Move each shard's checkpoint from its value before the batch to its value after (compare-and-set), inside
+    the caller's transaction; with ``leases``, only under each shard's lease. LeaseLost when a lease is another's
+    now; _AlreadyApplied when a checkpoint had already moved (the records were applied or captured before)."""
+    for old, new, records in moves:
+        lease = None if leases is None else leases.get(new.shard_id)
+        if leases is not None and (lease is None or not state.holds_lease(conn, spec, lease)):
+            raise LeaseLost(
+                f"shard {new.shard_id}: another process took it over after this one's lease expired;"
+                " its records are left to that process",
+                table=spec.source,
+            )
+        before = None if old is None else (old.sequence_number, old.finished)
+        after = (new.sequence_number, new.finished)
+        if not state.move_shard(conn, spec, stream_arn, (new.shard_id, new.parent_shard_id), before, after, records):
+            raise _AlreadyApplied
 
 
 class _JsonbBytesBinaryDumper(Dumper):
