@@ -255,7 +255,7 @@ def apply_figure(ddb: LocalDynamoDB, pg: LocalPostgres, client: Any, args: argpa
     wall = time.monotonic() - started
     service.send_signal(signal.SIGTERM)
     service.wait(30)
-    found = re.search(r"spool applied: (\d+) changes .* in ([\d.]+) s \((\d+) changes/s\)", log.read_text())
+    found = re.search(r"applied the spool: (\d+) changes .* in ([\d.]+) s \((\d+) changes/s\)", log.read_text())
     applied = f"{int(found[1]):,} changes in {float(found[2]):.2f} s = {int(found[3]):,} changes/s" if found else "?"
     print(
         f"apply: {args.apply_keys:,} new keys put in {put_seconds:.0f} s during a load of {before['items']:,} items"

@@ -210,7 +210,9 @@ class _Streams:
                 selection=config.exclusions.for_table(description.spec),
             )
 
-        return capture_beside_load(replicator, description.spec.source, stop)
+        name = description.spec.source
+        with health.loop(f"capture {name}", name), logs.about(name):
+            return capture_beside_load(replicator, name, stop)
 
     def wait(self) -> None:
         """Until every table's replication ended (stopped on request, or each with its error)."""

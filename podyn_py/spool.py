@@ -230,7 +230,7 @@ def apply_spool(
     if upserted + deleted:
         seconds = time.monotonic() - started
         log.info(
-            "table %s: spool applied: %d changes (%d upserts, %d deletes) in %.1f s (%.0f changes/s)",
+            "table %s: applied the spool: %d changes (%d upserts, %d deletes) in %.1f s (%.0f changes/s)",
             spec.source,
             upserted + deleted,
             upserted,

@@ -31,6 +31,7 @@ from helpers import (
     increment,
     podyn,
     wait_equal,
+    wait_for,
     wait_for_state,
 )
 from oracle import connect, table_differences
@@ -168,7 +169,8 @@ def test_dropped_connections_mid_stream_are_reopened(
     for i in range(5):
         increment(ddb, table, f"k{i}")
     wait_equal(ddb, pg_url, table)
-    assert replication_locks(pg_url, table) == 1
+    # One lock once the load has returned: its replication, started beside the load, may go live before that.
+    wait_for(lambda: replication_locks(pg_url, table) == 1, "one session holding the table's lock", service=service)
     with connect(pg_url) as conn:
         killed = conn.execute(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"

@@ -253,18 +253,34 @@ def test_starting_over_keeps_hostile_names_apart(
 
 
 def downgrade_to_v1(url: str) -> None:
-    """Back to podyn_py 0.1's layout exactly: its tables and columns, nothing newer."""
+    """Back to podyn_py 0.1's layout exactly: its tables and columns (as tests/data/metadata-v1.sql makes them),
+    nothing any migration added."""
     with connect(url) as conn:
-        conn.execute("DROP TABLE podyn.schema_version")
-        conn.execute("DROP TABLE podyn.export_files")
-        conn.execute(
-            """ALTER TABLE podyn.tables DROP COLUMN target_oid, DROP COLUMN source_table_id,
-               DROP COLUMN source_created_at, DROP COLUMN truncate_before_load, DROP COLUMN holder,
-               DROP COLUMN holder_pid, DROP COLUMN heartbeat_at, DROP COLUMN mapping_generation,
-               DROP COLUMN naming_rule, DROP COLUMN export_id, DROP COLUMN export_arn, DROP COLUMN export_url,
-               DROP COLUMN export_time, DROP COLUMN export_item_count, DROP COLUMN export_size_bytes,
-               DROP COLUMN export_format, DROP COLUMN read_capacity_consumed"""
-        )
+        conn.execute("CREATE SCHEMA podyn_v1")
+        conn.execute(V1_DDL.read_text().replace("podyn.", "podyn_v1."))
+        v1 = {
+            (str(table), str(column))
+            for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'podyn_v1'"
+            ).fetchall()
+        }
+        conn.execute("DROP SCHEMA podyn_v1 CASCADE")
+        for (view,) in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'podyn'").fetchall():
+            conn.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier("podyn", view)))
+        tables = {table for table, _ in v1}
+        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'podyn'").fetchall():
+            if table not in tables:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("podyn", table)))
+        found = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'podyn'"
+        ).fetchall()
+        for table, column in found:
+            if (table, column) not in v1:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                        sql.Identifier("podyn", table), sql.Identifier(column)
+                    )
+                )
 
 
 def test_an_upgraded_table_keeps_its_column_names(ddb_server: Any, ddb: Any, pg_url: str, create_table: Any) -> None:
