@@ -118,9 +118,12 @@ class Service:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         finally:
             self._log_file.close()
+        if code != 0:  # shown with the test's failure, when a test asserts a clean exit
+            sys.stderr.write(f"podyn exited with {code}; the end of its log:\n{self.text()[-6000:]}\n")
+        return code
 
 
 def wait_for(
