@@ -513,7 +513,6 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
         "podyn.segments",
         "podyn.export_files",
         "podyn.shards",
-        "podyn.shards",
         "podyn.spool",
         "podyn.leases",
         "podyn.columns",
