@@ -4,16 +4,16 @@ A stream keeps records for 24 hours and a load can take a week (500 GB at the 10
 So from the moment a table's load begins, its stream is read beside the load (a ``TableReplicator`` in capture
 mode, see ``changes.py``), and what is read is kept in ``podyn.spool``, committed with the shard checkpoints:
 for each key only its last change in stream order, the new image or a delete. The spool holds at most one row per
-key changed during the load, however long the load and however many times a key changes.
+key changed during the load, however long the load and however many times a key changes. Once the table is
+loaded, the spool is applied to it, in key order, a batch at a time, each batch in one transaction with the spool
+rows it consumes; then replication goes on from the shard checkpoints. A kill -9 anywhere loses and doubles
+nothing: each batch into the spool moves its checkpoints by compare-and-set, each batch out of it removes its rows.
 
 TTL deletes (``--ttl-deletes``) are made what the stream path makes them, when they are captured: each batch is
 compacted under the policy (``core.changes.compact``), and each entry is composed with the key's entry before it
 (``state.spool_changes``) as applying the two in turn would; so the table ends as if the stream path had applied
 the same batches after the load, and the TTL counts are those it would have counted. Attributes the table's
-selection leaves out are stripped before anything enters the spool. Once the table is
-loaded, the spool is applied to it, in key order, a batch at a time, each batch in one transaction with the spool
-rows it consumes; then replication goes on from the shard checkpoints. A kill -9 anywhere loses and doubles
-nothing: each batch into the spool moves its checkpoints by compare-and-set, each batch out of it removes its rows.
+selection leaves out are stripped before anything enters the spool.
 
 Why the table ends exact, key by key:
 

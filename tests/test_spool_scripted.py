@@ -10,6 +10,10 @@ PostgreSQL is the real code; the replicator's wall clock (``ChangeOptions.now``)
 simulation runs in the past, from 30 hours ago to about now, so that the times PostgreSQL writes (the load's end)
 fall among the records' times; the load's start is set to the simulated one as it begins.
 
+TTL deletes captured during a load (``--ttl-deletes``) are compared with what the stream path makes of the same
+records: DynamoDB Local never expires an item, so its stream never carries a TTL delete; the records, with the
+userIdentity of DynamoDB's TTL process, are scripted here too.
+
 The other tests here exercise the spool's transactions one by one (state.py and postgres.py).
 """
 
