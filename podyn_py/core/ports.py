@@ -345,6 +345,7 @@ class Target(Protocol):
         captured: int,
         captured_until: datetime | None,
         leases: Mapping[str, Lease] | None = None,
+        ttl: TtlCounts | None = None,
     ) -> int | None: ...
 
     def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]: ...
@@ -358,4 +359,5 @@ class Target(Protocol):
         rows: Sequence[Sequence[Any]],
         delete_keys: Sequence[Sequence[Any]],
         rejected: Sequence[Rejected],
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
     ) -> int | None: ...

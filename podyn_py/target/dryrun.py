@@ -267,6 +267,7 @@ class DryRunTarget:
         captured: int,
         captured_until: datetime | None,
         leases: Mapping[str, Lease] | None = None,
+        ttl: TtlCounts | None = None,
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 
@@ -282,5 +283,6 @@ class DryRunTarget:
         rows: Sequence[Sequence[Any]],
         delete_keys: Sequence[Sequence[Any]],
         rejected: Sequence[Rejected],
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)

@@ -269,6 +269,12 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target_schema, target_table, item_key)
     );
     """,
+    # 7: TTL deletes in the spool (--ttl-deletes mark): an entry that marks its row as expired (at created_at),
+    # after writing its image if it has one; without an image it only marks the row there is. Entries of version 6
+    # are upserts and deletes (false).
+    """
+    ALTER TABLE podyn.spool ADD COLUMN IF NOT EXISTS expired boolean NOT NULL DEFAULT false;
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -1213,25 +1219,37 @@ def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
 
 
 def spool_changes(conn: psycopg.Connection[Any], spec: TableSpec, entries: Sequence[SpoolEntry]) -> int:
-    """Keep each entry as its key's last change, replacing the one kept before (the caller writes in stream order
-    and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's text
-    form escapes each element, which took 4 times as long as the insert itself."""
+    """Keep each entry as its key's last change, composed with the one kept before (the caller writes in stream
+    order and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's
+    text form escapes each element, which took 4 times as long as the insert itself.
+
+    Each entry replaces the key's, but for an Expire without image (``--ttl-deletes mark`` of a TTL delete that
+    carries no old image): it marks the row the earlier entry leaves, so it keeps that entry's image and becomes an
+    Expire, or it leaves a delete a delete (there is no row to mark). Applied in turn, the two would do the same.
+    """
     if not entries:
         return 0
     rows = conn.execute(
-        """INSERT INTO podyn.spool (target_schema, target_table, item_key, deleted, image, shard_id, sequence_number,
-                                    created_at)
-           SELECT %s, %s, k, i IS NULL, i::json, s, q, c
-           FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]) AS e(k, i, s, q, c)
+        """INSERT INTO podyn.spool AS s (target_schema, target_table, item_key, deleted, image, expired, shard_id,
+                                         sequence_number, created_at)
+           SELECT %s, %s, k, d, i::json, x, h, q, c
+           FROM unnest(%b::text[], %b::bool[], %b::text[], %b::bool[], %b::text[], %b::text[], %b::timestamptz[])
+                AS e(k, d, i, x, h, q, c)
            ON CONFLICT (target_schema, target_table, item_key) DO UPDATE
-           SET deleted = excluded.deleted, image = excluded.image, shard_id = excluded.shard_id,
-               sequence_number = excluded.sequence_number, created_at = excluded.created_at
+           SET deleted = CASE WHEN excluded.expired AND excluded.image IS NULL THEN s.deleted ELSE excluded.deleted END,
+               image = CASE WHEN excluded.expired AND excluded.image IS NULL THEN s.image ELSE excluded.image END,
+               expired = CASE WHEN excluded.expired AND excluded.image IS NULL THEN NOT s.deleted
+                              ELSE excluded.expired END,
+               shard_id = excluded.shard_id, sequence_number = excluded.sequence_number,
+               created_at = excluded.created_at
            RETURNING xmax = 0""",
         (
             spec.schema,
             spec.table,
             [e.key for e in entries],
+            [e.deleted for e in entries],
             [e.image for e in entries],
+            [e.expired for e in entries],
             [e.shard_id for e in entries],
             [e.sequence_number for e in entries],
             [e.created_at for e in entries],
@@ -1261,12 +1279,15 @@ def record_capture(
 def read_spool(conn: psycopg.Connection[Any], spec: TableSpec, after: str | None, limit: int) -> list[SpoolEntry]:
     """Up to ``limit`` entries of the table's spool in key order, after key ``after`` (None: from the first)."""
     rows = conn.execute(
-        """SELECT item_key, image::text, shard_id, sequence_number, created_at FROM podyn.spool
+        """SELECT item_key, image::text, shard_id, sequence_number, created_at, expired FROM podyn.spool
            WHERE target_schema = %s AND target_table = %s AND (%s::text IS NULL OR item_key > %s)
            ORDER BY item_key LIMIT %s""",
         (spec.schema, spec.table, after, after, limit),
     ).fetchall()
-    return [SpoolEntry(str(k), image, str(shard), str(seq), created) for k, image, shard, seq, created in rows]
+    return [
+        SpoolEntry(str(k), image, str(shard), str(seq), created, bool(expired))
+        for k, image, shard, seq, created, expired in rows
+    ]
 
 
 def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[str]) -> tuple[int, int]:
