@@ -11,6 +11,7 @@ is relayed to DynamoDB Local.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from exports import SlowS3
 from helpers import REPO_ROOT, assert_exit, fresh, podyn, row_count, wait_for
 from oracle import connect, table_differences
 from scripted_exports import ExportScript
@@ -60,6 +62,18 @@ def table_row(pg_url: str, table: str) -> tuple[Any, ...]:
         ).fetchone()
     assert row is not None
     return tuple(row)
+
+
+def rows_loaded(pg_url: str, table: str) -> int:
+    """The items the load has committed (0 before the table is made)."""
+    with connect(pg_url) as conn:
+        made = conn.execute("SELECT to_regclass('podyn.export_files') IS NOT NULL").fetchone()
+        if not made or not made[0]:
+            return 0
+        row = conn.execute(
+            "SELECT coalesce(sum(items_loaded), 0) FROM podyn.export_files WHERE target_table = %s", (table,)
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_export_to_asks_for_an_export_waits_and_loads_it(
@@ -142,6 +156,40 @@ def test_kill_9_while_waiting_then_restart_waits_for_the_same_export(
     assert table_row(pg_url, table)[:3] == ("loaded", arn.rsplit("/", 1)[1], arn)
 
 
+def test_kill_9_in_the_middle_of_the_load_resumes_the_same_export(
+    server: ScriptedStreamServer,
+    script: ExportScript,
+    ddb: Any,
+    s3_server: Any,
+    export_bucket: str,
+    pg_url: str,
+    create_table: Any,
+) -> None:
+    """Once the export is complete and its load has begun, a restart goes on with that export's files (the slow S3
+    in front of moto lets the kill land in the middle of the file) and asks DynamoDB for nothing."""
+    items = [{"pk": {"S": f"k{i:05d}"}, "r": {"S": os.urandom(150).hex()}} for i in range(4000)]
+    table = create_table(name=fresh(), items=items)
+    script.files = 1
+    with SlowS3(s3_server.endpoint_url, chunk=16384, pause=0.05) as slow:
+        command = [sys.executable, "-m", "podyn_py", "--endpoint-url", server.endpoint_url, "-u", pg_url]
+        command += ["--no-progress", "-t", table, "-s", "-d", "-n", "1", *POLL]
+        command += ["--export-to", f"s3://{export_bucket}/exports", "--s3-endpoint-url", slow.endpoint_url]
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: rows_loaded(pg_url, table) > 0, "a batch of the file committed", timeout=60)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert 0 < row_count(pg_url, table) < 4000, "killed in the middle of the file"
+    calls = len(script.calls)
+    result = assert_exit(export_to(server, pg_url, table, export_bucket, s3_server))
+    assert "the load from export" in result.stderr and "resuming an interrupted load" in result.stderr
+    assert len(script.calls) == calls, "no export asked for, none described"
+    assert len(script.exports) == 1 and table_differences(ddb, pg_url, table) == []
+
+
 def test_a_second_request_with_the_same_token_gets_the_same_export(
     server: ScriptedStreamServer,
     script: ExportScript,
@@ -214,6 +262,23 @@ def test_a_failed_export_is_an_error_and_the_next_run_asks_for_a_new_one(
     first, second = script.calls_of("ExportTableToPointInTime")
     assert first["ClientToken"] != second["ClientToken"] and len(script.exports) == 2
     assert table_differences(ddb, pg_url, table) == []
+
+
+def test_with_changes_a_table_whose_stream_could_not_follow_is_refused_before_any_export(
+    server: ScriptedStreamServer,
+    script: ExportScript,
+    s3_server: Any,
+    export_bucket: str,
+    pg_url: str,
+    create_table: Any,
+) -> None:
+    """No stream: --changes could not take over from the export, and bridging with incremental exports is not
+    built, so no export is asked for (one is billed) and nothing is loaded."""
+    table = create_table(name=fresh(), items=many_items(10))
+    result = assert_exit(export_to(server, pg_url, table, export_bucket, s3_server, "-c"), 3)
+    assert "the table has no stream" in result.stderr and "No export was asked for" in result.stderr
+    assert "incremental exports is not built" in result.stderr
+    assert script.calls == [] and row_count(pg_url, table) == 0
 
 
 @pytest.mark.parametrize(
