@@ -24,6 +24,11 @@ from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, Tabl
 from podyn_py.core.targets import StoredTarget
 from podyn_py.errors import ConfigError
 
+#: Why the dry run asks DynamoDB for no export: one is billed, and lands in S3.
+CANNOT_EXPORT = (
+    "--export-to asks DynamoDB for an export (billed, written to S3): not in a dry run; give -u, or dry-run the"
+    " load of an existing export with --from-export"
+)
 CANNOT_FOLLOW_CHANGES = "--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream"
 
 
@@ -223,6 +228,9 @@ class DryRunTarget:
 
     def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
+
+    def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
 
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None

@@ -831,6 +831,13 @@ class PostgresTarget:
     def read_table(self, spec: TableSpec) -> state.TableRecord | None:
         return self.run("reading podyn.tables", lambda conn: state.read_table(conn, spec.schema, spec.table))
 
+    def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None:
+        self.run(
+            "recording the export asked for",
+            lambda conn: state.record_export_request(conn, spec, export_arn, destination),
+            table=spec.source,
+        )
+
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
     ) -> None:

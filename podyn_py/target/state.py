@@ -275,6 +275,15 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE podyn.spool ADD COLUMN IF NOT EXISTS expired boolean NOT NULL DEFAULT false;
     """,
+    # 8: an export podyn asked DynamoDB for (--export-to) and waits for: its ARN, the S3 destination it was asked
+    # to write to, and when. A restart (or another process) waits for that one rather than asking again; cleared
+    # when a load starts (the load's own export_* columns then say which export it reads).
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS export_request_arn text,
+        ADD COLUMN IF NOT EXISTS export_request_to text,
+        ADD COLUMN IF NOT EXISTS export_requested_at timestamptz;
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -333,6 +342,11 @@ class TableRecord:
     #: The export the table is (being) loaded from, and its point in time; None for a Scan load.
     export_id: str | None = None
     export_time: datetime | None = None
+    #: That export's folder (``s3://…/AWSDynamoDB/<ExportId>/``).
+    export_url: str | None = None
+    #: The export podyn asked for (``--export-to``) and no load has started from yet, and where it writes.
+    export_request_arn: str | None = None
+    export_request_to: str | None = None
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
@@ -440,7 +454,7 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
                   target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1,
-                  export_id, export_time
+                  export_id, export_time, export_url, export_request_arn, export_request_to
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
@@ -464,6 +478,9 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         keep_names=row[16],
         export_id=row[17],
         export_time=row[18],
+        export_url=row[19],
+        export_request_arn=row[20],
+        export_request_to=row[21],
     )
 
 
@@ -588,6 +605,7 @@ def start_load(
              stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false,
              export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
              export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL,
+             export_request_arn = NULL, export_request_to = NULL, export_requested_at = NULL,
              captured_changes = 0, captured_until = NULL, spool_rows = 0""",
         (total_segments, stream_arn, stream_view_type),
     )
@@ -621,6 +639,17 @@ def start_export_load(
         ),
     )
     return change
+
+
+def record_export_request(conn: psycopg.Connection[Any], spec: TableSpec, export_arn: str, destination: str) -> None:
+    """The export podyn asked DynamoDB for (``--export-to``), so that a restart waits for it instead of asking for
+    another; its load's start clears it (:func:`start_load`)."""
+    conn.execute(
+        """UPDATE podyn.tables
+           SET export_request_arn = %s, export_request_to = %s, export_requested_at = now(), updated_at = now()
+           WHERE target_schema = %s AND target_table = %s""",
+        (export_arn, destination, spec.schema, spec.table),
+    )
 
 
 def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
