@@ -1323,12 +1323,13 @@ def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[st
     """Remove these keys' entries from the spool as they are applied: how many were still there, and how many
     rows the spool has left."""
     row = conn.execute(
-        """WITH taken AS (DELETE FROM podyn.spool
-                          WHERE target_schema = %s AND target_table = %s AND item_key = ANY(%b::text[]) RETURNING 1)
+        """WITH taken AS (DELETE FROM podyn.spool s USING unnest(%b::text[]) AS k(item_key)
+                          WHERE s.target_schema = %s AND s.target_table = %s AND s.item_key = k.item_key
+                          RETURNING 1)
            UPDATE podyn.tables SET spool_rows = spool_rows - (SELECT count(*) FROM taken), updated_at = now()
            WHERE target_schema = %s AND target_table = %s
            RETURNING (SELECT count(*) FROM taken), spool_rows""",
-        (spec.schema, spec.table, list(keys), spec.schema, spec.table),
+        (list(keys), spec.schema, spec.table, spec.schema, spec.table),
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
