@@ -19,6 +19,9 @@ from helpers import REPO_ROOT, assert_exit, owner_pid, podyn, wait_for
 from oracle import connect
 from psycopg import sql
 
+from podyn_py.core.compare import Difference, Kind, Tally, add_up, count
+from podyn_py.processes import chosen_output
+
 COUNT = 600
 SEGMENTS = 8
 #: Read units per second for the whole table, whatever the number of processes: about 6 s for its 600 items of
@@ -151,3 +154,46 @@ def test_a_verify_process_killed_mid_run_leaves_its_segments_to_the_other(
     assert sum(items for _, items, _ in parts.values()) == COUNT
     taken_over = [int(unit.split(":")[1]) for unit in held]
     assert all(parts[segment][0] == second.pid for segment in taken_over), (taken_over, parts)
+
+
+def test_a_shared_run_stopped_early_reports_what_was_compared_and_what_was_not(
+    ddb_server: Any, pg_url: str, create_table: Any
+) -> None:
+    """SIGTERM once some segments are committed: the report is partial, names the parts not compared, and is
+    not "equal" (exit 3)."""
+    table = loaded(ddb_server, pg_url, create_table)
+    command = [sys.executable, "-m", "podyn_py", "--endpoint-url", ddb_server.endpoint_url, "-u", pg_url]
+    command += ["--no-progress", "--verify", "-t", table, "--verify-run", "early", *PACE, "--scan-rate", "4"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: committed_parts(pg_url, table) or None, "a segment committed", timeout=15)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.communicate()
+    text = out.decode()
+    assert process.returncode == 3, f"exit {process.returncode}\n{text}\n{err.decode()}"
+    assert ": interrupted after" in text and ": equal" not in text, text
+    compared = committed_parts(pg_url, table)
+    missing = [f"segment {s}" for s in range(SEGMENTS) if s not in compared] + ["rows without items"]
+    assert f"(not compared yet: {', '.join(missing)})" in text, (text, compared)
+
+
+def test_one_report_of_a_command_is_a_complete_one() -> None:
+    """-P --verify prints one child's report: a complete one (exit 0 or 4) before a partial or killed one's."""
+    assert chosen_output([(-9, b""), (3, b"partial\n"), (4, b"whole\n"), (0, b"whole too\n")]) == b"whole\n"
+    assert chosen_output([(-9, b""), (3, b"partial\n")]) == b"partial\n"
+    assert chosen_output([(-9, b"")]) == b""
+
+
+def test_a_part_result_survives_its_round_trip_through_json() -> None:
+    tally = Tally(items=3)
+    for key in ("a", "b", "c"):
+        count(tally, [Difference(Kind.VALUE, f"pk={key}", "t", '"x"', '"y"')], limit=2)
+    again = Tally.from_json(json.loads(json.dumps(tally.to_json())))
+    assert again == tally and again.difference_count == 3 and len(again.differences) == 2
+    total = Tally()
+    add_up(total, again, limit=3)
+    add_up(total, again, limit=3)
+    assert (total.items, total.differing, total.difference_count, len(total.differences)) == (6, 6, 6, 3)
