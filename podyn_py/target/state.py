@@ -296,7 +296,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS verify_runs_by_name ON podyn.verify_runs (target_schema, target_table, name);
     CREATE TABLE IF NOT EXISTS podyn.verify_segments (
-        run_id bigint NOT NULL REFERENCES podyn.verify_runs ON DELETE CASCADE,
+        run_id bigint NOT NULL,
         segment integer NOT NULL,
         generation bigint NOT NULL,
         worker text NOT NULL,
@@ -305,7 +305,7 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, segment)
     );
     CREATE TABLE IF NOT EXISTS podyn.verify_keys (
-        run_id bigint NOT NULL REFERENCES podyn.verify_runs ON DELETE CASCADE,
+        run_id bigint NOT NULL,
         segment integer NOT NULL,
         generation bigint NOT NULL,
         key text[] NOT NULL
@@ -554,14 +554,13 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
 
     In the caller's transaction, so that a table is either known whole or not at all.
     """
-    removed = 0
+    removed = _forget_verify_runs(conn, "target_schema = %s AND target_table = %s", (schema, table))
     for metadata_table in (
         "podyn.segments",
         "podyn.export_files",
         "podyn.shards",
         "podyn.spool",
         "podyn.leases",
-        "podyn.verify_runs",  # with its segments' results and keys (ON DELETE CASCADE)
         "podyn.columns",
         "podyn.rejected",
         "podyn.tables",
@@ -1314,12 +1313,12 @@ def join_verify_run(
         (f"podyn verify run {spec.schema}.{spec.table} {name}",),
     )
     table = (spec.schema, spec.table)
-    conn.execute(
-        """DELETE FROM podyn.verify_runs WHERE target_schema = %s AND target_table = %s
-             AND heartbeat_at < now() - %s * interval '1 second'""",
+    _forget_verify_runs(
+        conn,
+        "target_schema = %s AND target_table = %s AND heartbeat_at < now() - %s * interval '1 second'",
         (*table, VERIFY_RUN_KEPT_SECONDS),
     )
-    conn.execute(  # the keys of runs whose processes all stopped (their leases stay for a while: --status)
+    conn.execute(  # the keys of runs whose processes all stopped
         """DELETE FROM podyn.verify_keys k USING podyn.verify_runs r
            WHERE k.run_id = r.run_id AND r.target_schema = %s AND r.target_table = %s AND r.finished_at IS NULL
              AND r.heartbeat_at < now() - %s * interval '1 second'""",
@@ -1343,6 +1342,27 @@ def join_verify_run(
     ).fetchone()
     assert created is not None
     return VerifyRun(int(created[0]), name, total_segments, tuple(segments), sample, rows_without_items, worker, True)
+
+
+def _forget_verify_runs(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> int:
+    """Remove the verify runs ``where`` (SQL of this module on podyn.verify_runs) with their results and keys; how
+    many rows were removed."""
+    runs = [r[0] for r in conn.execute(f"SELECT run_id FROM podyn.verify_runs WHERE {where}", params).fetchall()]
+    if not runs:
+        return 0
+    removed = 0
+    for statement in (
+        "DELETE FROM podyn.verify_keys WHERE run_id = ANY(%s)",
+        "DELETE FROM podyn.verify_segments WHERE run_id = ANY(%s)",
+        "DELETE FROM podyn.verify_runs WHERE run_id = ANY(%s)",
+    ):
+        removed += conn.execute(statement, (runs,)).rowcount
+    ids = [str(r) for r in runs]
+    removed += conn.execute(
+        "DELETE FROM podyn.leases WHERE kind = ANY(%s) AND split_part(unit_id, ':', 1) = ANY(%s)",
+        (_VERIFY_KINDS, ids),
+    ).rowcount
+    return removed
 
 
 def beat_verify_run(conn: psycopg.Connection[Any], run_id: int) -> None:
@@ -1427,8 +1447,8 @@ def commit_verify_part(
     conn.execute("DELETE FROM podyn.verify_keys WHERE run_id = %s", (run.run_id,))
     conn.execute(
         """DELETE FROM podyn.leases WHERE target_schema = %s AND target_table = %s AND kind = ANY(%s)
-             AND (unit_id = %s OR unit_id LIKE %s)""",
-        (spec.schema, spec.table, _VERIFY_KINDS, str(run.run_id), f"{run.run_id}:%"),
+             AND split_part(unit_id, ':', 1) = %s""",
+        (spec.schema, spec.table, _VERIFY_KINDS, str(run.run_id)),
     )
     return True, True
 
