@@ -12,6 +12,12 @@ the scan goes on meanwhile; only keys still wrong after that are reported.
 Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
 not repair: ``--data --reload`` does.
 
+Several processes (``-P``, or the same ``--verify-run`` on several hosts) share a table's run instead: each segment
+is a work unit claimed by lease (``units.py``, as a load's segments), its result committed with it under the lease
+(``podyn.verify_segments``), its scanned keys kept in ``podyn.verify_keys`` under the lease generation; once every
+segment is committed, one process (by lease too) looks for rows without items among the committed generations'
+keys. Every process reports the whole run from the committed results, once they are all there (see ``_Shared``).
+
 This module is the orchestration (segments, re-checks, the report) and its rendering. The comparison of an expected
 row with a stored one is pure, in :mod:`podyn_py.core.compare`; the SQL is in :mod:`podyn_py.target.verify_sql`
 (and :mod:`podyn_py.target.state` for ``podyn.*``).
