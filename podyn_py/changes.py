@@ -632,10 +632,7 @@ class TableReplicator:
         metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
         if expire:
             metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(expire))
-        if ttl:
-            metrics.TTL_DELETES_SEEN.labels(spec.source).inc(ttl.seen)
-            for outcome, count in (("applied", ttl.applied), ("kept", ttl.kept), ("marked", ttl.marked)):
-                metrics.TTL_DELETES.labels(spec.source, outcome).inc(count)
+        spool.count_ttl_deletes(spec.source, ttl)
         metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected) + len(bad))
         metrics.BATCHES.labels(spec.source).inc()
         if lag is not None:
@@ -648,7 +645,7 @@ class TableReplicator:
                 records,
                 len(rows),
                 len(delete_keys),
-                _ttl_text(ttl, policy),
+                ttl.text(policy),
                 f", {skipped} older than the load skipped" if skipped else "",
                 f", {len(rejected) + len(bad)} rejected" if rejected or bad else "",
                 f", {untagged} empty maps without their M type accepted" if untagged else "",
@@ -757,13 +754,14 @@ class TableReplicator:
             captured = spool.capture(
                 self.target,
                 conn,
-                self.spec,
+                self.rows,
                 stream_arn,
                 batches,
                 moves=moves,
                 replay_from=self.replay_from,
                 key_tags=self._key_tags,
                 resolve=self._resolve,
+                ttl=self.options.ttl_deletes,
                 leases=self.owned,
             )
         except SpoolClosed:
@@ -827,12 +825,3 @@ def _parent_done(parent: str | None, listed: dict[str, str | None], positions: d
     if known is not None:
         return known.finished
     return parent not in listed
-
-
-def _ttl_text(ttl: TtlCounts, policy: TtlPolicy) -> str:
-    """The batch log line's part about TTL deletes, counted apart from the others."""
-    if not ttl:
-        return ""
-    counted = ttl.applied + ttl.kept + ttl.marked
-    done = {TtlPolicy.DELETE: "applied as deletes", TtlPolicy.KEEP: "kept", TtlPolicy.MARK: "marked"}[policy]
-    return f", {ttl.seen} TTL deletes seen: {counted} {done}"  # the others are among those older than the load

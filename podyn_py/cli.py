@@ -31,10 +31,12 @@ from podyn_py.config import AwsSettings, Config, TableSettings, parse_postgres_u
 from podyn_py.config_file import FileSettings
 from podyn_py.core import targets
 from podyn_py.core.changes import TtlPolicy
+from podyn_py.core.exports import split_destination
 from podyn_py.core.schema import ConversionMode
 from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError, PodynError
 from podyn_py.processes import PROCESS_INDEX_ENV, RUN_NAME_ENV, RUN_STARTED_ENV, run_processes
+from podyn_py.target.dryrun import CANNOT_EXPORT
 from podyn_py.verify import VerifyOptions
 
 log = logging.getLogger("podyn_py")
@@ -63,6 +65,9 @@ Examples:
 \b
   # load a table from an export to S3 (no read capacity), then follow its stream from the export's time
   podyn -u postgresql://app@db/app -t Orders -s -d -c --from-export s3://bucket/exports/AWSDynamoDB/01700000000000-abcd1234/
+\b
+  # ask DynamoDB for that export (point-in-time recovery on), wait for it, load it, then follow the stream
+  podyn -u postgresql://app@db/app -t Orders -s -d -c --export-to s3://bucket/exports
 \b
   # compare every item with its row (exit 4 on differences); a quick look at a quarter of the segments
   podyn -u postgresql://app@db/app --verify
@@ -115,6 +120,20 @@ differences.
     metavar="S3_URL",
     help="--data: load the table from this DynamoDB export in S3 (s3://BUCKET/PREFIX/AWSDynamoDB/EXPORT_ID/) instead of"
     " a Scan: no read capacity used; --changes then replays the stream from the export's time.",
+)
+@click.option(
+    "--export-to",
+    metavar="S3_URL",
+    help="--data: ask DynamoDB for an export of each table to s3://BUCKET/PREFIX (point-in-time recovery must be on),"
+    " wait for it, and load it as --from-export does: no read capacity used; a restart waits for the same export.",
+)
+@click.option(
+    "--export-poll",
+    type=click.FloatRange(0.05, 120.0),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="--export-to: seconds between DescribeExport calls while DynamoDB makes the export.",
 )
 @click.option("-c", "--changes", is_flag=True, help="Replicate changes continuously from DynamoDB Streams.")
 @click.option(
@@ -208,7 +227,9 @@ differences.
 @click.option("--pg-schema", default="public", show_default=True, help="PostgreSQL schema for the tables.")
 @click.option("--table-prefix", default="", help="Put this before the PostgreSQL name of every table of the run.")
 @click.option("--endpoint-url", help="DynamoDB endpoint (e.g. DynamoDB Local: http://127.0.0.1:8000).")
-@click.option("--s3-endpoint-url", help="S3 endpoint for --from-export (an S3-compatible store); default: AWS's.")
+@click.option(
+    "--s3-endpoint-url", help="S3 endpoint for --from-export and --export-to (an S3-compatible store); default: AWS's."
+)
 @click.option("--region", help="AWS region (default: the standard AWS configuration chain).")
 @click.option("--profile", help="AWS profile (default: the standard AWS credentials chain).")
 @click.option(
@@ -301,6 +322,8 @@ def main(
     schema: bool,
     data: bool,
     from_export: str | None,
+    export_to: str | None,
+    export_poll: float,
     changes: bool,
     ttl_deletes: str,
     citus: bool,
@@ -362,6 +385,8 @@ def main(
         raise click.UsageError("--from-export goes with --data: it says where the data is loaded from")
     if from_export is not None and tables and len([t for t in tables.split(",") if t.strip()]) > 1:
         raise click.UsageError("--from-export loads one table: give at most one -t")
+    if export_to is not None:
+        _check_export_to(export_to, data=data, from_export=from_export, postgres_url=postgres_url)
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
     if processes > 1 and (status or not postgres_url):
@@ -406,6 +431,8 @@ def main(
             exclusions=exclusions,
             ttl_deletes=TtlPolicy(ttl_deletes),
             from_export=from_export,
+            export_to=export_to,
+            export_poll_seconds=export_poll,
             aws=AwsSettings(
                 endpoint_url=endpoint_url,
                 region=region,
@@ -435,6 +462,19 @@ def main(
         sys.exit(run(config, debug=bool(verbose)))
     except PodynError as exc:
         _fail(exc, debug=bool(verbose))
+
+
+def _check_export_to(export_to: str, *, data: bool, from_export: str | None, postgres_url: str | None) -> None:
+    if not data:
+        raise click.UsageError("--export-to goes with --data: it says where the data is loaded from")
+    if from_export is not None:
+        raise click.UsageError("--export-to asks for a new export, --from-export loads one made before: give one")
+    if not postgres_url:
+        raise click.UsageError(CANNOT_EXPORT)
+    try:
+        split_destination(export_to)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--export-to") from None
 
 
 def _read_config_file(ctx: click.Context, path: str | None) -> FileSettings | None:

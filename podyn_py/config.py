@@ -119,7 +119,7 @@ class AwsSettings:
     max_attempts: int = 10
     #: Scan, GetRecords and BatchGetItem through the fast path (signed HTTP, orjson) rather than boto3's parser.
     fast_path: bool = True
-    #: S3 endpoint for ``--from-export`` (an S3-compatible store, a test's); None: boto3's usual one.
+    #: S3 endpoint for ``--from-export``/``--export-to`` (an S3-compatible store, a test's); None: boto3's usual one.
     s3_endpoint_url: str | None = None
     #: Fixed credentials, for local endpoints (the demo); otherwise the standard AWS chain finds them.
     access_key_id: str | None = field(default=None, repr=False)
@@ -173,6 +173,11 @@ class Config:
     progress: bool = False
     #: ``--from-export``: load the table from this export in S3 (``s3://.../AWSDynamoDB/<ExportId>/``), not a Scan.
     from_export: str | None = None
+    #: ``--export-to``: ask DynamoDB for an export of each table to this S3 destination (``s3://bucket/prefix``),
+    #: wait for it, and load it as ``from_export`` would.
+    export_to: str | None = None
+    #: How often DescribeExport is called while such an export runs (``--export-poll``).
+    export_poll_seconds: float = 20.0
     #: How often a standing-by service tries to take over a table another process holds.
     standby_seconds: float = 10.0
     #: How long a lease on a work unit (segment, shard) lasts unless renewed (every third of it).

@@ -27,6 +27,7 @@ from podyn_py.core.schema import ConversionMode, TableSchema, TableSpec
 from podyn_py.core.targets import StoredTarget, choose_target, replaced
 from podyn_py.errors import CaptureEnded, ConfigError, Interrupted, PodynError, StreamGapError, TableHeldElsewhere
 from podyn_py.export_load import load_from_export
+from podyn_py.export_request import Exporter, obtain_export
 from podyn_py.load import LoadOptions, LoadResult, load_table
 from podyn_py.retry import TABLE_RESTART, Retrier
 from podyn_py.source import dynamodb, export
@@ -75,6 +76,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     client: TableClient = dynamodb.make_client(config.aws, pool_size=config.connections)
     data: DataClient = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
     exported = _open_export(config)
+    exporter = _exporter(config)
     names = list(config.tables) or (_exported_table(exported) if exported else dynamodb.list_tables(client))
     if not names:
         log.warning("no DynamoDB tables found")
@@ -90,7 +92,16 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
         try:
             with logs.about(name):
                 description = _prepare_and_load(
-                    config, client, data, target, name, summary, stop, streams=streams, exported=exported
+                    config,
+                    client,
+                    data,
+                    target,
+                    name,
+                    summary,
+                    stop,
+                    streams=streams,
+                    exported=exported,
+                    exporter=exporter,
                 )
             if config.changes:
                 streams.follow(description)  # unless it already does, since its load began
@@ -287,6 +298,18 @@ def _open_export(config: Config) -> ExportSource | None:
     return export.ExportReader(s3, export.read_manifest(s3, config.from_export))
 
 
+def _exporter(config: Config) -> Exporter | None:
+    """``--export-to``: the clients that ask DynamoDB for each table's export and read it; None without it."""
+    if config.export_to is None:
+        return None
+    return Exporter(
+        dynamodb.make_client(config.aws, pool_size=1),
+        export.make_s3_client(config.aws, pool_size=config.connections),
+        config.export_to,
+        config.export_poll_seconds,
+    )
+
+
 def _exported_table(exported: ExportSource) -> list[str]:
     name = exported.manifest.table_name
     if name is None:
@@ -322,6 +345,7 @@ def _prepare_and_load(
     stop: threading.Event,
     exported: ExportSource | None = None,
     streams: _Streams | None = None,
+    exporter: Exporter | None = None,
 ) -> dynamodb.TableDescription:
     stored = target.stored_targets()
     description = _describe(config, client, target, name, summary, stored)
@@ -350,6 +374,20 @@ def _prepare_and_load(
                 run_started=config.run_started,
             )
             beat = hold.heartbeat if hold is not None else None
+            if exporter is not None:
+                exported = obtain_export(
+                    description,
+                    target,
+                    exporter,
+                    reload=config.reload,
+                    changes_follow=config.changes,
+                    stop=stop,
+                    heartbeat=beat,
+                )
+                if exported is None:
+                    log.info("table %s: already loaded; skipping (use --reload to load it again)", name)
+                    summary.loaded.append(LoadResult(name, 0, 0, True, 0.0))
+                    return description
             if exported is not None:
                 result = load_from_export(
                     description,

@@ -9,6 +9,12 @@ loaded, the spool is applied to it, in key order, a batch at a time, each batch 
 rows it consumes; then replication goes on from the shard checkpoints. A kill -9 anywhere loses and doubles
 nothing: each batch into the spool moves its checkpoints by compare-and-set, each batch out of it removes its rows.
 
+TTL deletes (``--ttl-deletes``) are made what the stream path makes them, when they are captured: each batch is
+compacted under the policy (``core.changes.compact``), and each entry is composed with the key's entry before it
+(``state.spool_changes``) as applying the two in turn would; so the table ends as if the stream path had applied
+the same batches after the load, and the TTL counts are those it would have counted. Attributes the table's
+selection leaves out are stripped before anything enters the spool.
+
 Why the table ends exact, key by key:
 
 - While the table loads nothing but the scan writes to it: the stream's changes go to the spool. Every change
@@ -47,7 +53,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -56,8 +62,12 @@ from podyn_py.conversion import RowConverter
 from podyn_py.core.changes import (
     Change,
     Delete,
+    Expire,
     KeyIdentity,
+    TtlCounts,
+    TtlPolicy,
     Upsert,
+    compact,
     from_spool_entry,
     key_identity,
     to_change,
@@ -81,7 +91,7 @@ LOADED_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
 class Captured:
     """What one batch into the spool held: records read, changes captured (before each key's last was kept),
-    records skipped (older than the load), rejected, and the spool's rows after it."""
+    records skipped (older than the load), rejected, the spool's rows after it, and its TTL deletes."""
 
     records: int
     captured: int
@@ -89,12 +99,14 @@ class Captured:
     rejected: int
     spool_rows: int
     newest: datetime | None
+    ttl: TtlCounts = TtlCounts()
+    policy: TtlPolicy = TtlPolicy.DELETE
 
 
 def capture(
     target: Target,
     conn: Any,
-    spec: TableSpec,
+    rows: RowConverter,
     stream_arn: str,
     batches: Sequence[ShardBatch],
     *,
@@ -102,6 +114,7 @@ def capture(
     replay_from: datetime | None,
     key_tags: Sequence[str],
     resolve: Callable[[list[Change]], list[Change]],
+    ttl: TtlPolicy = TtlPolicy.DELETE,
     leases: Mapping[str, Lease] | None = None,
 ) -> Captured | None:
     """Keep the batches' changes in the table's spool, with their shards' new checkpoints, in one transaction.
@@ -110,35 +123,58 @@ def capture(
     with nothing written, when the table is no longer loading: the caller applies the spool, then these batches.
     ``resolve`` turns the Refetch of KEYS_ONLY and OLD_IMAGE streams into the item as it is now (or a delete).
     ``leases``: this process's shards, each batch committed only under its shard's lease (as ``apply_changes``).
+
+    As the stream path does with a batch it applies: ``compact`` keeps each key's last change with TTL deletes as
+    ``ttl`` says (a kept one an Upsert of its old image, or nothing; a marked one an Expire), the TTL deletes are
+    counted, the column for expired rows is added with the first batch that marks one, and the attributes
+    ``rows.selection`` leaves out are stripped (from rejected records too): they never reach ``podyn.spool``.
+    ``state.spool_changes`` then composes each entry with the key's entry before it, as applying both would.
     """
-    last: dict[KeyIdentity, tuple[Change, str, str]] = {}
+    spec = rows.schema.spec
+    selection = rows.selection
+    changes: list[Change] = []
+    #: Key → the shard and sequence number of its last record captured.
+    where: dict[KeyIdentity, tuple[str, str]] = {}
     bad: list[Rejected] = []
     newest: datetime | None = None
     skipped = captured = records = 0
+    ttl_seen = ttl_counted = 0
     for batch in batches:
         for record in batch.records:
             records += 1
             try:
                 change = to_change(record, spec.key_names, table=spec.source, key_tags=key_tags)
             except DataError as exc:
-                bad.append(Rejected(record, str(exc.key or ""), exc.attribute, str(exc)))
-                log.error("rejected a stream record, kept in podyn.rejected: %s", exc)
+                kept_record = selection.strip_record(record)  # excluded attributes never reach PostgreSQL
+                bad.append(Rejected(kept_record, str(exc.key or ""), exc.attribute, str(exc)))
+                log.error(
+                    "rejected a stream record, kept in podyn.rejected: %s",
+                    exc,
+                    extra={"table": spec.source, "key": exc.key, "attribute": exc.attribute},
+                )
                 continue
+            expired = isinstance(change, Delete) and change.expired
+            ttl_seen += expired
             created = change.created_at
             if created is not None:
                 newest = created if newest is None or created > newest else newest
                 if replay_from is not None and created < replay_from:
                     skipped += 1  # its effect is in the scan (see the module's docstring)
                     continue
-            identity = key_identity(change.key)
-            last.pop(identity, None)  # re-inserted: the order follows each key's last change
-            last[identity] = (change, batch.shard_id, str(record["dynamodb"]["SequenceNumber"]))
+            ttl_counted += expired
+            changes.append(change)
+            where[key_identity(change.key)] = (batch.shard_id, str(record["dynamodb"]["SequenceNumber"]))
             captured += 1
-    kept = list(last.values())
+    kept = compact(changes, ttl)
+    if rows.schema.expired_column is None and any(isinstance(c, Expire) for c in kept):
+        rows.add_expired_column()  # with the batch that marks, as the stream path: the tables end alike
     entries = []
-    for change, (_, shard_id, sequence_number) in zip(resolve([c for c, _, _ in kept]), kept, strict=True):
-        assert isinstance(change, Upsert | Delete), "resolve leaves no Refetch; the spool is not given Expire"
-        entries.append(to_spool_entry(change, shard_id, sequence_number))
+    for change in resolve(kept):
+        assert isinstance(change, Upsert | Delete | Expire), "resolve leaves no Refetch"
+        if selection and isinstance(change, Upsert | Expire) and change.item is not None:
+            change = replace(change, item=selection.strip(change.item))
+        entries.append(to_spool_entry(change, *where[key_identity(change.key)]))
+    counts = TtlCounts.of(ttl_seen, ttl_counted, ttl)
     spool_rows = target.spool_changes(
         conn,
         spec,
@@ -149,6 +185,7 @@ def capture(
         captured=captured,
         captured_until=newest,
         leases=leases,
+        ttl=counts or None,
     )
     if spool_rows is None:
         return None
@@ -156,19 +193,30 @@ def capture(
     metrics.ITEMS_REJECTED.labels(spec.source).inc(len(bad))
     metrics.SPOOL_ROWS.labels(spec.source).set(spool_rows)
     metrics.BATCHES.labels(spec.source).inc()
+    count_ttl_deletes(spec.source, counts)
     if newest is not None:
         metrics.CAPTURED_UNTIL.labels(spec.source).set(newest.timestamp())
-    return Captured(records, captured, skipped, len(bad), spool_rows, newest)
+    return Captured(records, captured, skipped, len(bad), spool_rows, newest, counts, ttl)
+
+
+def count_ttl_deletes(table: str, ttl: TtlCounts) -> None:
+    """A committed batch's TTL deletes in the metrics (into the table or into its spool)."""
+    if not ttl:
+        return
+    metrics.TTL_DELETES_SEEN.labels(table).inc(ttl.seen)
+    for outcome, count in (("applied", ttl.applied), ("kept", ttl.kept), ("marked", ttl.marked)):
+        metrics.TTL_DELETES.labels(table, outcome).inc(count)
 
 
 def log_captured(spec: TableSpec, captured: Captured) -> None:
     if not captured.records:
         return
     log.info(
-        "table %s: captured %d records into the spool (%d changes%s%s), spool %d rows, newest written %s",
+        "table %s: captured %d records into the spool (%d changes%s%s%s), spool %d rows, newest written %s",
         spec.source,
         captured.records,
         captured.captured,
+        captured.ttl.text(captured.policy),
         f", {captured.skipped} older than the load skipped" if captured.skipped else "",
         f", {captured.rejected} rejected" if captured.rejected else "",
         captured.spool_rows,
@@ -182,26 +230,35 @@ def apply_spool(
     """Apply the table's spool to the table, in key order, ``batch`` entries a transaction, each with the spool rows
     it consumes; how many changes were applied. Once the table is loaded, before any later change.
 
+    An entry is applied as the stream path applies a change: an upsert, a delete, or (``--ttl-deletes mark``) an
+    Expire, its image (if any) upserted, then its row marked. The policy was applied when the entry was captured
+    (``capture``): what is in the spool is what the capturing run's ``--ttl-deletes`` made of each TTL delete.
+
     Several processes may apply one spool at once: an entry another one applied first makes this batch roll back,
     and it is read again. Interrupted when ``stop`` is set before the spool is empty (the next run goes on).
     """
     spec = rows.schema.spec
     started = time.monotonic()
     after: str | None = None
-    upserted = deleted = 0
+    upserted = deleted = marked = 0
     while True:
         if stop.is_set():
             raise Interrupted("stopped on request while applying the spool; the next run goes on", table=spec.source)
         entries = target.read_spool(spec, after, batch, conn)
         if not entries:
             break
-        if after is None and not upserted + deleted:
+        if after is None and not upserted + deleted + marked:
             log.info("table %s: the load is done; applying the changes captured during it (the spool)", spec.source)
         changes = [from_spool_entry(entry) for entry in entries]
+        expiring = [c for c in changes if isinstance(c, Expire)]
+        if expiring and rows.schema.expired_column is None:
+            rows.add_expired_column()  # the capture added it; this process's schema may predate that
         upserts = [c.item for c in changes if isinstance(c, Upsert)]
+        upserts += [c.item for c in expiring if c.item is not None]
         while True:
             schema, converted, rejected = rows.convert(upserts)
             delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
+            expire = [(key_values(schema.spec, c.key), c.created_at) for c in expiring]
             try:
                 left = target.apply_spool(
                     conn,
@@ -210,6 +267,7 @@ def apply_spool(
                     rows=converted,
                     delete_keys=delete_keys,
                     rejected=rejected,
+                    expire=expire,
                 )
                 break
             except MappingChanged as exc:  # columns renamed by another process: same entries, new names
@@ -221,25 +279,30 @@ def apply_spool(
         after = entries[-1].key
         upserted += len(converted)
         deleted += len(delete_keys)
+        marked += len(expire)
         metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(converted))
         metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
+        if expire:
+            metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(expire))
         metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected))
         metrics.BATCHES.labels(spec.source).inc()
         metrics.SPOOL_ROWS.labels(spec.source).set(left)
         log.debug("table %s: applied %d spool entries, %d left", spec.source, len(entries), left)
-    if upserted + deleted:
+    applied = upserted + deleted + marked
+    if applied:
         seconds = time.monotonic() - started
         log.info(
-            "table %s: applied the spool: %d changes (%d upserts, %d deletes) in %.1f s (%.0f changes/s)",
+            "table %s: applied the spool: %d changes (%d upserts, %d deletes%s) in %.1f s (%.0f changes/s)",
             spec.source,
-            upserted + deleted,
+            applied,
             upserted,
             deleted,
+            f", {marked} rows marked expired" if marked else "",
             seconds,
-            (upserted + deleted) / seconds if seconds > 0 else 0.0,
+            applied / seconds if seconds > 0 else 0.0,
         )
     metrics.SPOOL_ROWS.labels(spec.source).set(0)
-    return upserted + deleted
+    return applied
 
 
 def loading(target: Target, spec: TableSpec) -> bool:

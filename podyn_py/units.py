@@ -112,11 +112,14 @@ class UnitKeeper:
         mine = self.leases
         kept = self.target.renew_leases(self.spec, mine, self.timing.lease_seconds, role=self.role)
         self.join()
-        lost = [lease for lease in mine if lease not in kept]
         with self._lock:
+            # A lease given back while the renewal ran (its unit done: release() drops it here before it frees the
+            # row) was not renewed either, but it was not lost: only those still held count.
+            lost = [
+                lease for lease in mine if lease not in kept and self._held.get((lease.kind, lease.unit_id)) == lease
+            ]
             for lease in lost:
-                if self._held.get((lease.kind, lease.unit_id)) == lease:
-                    del self._held[(lease.kind, lease.unit_id)]
+                del self._held[(lease.kind, lease.unit_id)]
         for lease in lost:
             log.warning(
                 "table %s: lost the lease on %s %s (it expired and another process took it over)",

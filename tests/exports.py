@@ -76,17 +76,19 @@ def write_export(
     prefix: str = "exports",
     export_time: datetime | None = None,
     items: list[dict[str, Any]] | None = None,
+    export_id: str | None = None,
 ) -> WrittenExport:
     """Write an export of ``table`` (its items now, or ``items``) to ``s3://bucket/prefix/AWSDynamoDB/<id>/``.
 
-    ``export_time`` defaults to now plus :data:`AFTER_STREAM`. Items are dealt to ``files`` data files in turn (a
-    file may end up empty, as a real export's empty partitions do).
+    ``export_time`` defaults to now plus :data:`AFTER_STREAM`; ``export_id`` to one made from it, as DynamoDB's
+    are. Items are dealt to ``files`` data files in turn (a file may end up empty, as a real export's empty
+    partitions do).
     """
     description = ddb.describe_table(TableName=table)["Table"]
     when = export_time or datetime.now(UTC) + AFTER_STREAM
     when = when.replace(microsecond=when.microsecond // 1000 * 1000)
-    export_id = f"{int(when.timestamp() * 1000):014d}-{os.urandom(4).hex()}"
-    folder = f"{prefix}/AWSDynamoDB/{export_id}/"
+    export_id = export_id or f"{int(when.timestamp() * 1000):014d}-{os.urandom(4).hex()}"
+    folder = f"{prefix}/AWSDynamoDB/{export_id}/" if prefix else f"AWSDynamoDB/{export_id}/"
     rows = scan_all(ddb, table) if items is None else items
     encode = _ion_line if output_format == "ION" else _json_line
     entries = []
@@ -116,7 +118,7 @@ def write_export(
         "tableId": description.get("TableId") or "00000000-0000-0000-0000-000000000000",
         "exportTime": _iso(when),
         "s3Bucket": bucket,
-        "s3Prefix": prefix,
+        "s3Prefix": prefix or None,
         "s3SseAlgorithm": "AES256",
         "s3SseKmsKeyId": None,
         "manifestFilesS3Key": f"{folder}manifest-files.json",

@@ -5,6 +5,8 @@ shards cannot be tested on it alone. Real ``podyn`` processes are pointed at thi
 
 * DynamoDB calls (``X-Amz-Target: DynamoDB_20120810.*``) are relayed to DynamoDB Local unchanged, except that
   DescribeTable of the scripted table names the scripted stream as its ``LatestStreamArn`` (so podyn reads it);
+* DynamoDB calls a ``dynamodb`` script answers (``answer(operation, params)`` gives a response, or None to relay;
+  tests/scripted_exports.py answers the export API that DynamoDB Local lacks) are answered from it instead;
 * DynamoDB Streams calls (``DynamoDBStreams_20120810.DescribeStream``, ``GetShardIterator``, ``GetRecords``,
   ``ListStreams``) are answered from a :class:`StreamScript`, in the service's wire format (JSON 1.0; timestamps as
   seconds since the epoch; errors as ``__type`` and ``message`` with status 400), which boto3 and podyn's fast path
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 from proxy import HOP_BY_HOP, JSON_CONTENT_TYPE, forward, operation_of
@@ -69,7 +71,7 @@ class IteratorCall:
 
 
 class StreamError(Exception):
-    """An error the service answers: ``code`` as its ``__type``."""
+    """An error the service (DynamoDB Streams, or a scripted DynamoDB call) answers: ``code`` as its ``__type``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -287,15 +289,24 @@ class StreamScript:
             return response
 
 
+class DynamoDBScript(Protocol):
+    """DynamoDB calls answered from a script: a response, None to relay the call, or StreamError to refuse it."""
+
+    def answer(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
 class ScriptedStreamServer:
     """The HTTP endpoint: DynamoDB relayed to ``upstream_url`` (DynamoDB Local), DynamoDB Streams from ``script``."""
 
-    def __init__(self, upstream_url: str, scripts: Iterable[StreamScript] = ()) -> None:
+    def __init__(
+        self, upstream_url: str, scripts: Iterable[StreamScript] = (), *, dynamodb: DynamoDBScript | None = None
+    ) -> None:
         upstream = urlsplit(upstream_url)
         if upstream.scheme != "http" or upstream.hostname is None:
             raise ValueError(f"upstream must be http://host:port, not {upstream_url!r}")
         self._upstream = (upstream.hostname, upstream.port or 80)
         self.scripts: dict[str, StreamScript] = {s.table: s for s in scripts}
+        self.dynamodb = dynamodb
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -332,6 +343,16 @@ class ScriptedStreamServer:
             return 400, _dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{error.code}", "message": error.message})
         return 200, _dumps(answer)
 
+    def _scripted_dynamodb(self, operation: str, body: bytes) -> tuple[int, bytes] | None:
+        """The ``dynamodb`` script's answer to a DynamoDB call, or None: relay it to DynamoDB Local."""
+        if self.dynamodb is None:
+            return None
+        try:
+            answer = self.dynamodb.answer(operation, json.loads(body or b"{}"))
+        except StreamError as error:
+            return 400, _dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{error.code}", "message": error.message})
+        return None if answer is None else (200, _dumps(answer))
+
     def _describe_table(self, status: int, body: bytes) -> bytes:
         """DescribeTable of a scripted table names the scripted stream."""
         if status != 200:
@@ -358,6 +379,10 @@ class ScriptedStreamServer:
                 if target.startswith(STREAMS_PREFIX):
                     status, answer = server._streams(operation, body)
                     self._reply(status, [("Content-Type", JSON_CONTENT_TYPE)], answer)
+                    return
+                scripted = server._scripted_dynamodb(operation, body)
+                if scripted is not None:
+                    self._reply(scripted[0], [("Content-Type", JSON_CONTENT_TYPE)], scripted[1])
                     return
                 status, headers, answer = forward(server._upstream, self, body)
                 if operation == "DescribeTable":

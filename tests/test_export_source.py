@@ -16,10 +16,23 @@ from amazon.ion import simpleion
 from amazon.ion.simpleion import IonPyValueModel
 from exports import write_export
 
-from podyn_py.core.exports import ExportFileRecord, ExportFormat, ExportManifest, replay_start, stream_gap
+from podyn_py.core.exports import (
+    ExportFileRecord,
+    ExportFormat,
+    ExportJob,
+    ExportManifest,
+    ExportStatus,
+    destination_url,
+    export_client_token,
+    folder_is_under,
+    replay_start,
+    split_destination,
+    stream_gap,
+)
 from podyn_py.core.rows import RowBuilder
 from podyn_py.core.schema import ConversionMode, KeyAttribute, TableSpec, initial_schema, plan_evolution
 from podyn_py.errors import ConfigError, SourceError
+from podyn_py.source.dynamodb import export_job
 from podyn_py.source.export import ExportReader, ion_to_wire, read_manifest, split_export_url
 
 #: amazon-ion's two shapes of values: its wrappers, and plain Python values where no wrapper is needed (what the
@@ -279,3 +292,87 @@ def test_an_empty_partition_file_holds_no_items(s3: Any, export_bucket: str) -> 
     for entry in manifest.files:
         record = ExportFileRecord(entry.key, entry.ordinal, 0, entry.md5, 0, 0, False)
         assert [(b.items, b.line, b.done) for b in reader.read_file(record)] == [([], 0, True)]
+
+
+# -- --export-to: destinations, export jobs, client tokens (pure) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "split"),
+    [
+        ("s3://bucket", ("bucket", None)),
+        ("s3://bucket/", ("bucket", None)),
+        ("s3://bucket/exports", ("bucket", "exports")),
+        ("s3://bucket/exports/", ("bucket", "exports")),
+        ("s3://my.bucket-1/a/b/c/", ("my.bucket-1", "a/b/c")),
+    ],
+)
+def test_export_destinations(url: str, split: tuple[str, str | None]) -> None:
+    assert split_destination(url) == split
+    assert destination_url(*split) == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url", ["bucket/prefix", "https://bucket/x", "s3://", "s3://b/p/AWSDynamoDB/0123-ab/"])
+def test_what_is_no_export_destination(url: str) -> None:
+    with pytest.raises(ValueError, match="s3://BUCKET|--from-export"):
+        split_destination(url)
+
+
+ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Orders/export/01700000000000-a1b2c3d4"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "manifest", "folder"),
+    [
+        ("orders", "orders/AWSDynamoDB/01700000000000-a1b2c3d4/manifest-summary.json", "s3://b/orders/"),
+        ("orders", "AWSDynamoDB/01700000000000-a1b2c3d4/manifest-summary.json", "s3://b/orders/"),
+        ("orders/", None, "s3://b/orders/"),
+        (None, "AWSDynamoDB/01700000000000-a1b2c3d4/manifest-summary.json", "s3://b/"),
+        (None, None, "s3://b/"),
+    ],
+)
+def test_an_export_jobs_folder(prefix: str | None, manifest: str | None, folder: str) -> None:
+    job = ExportJob(ARN, ExportStatus.COMPLETED, "b", prefix, manifest)
+    assert job.export_id == "01700000000000-a1b2c3d4"
+    assert job.folder_url == f"{folder}AWSDynamoDB/01700000000000-a1b2c3d4/"
+    assert split_export_url(job.folder_url)[2] == job.export_id
+    assert folder_is_under(job.folder_url, "b", (prefix or "").strip("/") or None)
+    assert not folder_is_under(job.folder_url, "b", "other")
+
+
+def test_an_export_description_as_boto3_gives_it() -> None:
+    when = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+    job = export_job(
+        {
+            "ExportArn": ARN,
+            "ExportStatus": "FAILED",
+            "S3Bucket": "b",
+            "ExportTime": when,
+            "StartTime": when,
+            "FailureCode": "S3AccessDenied",
+            "FailureMessage": "Access Denied",
+            "ItemCount": 0,
+        }
+    )
+    assert (job.status, job.export_time, job.failure_code, job.item_count, job.prefix) == (
+        ExportStatus.FAILED,
+        when,
+        "S3AccessDenied",
+        0,
+        None,
+    )
+    with pytest.raises(SourceError, match="unknown status 'CANCELLED'"):
+        export_job({"ExportArn": ARN, "ExportStatus": "CANCELLED"})
+
+
+def test_client_tokens_tell_exports_apart() -> None:
+    token = export_client_token("arn:t", "public.t", "s3://b/p")
+    assert token == export_client_token("arn:t", "public.t", "s3://b/p"), "a restart asks with the same token"
+    others = {
+        export_client_token("arn:u", "public.t", "s3://b/p"),
+        export_client_token("arn:t", "other.t", "s3://b/p"),
+        export_client_token("arn:t", "public.t", "s3://b/q"),
+        export_client_token("arn:t", "public.t", "s3://b/p", "2024-05-01T10:00:00+00:00"),
+    }
+    assert token not in others and len(others) == 4
+    assert "$" not in token and len(token) <= 64  # DynamoDB's pattern ^[^$]+$

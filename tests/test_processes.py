@@ -31,6 +31,9 @@ from oracle import connect, table_differences
 
 COUNT = 3000
 PACED = ("--scan-rate", "40", "--segments", "12", "-n", "2", "--lease-seconds", "3")
+#: For a test that stops three runs in turn before the load is done: about 100 items/s, so that 3,000 items outlast
+#: three runs' start-up on a busy machine (at 40 RCU/s the third run found the load finished).
+SLOWER = ("--scan-rate", "12", *PACED[2:])
 
 
 class Command:
@@ -128,7 +131,7 @@ def test_sigterm_ctrl_c_and_the_parent_killed_stop_every_child_cleanly_and_a_rer
 ) -> None:
     table = audited_table(ddb_server, pg_url, create_table)
     with UnitWatcher(pg_url, table) as watcher:
-        with command(ddb_server, pg_url, table, tmp_path / "first.log", "-d", "-P", "3", *PACED) as first:
+        with command(ddb_server, pg_url, table, tmp_path / "first.log", "-d", "-P", "3", *SLOWER) as first:
             children = wait_three_committing(watcher, first)
             first.process.send_signal(signal.SIGTERM)  # to the parent only, as `kill PID` or systemd's main PID
             assert first.wait() == 0, first.text()
@@ -141,7 +144,7 @@ def test_sigterm_ctrl_c_and_the_parent_killed_stop_every_child_cleanly_and_a_rer
         before = loaded_items(pg_url, table)
         # Ctrl-C at a terminal: SIGINT to the whole process group. Each child must get it once (a second one
         # means "stop at once").
-        with command(ddb_server, pg_url, table, tmp_path / "second.log", "-d", "-P", "3", *PACED) as second:
+        with command(ddb_server, pg_url, table, tmp_path / "second.log", "-d", "-P", "3", *SLOWER) as second:
             wait_for(
                 lambda: loaded_items(pg_url, table) > before + 200 and len(second.children()) == 3,
                 "the second run loading",
@@ -160,7 +163,7 @@ def test_sigterm_ctrl_c_and_the_parent_killed_stop_every_child_cleanly_and_a_rer
         # The parent killed outright: each child gets SIGTERM (Linux's parent-death signal), stops cleanly and gives
         # its segments back, rather than load on unsupervised.
         before = loaded_items(pg_url, table)
-        with command(ddb_server, pg_url, table, tmp_path / "third.log", "-d", "-P", "3", *PACED) as third:
+        with command(ddb_server, pg_url, table, tmp_path / "third.log", "-d", "-P", "3", *SLOWER) as third:
             wait_for(
                 lambda: loaded_items(pg_url, table) > before + 200 and len(third.children()) == 3,
                 "the third run loading",

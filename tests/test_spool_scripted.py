@@ -10,11 +10,16 @@ PostgreSQL is the real code; the replicator's wall clock (``ChangeOptions.now``)
 simulation runs in the past, from 30 hours ago to about now, so that the times PostgreSQL writes (the load's end)
 fall among the records' times; the load's start is set to the simulated one as it begins.
 
+TTL deletes captured during a load (``--ttl-deletes``) are compared with what the stream path makes of the same
+records: DynamoDB Local never expires an item, so its stream never carries a TTL delete; the records, with the
+userIdentity of DynamoDB's TTL process, are scripted here too.
+
 The other tests here exercise the spool's transactions one by one (state.py and postgres.py).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import io
@@ -22,9 +27,11 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from helpers import run_podyn
@@ -32,9 +39,19 @@ from scripted_streams import STREAM_ARN, TABLE, Clock, FakeShard, RecordMaker, S
 
 from podyn_py import metrics, status
 from podyn_py.changes import ChangeOptions, TableReplicator
-from podyn_py.core.changes import Delete, Upsert, from_spool_entry, spool_key, to_spool_entry
+from podyn_py.core.changes import (
+    VIEW_TYPES_WITH_NEW_IMAGE,
+    Delete,
+    Expire,
+    TtlPolicy,
+    Upsert,
+    from_spool_entry,
+    spool_key,
+    to_spool_entry,
+)
 from podyn_py.core.positions import ShardPosition, UnitKind
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
+from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError, LeaseLost, SpoolClosed, SpoolNotEmpty, StreamGapError
 from podyn_py.load import LoadOptions, load_table
 from podyn_py.replicate import capture_beside_load
@@ -42,6 +59,7 @@ from podyn_py.replicate import reader_factory as readers_polling_at_most
 from podyn_py.source import dynamodb
 from podyn_py.source.streams import StreamReader
 from podyn_py.spool import BesideLoad, apply_spool
+from podyn_py.target import state
 from podyn_py.target.dryrun import CANNOT_FOLLOW_CHANGES, DryRunTarget
 from podyn_py.target.postgres import PostgresTarget
 
@@ -480,7 +498,7 @@ def finish(setup: Setup) -> None:
 
 
 def spool(
-    setup: Setup, conn: Any, changes: list[Upsert | Delete], old: ShardPosition | None, new: ShardPosition
+    setup: Setup, conn: Any, changes: Sequence[Upsert | Delete | Expire], old: ShardPosition | None, new: ShardPosition
 ) -> int | None:
     entries = [to_spool_entry(c, P, str(n)) for n, c in enumerate(changes)]
     return setup.target.spool_changes(
@@ -605,6 +623,81 @@ def test_a_spool_entry_keeps_the_image_whole() -> None:
     assert back.key == {"pk": {"S": "a\x00b"}}
 
 
+@pytest.mark.parametrize("image", [None, {"pk": {"S": "a"}, "n": {"N": "1"}}], ids=["without image", "with image"])
+def test_a_spool_entry_keeps_an_expire(image: dict[str, Any] | None) -> None:
+    when = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
+    entry = to_spool_entry(Expire(key("a"), when, image), P, "1")
+    assert entry.expired and not entry.deleted
+    assert from_spool_entry(entry) == Expire(key("a"), when, image)
+
+
+def test_an_expire_without_image_in_the_spool_marks_what_the_keys_entry_before_it_leaves(setup: Setup) -> None:
+    """Each entry is composed with the key's entry before it, as applying the two in turn would: an Expire without
+    image (``--ttl-deletes mark``, a stream without old images) marks the row the entry before writes, leaves a
+    delete a delete, and is replaced whole by a later change."""
+    begin(setup)
+    t1, t2 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC), dt.datetime(2024, 5, 1, 11, tzinfo=dt.UTC)
+    one, two, three = (ShardPosition(P, None, str(n), False) for n in (1, 2, 3))
+    image = {"pk": {"S": "a"}, "counter": {"N": "1"}}
+    with setup.target.connect() as conn:
+        spool(setup, conn, [Upsert(key("a"), image), Delete(key("b")), Expire(key("d"), t1, {"pk": {"S": "d"}})],
+              None, one)  # fmt: skip
+        spool(setup, conn, [Expire(key(pk), t2) for pk in "abcd"], one, two)
+    entries = {entry.key: from_spool_entry(entry) for entry in setup.target.read_spool(SPEC, None, 10)}
+    assert entries == {
+        spool_key(key("a")): Expire(key("a"), t2, image),  # written, then marked
+        spool_key(key("b")): Delete(key("b"), t2),  # deleted: no row to mark
+        spool_key(key("c")): Expire(key("c"), t2),  # marks the row the scan copied, if any
+        spool_key(key("d")): Expire(key("d"), t2, {"pk": {"S": "d"}}),  # marked again, later
+    }
+    with setup.target.connect() as conn:
+        spool(setup, conn, [Upsert(key("a"), image)], two, three)  # created again: no mark
+    assert from_spool_entry(setup.target.read_spool(SPEC, None, 1)[0]) == Upsert(key("a"), image)
+
+    query(setup.url, "INSERT INTO public.orders (pk) VALUES ('b'), ('c') RETURNING 1")  # as the scan copied them
+    finish(setup)
+    schema = setup.target.prepare_table(SPEC, create=False, citus=False)
+    assert schema.expired_column is None  # the capture adds it; here the spool's apply has to
+    replicator = TableReplicator(description(), schema, setup.target, None, None, threading.Event(), OPTIONS)
+    with setup.target.connect() as conn:
+        assert apply_spool(setup.target, conn, replicator.rows, threading.Event()) == 1 + 1 + 1 + 2
+    marked = query(setup.url, "SELECT pk, (podyn_expired_at = %s) FROM public.orders ORDER BY pk", (t2,))
+    assert marked == [("a", None), ("c", True), ("d", True)]
+    assert tables_row(setup.url, "expired_column", "changes_applied") == ("podyn_expired_at", 5)
+
+
+def test_a_spool_of_the_version_before_is_applied_after_the_migration(setup: Setup) -> None:
+    """A spool written before the migration that let it hold TTL marks (a load captured by the release before, a
+    later --changes by this one): migrated in place, its entries are the upserts and deletes they were."""
+    begin(setup)
+    before = 1 + next(i for i, step in enumerate(state._MIGRATIONS) if "podyn.spool ADD COLUMN" in step)
+    with psycopg.connect(setup.url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE podyn.spool DROP COLUMN expired")
+        conn.execute("UPDATE podyn.schema_version SET version = %s", (before,))
+        conn.execute(  # as version 6 wrote them
+            """INSERT INTO podyn.spool (target_schema, target_table, item_key, deleted, image, shard_id,
+                                        sequence_number, created_at)
+               VALUES ('public', 'orders', %s, false, '{"pk":{"S":"a"},"counter":{"N":"5"}}', %s, '1', NULL),
+                      ('public', 'orders', %s, true, NULL, %s, '2', NULL)""",
+            (spool_key(key("a")), P, spool_key(key("b")), P),
+        )
+        conn.execute("UPDATE podyn.tables SET spool_rows = 2")
+    setup.target.ensure_metadata()
+    assert query(setup.url, "SELECT version FROM podyn.schema_version") == [(state.SCHEMA_VERSION,)]
+    entries = setup.target.read_spool(SPEC, None, 10)
+    assert [from_spool_entry(e) for e in entries] == [
+        Upsert(key("a"), {"pk": {"S": "a"}, "counter": {"N": "5"}}),
+        Delete(key("b")),
+    ]
+    query(setup.url, "INSERT INTO public.orders (pk) VALUES ('b') RETURNING 1")
+    finish(setup)
+    schema = setup.target.prepare_table(SPEC, create=False, citus=False)
+    replicator = TableReplicator(description(), schema, setup.target, None, None, threading.Event(), OPTIONS)
+    with setup.target.connect() as conn:
+        assert apply_spool(setup.target, conn, replicator.rows, threading.Event()) == 2
+    assert rows(setup.url) == {"a": 5} and spool_count(setup.url) == 0
+
+
 def test_a_value_with_u0000_survives_the_spool(setup: Setup) -> None:
     begin(setup)
     image = {"pk": {"S": "a"}, "note": {"S": "x\x00y"}}
@@ -677,3 +770,293 @@ def test_idle_poll_max_below_the_first_pause_is_a_usage_error() -> None:
     result = run_podyn("--changes", "-u", "postgresql://", "--idle-poll-max", "0.1", timeout=60)
     assert result.returncode == 2, result.stderr
     assert "--idle-poll-max" in result.stderr and "0.25" in result.stderr
+
+
+# --- TTL deletes captured during a load (--ttl-deletes) ------------------------------------------------------------
+
+#: A TTL delete's userIdentity as GetRecords returns it (tests/data/ttl: DynamoDB's service principal).
+TTL_IDENTITY = orjson.loads((Path(__file__).parent / "data" / "ttl" / "ttl-delete-events.json").read_bytes())[
+    "Records"
+][1]["userIdentity"]
+#: The same stream applied by the stream path, to a table loaded before it: what the spooled table must equal.
+STREAMED = TableSpec(
+    source="OrdersStreamed", schema="public", table="orders_streamed", partition_key=KeyAttribute("pk", "S")
+)
+#: Items as DynamoDB holds them before the load; the scan copies all but ``missing`` (it read that key after the
+#: item expired, so only the TTL delete's old image knows it).
+BEFORE_LOAD = ("again", "expired", "marked_later", "missing", "plain", "recreated", "steady", "updated")
+
+
+class Items:
+    """BatchGetItem as DynamoDB answers it, from the items it holds now (KEYS_ONLY streams refetch their keys)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+
+    def batch_get_item(self, *, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        ((table, request),) = RequestItems.items()
+        found = [self.items[k["pk"]["S"]] for k in request["Keys"] if k["pk"]["S"] in self.items]
+        return {"Responses": {table: copy.deepcopy(found)}, "UnprocessedKeys": {}}
+
+
+class TtlStream:
+    """The records of a table's stream in phases (each read as one batch), with their effect on the items.
+
+    TTL deletes carry DynamoDB's service userIdentity and, on NEW_AND_OLD_IMAGES streams, the old image; INSERT and
+    MODIFY carry their new image on NEW_AND_OLD_IMAGES and NEW_IMAGE streams only. Every image holds an excluded
+    attribute (``secret``) and one of the legacy global tables' (``aws:rep:updateregion``)."""
+
+    def __init__(self, view: str, load_starts: dt.datetime) -> None:
+        self.view = view
+        self.make = RecordMaker()
+        self.items = Items()
+        self.values: dict[str, int] = {}
+        self.load_starts = load_starts
+        for pk in BEFORE_LOAD:
+            self.values[pk] = 1
+            self.items.items[pk] = self.image(pk, 1)
+
+    def image(self, pk: str, v: int) -> dict[str, Any]:
+        return {
+            "pk": {"S": pk},
+            "v": {"N": str(v)},
+            "secret": {"S": f"s3cr3t-{pk}"},
+            "aws:rep:updateregion": {"S": "eu-west-1"},
+        }
+
+    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
+        body = record["dynamodb"]
+        body["StreamViewType"] = self.view
+        if self.view != "NEW_AND_OLD_IMAGES":
+            body.pop("OldImage", None)
+        if self.view not in VIEW_TYPES_WITH_NEW_IMAGE:
+            body.pop("NewImage", None)
+        return record
+
+    def put(self, pk: str, v: int, event: str = "MODIFY") -> dict[str, Any]:
+        self.values[pk] = v
+        self.items.items[pk] = self.image(pk, v)
+        return self._record(self.make.raw(event, {"pk": {"S": pk}}, self.image(pk, v)))
+
+    def expire(self, pk: str, *, created_at: dt.datetime | None = None) -> dict[str, Any]:
+        """The REMOVE DynamoDB's TTL makes (the item's old image where the stream carries one)."""
+        record = self.make.remove(pk)
+        record["userIdentity"] = copy.deepcopy(TTL_IDENTITY)
+        record["dynamodb"]["OldImage"] = self.image(pk, self.values.pop(pk, 1))
+        self.items.items.pop(pk, None)
+        if created_at is not None:
+            record["dynamodb"]["ApproximateCreationDateTime"] = created_at
+        return self._record(record)
+
+    def remove(self, pk: str) -> dict[str, Any]:
+        """An application's delete."""
+        self.values.pop(pk, None)
+        self.items.items.pop(pk, None)
+        record = self.make.remove(pk)
+        record["dynamodb"]["OldImage"] = self.image(pk, 1)
+        return self._record(record)
+
+    def phases(self) -> Iterator[list[dict[str, Any]]]:
+        """Each phase's records, the items changed as they say once the phase is taken."""
+        yield [
+            # Older than the load: seen, skipped (the scan read its effect).
+            self.expire("ancient", created_at=self.load_starts - dt.timedelta(hours=2)),
+            self.put("updated", 2),
+            self.put("marked_later", 2),
+            self.put("fresh", 1, "INSERT"),
+            # A number key in a table keyed by a string: rejected, kept whole (but for `secret`).
+            self._record(self.make.raw("INSERT", {"pk": {"N": "7"}}, {"pk": {"N": "7"}, "secret": {"S": "s3cr3t"}})),
+        ]
+        yield [
+            self.expire("expired"),
+            self.expire("missing"),  # the scan did not copy it: only its old image holds it
+            self.put("updated", 3),
+            self.expire("updated"),  # updated, then expired, in one batch
+            self.expire("marked_later"),  # its last change was in the batch before
+            self.expire("recreated"),
+            self.remove("plain"),
+        ]
+        yield [
+            self.put("recreated", 2, "INSERT"),  # created again after it expired
+            self.expire("again"),
+            self.put("again", 2, "INSERT"),  # expired and created again in one batch
+            self.put("steady", 2),
+        ]
+
+
+class OneScan:
+    """Scan as DynamoDB answers it: one page, the items ``scanned``; ``during`` runs before the page is read."""
+
+    def __init__(self, scanned: list[dict[str, Any]], during: Callable[[], None] = lambda: None) -> None:
+        self.scanned = scanned
+        self.during = during
+
+    def scan(self, **request: Any) -> dict[str, Any]:
+        self.during()
+        return {
+            "Items": copy.deepcopy(self.scanned),
+            "ConsumedCapacity": {"TableName": request["TableName"], "CapacityUnits": 1.0},
+        }
+
+
+class Follower:
+    """A TableReplicator in a thread, as ``podyn --changes`` runs it; beside a load (``load.Beside``) it captures
+    the table's stream into its spool, applies the spool once the table is loaded, and replicates on."""
+
+    def __init__(self, replicator: TableReplicator) -> None:
+        self.replicator = replicator
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"test-{replicator.spec.table}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.replicator.run()
+        except BaseException as exc:  # handed to the test
+            self.error = exc
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def failure(self) -> Any:
+        return self.error
+
+    def end(self, loaded: bool) -> None:
+        if not loaded:
+            self.halt()
+
+    def halt(self) -> None:
+        self.replicator.stop.set()
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive()
+
+
+def table_json(url: str, spec: TableSpec) -> dict[str, dict[str, Any]]:
+    """Every row whole (every column, the mark included), by key."""
+    found = query(url, f"SELECT pk, to_jsonb(t) FROM public.{spec.table} t")
+    return {pk: row for pk, row in found}
+
+
+def columns_of(url: str, spec: TableSpec) -> list[tuple[str, str]]:
+    found = query(
+        url,
+        """SELECT column_name, data_type FROM information_schema.columns
+           WHERE table_schema = %s AND table_name = %s ORDER BY column_name""",
+        (spec.schema, spec.table),
+    )
+    return [(str(name), str(kind)) for name, kind in found]
+
+
+TTL_COUNTS = ("ttl_deletes_seen", "ttl_deletes_applied", "ttl_deletes_kept", "ttl_deletes_marked", "expired_column")
+
+
+def ttl_counts(url: str, spec: TableSpec) -> tuple[Any, ...]:
+    return query(url, f"SELECT {', '.join(TTL_COUNTS)} FROM podyn.tables WHERE target_table = %s", (spec.table,))[0]
+
+
+def rejected_items(url: str, spec: TableSpec) -> list[tuple[Any, ...]]:
+    return query(url, "SELECT attribute_name, item FROM podyn.rejected WHERE target_table = %s", (spec.table,))
+
+
+def sequence(records: list[dict[str, Any]]) -> str:
+    return str(records[-1]["dynamodb"]["SequenceNumber"])
+
+
+def shard_checkpoint(url: str, spec: TableSpec) -> str | None:
+    found = query(url, "SELECT sequence_number FROM podyn.shards WHERE target_table = %s", (spec.table,))
+    return str(found[0][0]) if found and found[0][0] is not None else None
+
+
+@pytest.mark.parametrize("view", ["NEW_AND_OLD_IMAGES", "NEW_IMAGE", "KEYS_ONLY"])
+@pytest.mark.parametrize("policy", list(TtlPolicy), ids=[p.value for p in TtlPolicy])
+def test_ttl_deletes_captured_during_a_load_end_as_the_stream_path_applies_them(
+    setup: Setup, policy: TtlPolicy, view: str
+) -> None:
+    """The same records, in the same batches, reach two tables loaded with the same items: ``orders`` while it
+    loads (captured into its spool, which is applied once the load is done), ``orders_streamed`` after its load
+    (the stream path). Both end alike, row for row and column for column, with the same TTL counts.
+
+    Real TTL deletes come from DynamoDB's TTL process (userIdentity: type Service, principal
+    dynamodb.amazonaws.com); DynamoDB Local never expires an item, so the stream is scripted
+    (``scripted_streams``), as are Scan and BatchGetItem (the refetch of a KEYS_ONLY stream), answered from the
+    items the script changes. Loads, replicators, the spool and PostgreSQL are the real code."""
+    url = setup.url
+    keep_replication = policy is TtlPolicy.KEEP  # --keep-replication-attributes: in one policy's runs
+    exclusions = Exclusions.parse("*.secret", keep_replication_attributes=keep_replication)
+    stream = TtlStream(view, dt.datetime.now(dt.UTC))
+    scanned = [stream.image(pk, 1) for pk in BEFORE_LOAD if pk != "missing"]
+    shards = {spec.table: FakeShard(P, None, [], closed=False) for spec in (SPEC, STREAMED)}
+    scripted = {table: ScriptedStreams([shard], Clock()) for table, shard in shards.items()}
+    spooled: list[str] = []
+
+    def replicator(spec: TableSpec, schema: TableSchema) -> TableReplicator:
+        described = dynamodb.TableDescription(spec, STREAM_ARN, view, item_count=len(scanned), size_bytes=0)
+        return TableReplicator(
+            described, schema, setup.target, stream.items, scripted[spec.table], threading.Event(),
+            ChangeOptions(max_wait=0.05, max_backoff_seconds=0.2, capture=True, ttl_deletes=policy),
+            reader_factory(Clock()), selection=exclusions.for_table(spec),
+        )  # fmt: skip
+
+    def loaded(spec: TableSpec, schema: TableSchema, scan: OneScan, beside: Any = None) -> None:
+        described = dynamodb.TableDescription(spec, STREAM_ARN, view, item_count=len(scanned), size_bytes=0)
+        options = LoadOptions(segments=1, connections=1)
+        selection = exclusions.for_table(spec)
+        load_table(described, schema, setup.target, scan, options, selection=selection, beside=beside)
+
+    def during_the_load() -> None:
+        """Each phase to both streams at once, read by both before the next: the same batches on both paths."""
+        for records in stream.phases():
+            for table, shard in shards.items():
+                with scripted[table].lock:
+                    shard.records.extend(copy.deepcopy(records))
+            last = sequence(records)
+            for spec in (SPEC, STREAMED):
+
+                def read(spec: TableSpec = spec, last: str = last) -> bool:
+                    return shard_checkpoint(url, spec) == last
+
+                wait_until(read, f"{spec.table} read up to {last}")
+        spooled.extend(str(image) for (image,) in query(url, "SELECT image::text FROM podyn.spool"))
+        assert tables_row(url, "state") == ("loading",) and spooled
+
+    streamed_schema = setup.target.prepare_table(STREAMED, create=True, citus=False)
+    loaded(STREAMED, streamed_schema, OneScan(scanned))
+    streamed = Follower(replicator(STREAMED, streamed_schema))
+    streamed.start()
+    wait_until(lambda: query(url, "SELECT state FROM podyn.tables WHERE target_table = %s", (STREAMED.table,))
+               == [("live",)], "the streamed table live")  # fmt: skip
+    capture = Follower(replicator(SPEC, setup.schema))
+    try:
+        loaded(SPEC, setup.schema, OneScan(scanned, during_the_load), capture)
+        wait_until(lambda: tables_row(url, "state") == ("live",) and spool_count(url) == 0, "the spool applied")
+    finally:
+        capture.halt()
+        streamed.halt()
+    assert capture.error is None and streamed.error is None
+
+    # The spooled table ends as the streamed one: every row, every column, the same TTL counts and rejects.
+    expected = table_json(url, STREAMED)
+    assert table_json(url, SPEC) == expected
+    assert columns_of(url, SPEC) == columns_of(url, STREAMED)
+    assert ttl_counts(url, SPEC) == ttl_counts(url, STREAMED)
+    assert rejected_items(url, SPEC) == rejected_items(url, STREAMED) != []
+    # Excluded attributes never reached the spool; global tables' attributes only with --keep-replication-attributes.
+    assert not any("s3cr3t" in image for image in spooled)
+    assert any("aws:rep:updateregion" in image for image in spooled) is keep_replication
+    assert "s3cr3t" not in str(rejected_items(url, SPEC))
+
+    # And what the stream path made of the records is what the policy says.
+    seen, applied, kept, marked, mark_column = ttl_counts(url, SPEC)
+    assert (seen, applied + kept + marked) == (7, 6)  # the one older than the load is seen and skipped
+    assert {TtlPolicy.DELETE: applied, TtlPolicy.KEEP: kept, TtlPolicy.MARK: marked}[policy] == 6
+    assert (mark_column is not None) is (policy is TtlPolicy.MARK)
+    assert ("aws:rep:updateregion" in dict(columns_of(url, SPEC))) is keep_replication
+    assert int(expected["recreated"]["v"]) == int(expected["again"]["v"]) == 2
+    if policy is TtlPolicy.DELETE:
+        assert not {"expired", "missing", "updated", "marked_later"} & expected.keys()
+    else:
+        assert int(expected["expired"]["v"]) == 1  # kept as the item was when it expired
+        assert ("missing" in expected) is (view == "NEW_AND_OLD_IMAGES")  # only its old image knew it
+        assert int(expected["marked_later"]["v"]) == 2  # its change in the batch before, not the scan's value
+    if policy is TtlPolicy.MARK:
+        assert expected["expired"][mark_column] is not None and expected["marked_later"][mark_column] is not None
+        assert expected["recreated"][mark_column] is None and expected["steady"][mark_column] is None

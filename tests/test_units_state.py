@@ -8,18 +8,21 @@ CLI in test_units_load.py.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import psycopg
 import pytest
 from oracle import connect
 
-from podyn_py.core.positions import Lease
+from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.schema import KeyAttribute, TableSpec
 from podyn_py.errors import LeaseLost
 from podyn_py.target import state
 from podyn_py.target.postgres import PostgresTarget, classify
+from podyn_py.units import LeaseTiming, UnitKeeper
 
 SPEC = TableSpec("units_src", "public", "units_src", KeyAttribute("pk", "S"))
 
@@ -128,3 +131,34 @@ def test_a_process_does_not_take_its_own_expired_lease_from_itself(target: Postg
     assert target.renew_leases(SPEC, [first, second], 30.0, role="load") == [first, second]  # still a's
     expire(pg_url)
     assert {lease.unit_id for lease in claim(target, "b")} == {first.unit_id, second.unit_id}
+
+
+def test_a_lease_given_back_while_its_renewal_runs_is_not_reported_lost(
+    target: PostgresTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker thread finishing its segment gives the lease back while the heartbeat's renewal runs (the renewal
+    took its list of leases first): the renewal finds that lease no longer renewable, but it was not lost to
+    another process, and the log must not say it was (three processes' finishing pages, released at once after
+    a slow commit, were all reported 'lost ... another process took it over')."""
+    keeper = UnitKeeper(target, SPEC, "load", LeaseTiming(30.0), worker="a:1:aa")
+    first, second = keeper.claim(UnitKind.SEGMENT, ["0", "1"], 2)
+
+    class ReleasingTarget:
+        """The target, with the worker thread's release landing inside the renewal's round trip."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(target, name)
+
+        def renew_leases(self, spec: TableSpec, leases: Sequence[Lease], seconds: float, *, role: str) -> list[Lease]:
+            keeper.release([first])
+            return target.renew_leases(spec, leases, seconds, role=role)
+
+    keeper.target = ReleasingTarget()
+    try:
+        with caplog.at_level(logging.WARNING, logger="podyn_py.units"):
+            assert keeper.renew() == []
+        assert keeper.leases == [second]
+        assert not [r for r in caplog.records if "lost the lease" in r.getMessage()], caplog.text
+    finally:
+        keeper.target = target
+        keeper.leave()

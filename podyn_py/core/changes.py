@@ -12,7 +12,8 @@ A REMOVE made by DynamoDB's TTL process (``userIdentity`` type ``Service``, prin
 other, kept (the row stays as the item was), or kept and marked (:class:`Expire`). :func:`compact` applies the policy,
 since what a kept or marked row must hold can depend on the key's earlier changes in the batch.
 
-The same holds over a whole load: the spool keeps each key's last change as a :class:`SpoolEntry`.
+The same holds over a whole load: the spool keeps each key's last change as a :class:`SpoolEntry`, what
+:func:`compact` made of each batch (TTL deletes included) composed with the key's entry before it.
 """
 
 from __future__ import annotations
@@ -208,6 +209,14 @@ class TtlCounts:
     def __bool__(self) -> bool:
         return self.seen > 0
 
+    def text(self, policy: TtlPolicy) -> str:
+        """A batch log line's part about its TTL deletes, counted apart from the others ("" without any)."""
+        if not self:
+            return ""
+        counted = self.applied + self.kept + self.marked
+        done = {TtlPolicy.DELETE: "applied as deletes", TtlPolicy.KEEP: "kept", TtlPolicy.MARK: "marked"}[policy]
+        return f", {self.seen} TTL deletes seen: {counted} {done}"  # the others are among those older than the load
+
     @classmethod
     def of(cls, seen: int, counted: int, ttl: TtlPolicy) -> TtlCounts:
         """``seen`` TTL deletes, of which ``counted`` were not skipped, under policy ``ttl``."""
@@ -224,7 +233,9 @@ class SpoolEntry:
     """A key's last change captured while its table loads, as the spool (``podyn.spool``) keeps it.
 
     ``key`` is :func:`spool_key`'s text; ``image`` the new image as DynamoDB JSON text, None for a delete;
-    ``shard_id`` and ``sequence_number`` name the stream record it came from.
+    ``shard_id`` and ``sequence_number`` name the key's last stream record captured. ``expired``: an
+    :class:`Expire` (``--ttl-deletes mark``): the row is marked as expired at ``created_at``, after ``image`` (if
+    any) is written; ``deleted`` tells a delete from an Expire without image (it only marks the row there is).
     """
 
     key: str
@@ -232,6 +243,11 @@ class SpoolEntry:
     shard_id: str
     sequence_number: str
     created_at: datetime | None = None
+    expired: bool = False
+
+    @property
+    def deleted(self) -> bool:
+        return self.image is None and not self.expired
 
 
 def spool_key(key: Mapping[str, Any]) -> str:
@@ -245,18 +261,26 @@ def spool_key(key: Mapping[str, Any]) -> str:
     return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def to_spool_entry(change: Upsert | Delete, shard_id: str, sequence_number: str) -> SpoolEntry:
-    """What the spool keeps of a change: binary values anywhere in the image become base64 text (the fast path's
-    form, which the rows accept), everything else stays as DynamoDB sent it."""
-    image = orjson.dumps(change.item, default=_base64).decode() if isinstance(change, Upsert) else None
-    return SpoolEntry(spool_key(change.key), image, shard_id, sequence_number, change.created_at)
+def to_spool_entry(change: Upsert | Delete | Expire, shard_id: str, sequence_number: str) -> SpoolEntry:
+    """What the spool keeps of a change (a TTL delete already made an Upsert, a Delete or an Expire by
+    :func:`compact`): binary values anywhere in the image become base64 text (the fast path's form, which the rows
+    accept), everything else stays as DynamoDB sent it."""
+    if isinstance(change, Delete):
+        return SpoolEntry(spool_key(change.key), None, shard_id, sequence_number, change.created_at)
+    image = None if change.item is None else orjson.dumps(change.item, default=_base64).decode()
+    return SpoolEntry(
+        spool_key(change.key), image, shard_id, sequence_number, change.created_at, isinstance(change, Expire)
+    )
 
 
-def from_spool_entry(entry: SpoolEntry) -> Upsert | Delete:
+def from_spool_entry(entry: SpoolEntry) -> Upsert | Delete | Expire:
     key = orjson.loads(entry.key)
-    if entry.image is None:
+    image = None if entry.image is None else orjson.loads(entry.image)
+    if entry.expired:
+        return Expire(key, entry.created_at, image)
+    if image is None:
         return Delete(key, entry.created_at)
-    return Upsert(key, orjson.loads(entry.image), entry.created_at)
+    return Upsert(key, image, entry.created_at)
 
 
 def _base64(value: Any) -> Any:

@@ -11,6 +11,8 @@ gzip stream cannot be entered in its middle.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -32,6 +34,101 @@ STREAM_RETENTION_SECONDS = 24 * 3600.0
 class ExportFormat(StrEnum):
     DYNAMODB_JSON = "DYNAMODB_JSON"
     ION = "ION"
+
+
+class ExportStatus(StrEnum):
+    """An export task's ``ExportStatus``, as DescribeExport gives it."""
+
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """An export task as DescribeExport (or ExportTableToPointInTime) describes it: ``ExportDescription``."""
+
+    arn: str
+    status: ExportStatus
+    #: Where it writes: ``S3Bucket`` and ``S3Prefix`` (None: the bucket's root).
+    bucket: str
+    prefix: str | None
+    #: ``ExportManifest``: the key of its ``manifest-summary.json`` (once known).
+    manifest_key: str | None = None
+    #: ``ExportTime``: the point in time the export is of (aware, UTC).
+    export_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    item_count: int | None = None
+    billed_size_bytes: int | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    client_token: str | None = None
+
+    @property
+    def export_id(self) -> str:
+        """The ExportId: the last part of the ARN (``arn:aws:dynamodb:…:table/T/export/<ExportId>``)."""
+        return self.arn.rsplit("/export/", 1)[-1]
+
+    @property
+    def folder_url(self) -> str:
+        """``s3://bucket/prefix/AWSDynamoDB/<ExportId>/``: the folder ``--from-export`` takes.
+
+        From ``ExportManifest`` when given (with the prefix before it, or without: both are seen), else from the
+        bucket, the prefix and the ExportId, as DynamoDB lays an export out."""
+        prefix = (self.prefix or "").strip("/")
+        key = self.manifest_key
+        if key and f"AWSDynamoDB/{self.export_id}/" in key:
+            if prefix and not key.startswith(prefix + "/"):
+                key = f"{prefix}/{key}"
+            return f"s3://{self.bucket}/{key.rsplit('/', 1)[0]}/"
+        return f"s3://{self.bucket}/{prefix + '/' if prefix else ''}AWSDynamoDB/{self.export_id}/"
+
+
+_DESTINATION = re.compile(r"s3://(?P<bucket>[^/?#\s]+)(?:/(?P<prefix>[^?#]*))?")
+
+
+def split_destination(url: str) -> tuple[str, str | None]:
+    """``--export-to s3://bucket/prefix`` → (bucket, prefix without its slashes at either end; None: none)."""
+    found = _DESTINATION.fullmatch(url.strip())
+    if found is None:
+        raise ValueError(f"{url!r} is not s3://BUCKET or s3://BUCKET/PREFIX")
+    prefix = (found["prefix"] or "").strip("/")
+    if "AWSDynamoDB/" in prefix + "/":
+        raise ValueError(
+            f"{url!r} is an export's folder: --export-to takes where DynamoDB is to write a new one"
+            " (s3://BUCKET/PREFIX); an existing export is loaded with --from-export"
+        )
+    return found["bucket"], prefix or None
+
+
+def destination_url(bucket: str, prefix: str | None) -> str:
+    """The normal form of a destination, as recorded and as the client token covers it."""
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def export_client_token(table_arn: str, target: str, destination: str, after: str = "") -> str:
+    """The ``ClientToken`` of the export podyn asks for: the same for the same table, target table and S3
+    destination, so that a restart (or a second process) asking again gets the export already started, not a
+    second one. ``after`` tells a later export apart: the end of the load a ``--reload`` replaces, or the export
+    that failed."""
+    basis = "\n".join(("podyn export", table_arn, target, destination, after))
+    return "podyn-" + hashlib.sha256(basis.encode()).hexdigest()[:48]
+
+
+def folder_is_under(folder_url: str, bucket: str, prefix: str | None) -> bool:
+    """Whether an export's folder (``s3://bucket/prefix/AWSDynamoDB/<id>/``) is one made at this destination."""
+    base = f"s3://{bucket}/{prefix + '/' if prefix else ''}AWSDynamoDB/"
+    rest = folder_url[len(base) :] if folder_url.startswith(base) else ""
+    return rest.count("/") == 1 and rest.endswith("/") and len(rest) > 1
+
+
+def enable_pitr_hint(table: str) -> str:
+    """How point-in-time recovery is turned on: said with every refusal of an export for want of it."""
+    return (
+        "enable it with: aws dynamodb update-continuous-backups --table-name"
+        f" {table} --point-in-time-recovery-specification PointInTimeRecoveryEnabled=true"
+    )
 
 
 @dataclass(frozen=True)

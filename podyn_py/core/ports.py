@@ -70,6 +70,17 @@ class TableClient(Protocol):
     def list_tables(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+@runtime_checkable
+class ExportClient(Protocol):
+    """The calls ``--export-to`` makes: is point-in-time recovery on, start an export, how far it is."""
+
+    def describe_continuous_backups(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def export_table_to_point_in_time(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def describe_export(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 # -- sources: units of work, each read from a position, at a cost ---------------------------------------------
 
 
@@ -172,6 +183,21 @@ class StoredTable(Protocol):
     @property
     def export_time(self) -> datetime | None:
         """The point in time of the export the table was loaded from (None: loaded by a Scan, or not loaded)."""
+        ...
+
+    @property
+    def export_url(self) -> str | None:
+        """The folder of the export the table is (being) loaded from."""
+        ...
+
+    @property
+    def export_request_arn(self) -> str | None:
+        """The export podyn asked for (``--export-to``) that no load has started from yet."""
+        ...
+
+    @property
+    def export_request_to(self) -> str | None:
+        """Where that export writes (``s3://bucket/prefix``)."""
         ...
 
 
@@ -305,6 +331,8 @@ class Target(Protocol):
 
     def read_table(self, spec: TableSpec) -> StoredTable | None: ...
 
+    def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None: ...
+
     def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]: ...
 
     def start_catching_up(
@@ -345,6 +373,7 @@ class Target(Protocol):
         captured: int,
         captured_until: datetime | None,
         leases: Mapping[str, Lease] | None = None,
+        ttl: TtlCounts | None = None,
     ) -> int | None: ...
 
     def read_spool(self, spec: TableSpec, after: str | None, limit: int, conn: Any = None) -> list[SpoolEntry]: ...
@@ -358,4 +387,5 @@ class Target(Protocol):
         rows: Sequence[Sequence[Any]],
         delete_keys: Sequence[Sequence[Any]],
         rejected: Sequence[Rejected],
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
     ) -> int | None: ...

@@ -24,8 +24,9 @@ import botocore.utils
 
 from podyn_py import retry
 from podyn_py.config import AwsSettings
+from podyn_py.core.exports import ExportFormat, ExportJob, ExportStatus, enable_pitr_hint
 from podyn_py.core.naming import base_name
-from podyn_py.core.ports import ItemClient, ScanClient, TableClient
+from podyn_py.core.ports import ExportClient, ItemClient, ScanClient, TableClient
 from podyn_py.core.positions import ScanPage as ScanPage  # where it was before the core held it
 from podyn_py.core.schema import ConversionMode, IndexSpec, KeyAttribute, SourceIdentity, TableSpec
 from podyn_py.errors import ConfigError, Interrupted, SourceError, TransientSourceError
@@ -101,6 +102,8 @@ class TableDescription:
     source: SourceIdentity = SourceIdentity()
     #: When the table's current stream was enabled (its label, ``LatestStreamLabel``, is that time in UTC).
     stream_created_at: datetime | None = None
+    #: ``TableArn``: what an export is asked of.
+    table_arn: str | None = None
 
 
 def list_tables(client: TableClient) -> list[str]:
@@ -156,6 +159,7 @@ def describe_table(
         size_bytes=int(table.get("TableSizeBytes", 0)),
         source=SourceIdentity(table.get("TableId"), _utc(table.get("CreationDateTime"))),
         stream_created_at=stream_label_time(table.get("LatestStreamLabel")) if enabled else None,
+        table_arn=table.get("TableArn"),
     )
 
 
@@ -322,6 +326,111 @@ def call_waiting_out_throttling(
                 log.warning("%s: %s; retrying in %.1f s", table or what, exc.message, delay)
             if clock.wait(delay, stop):
                 raise Interrupted(f"stopped on request while {what}", table=table) from exc
+
+
+# -- exports to S3 (``--export-to``) ----------------------------------------------------------------------------
+
+
+def point_in_time_recovery(client: ExportClient, name: str, *, stop: threading.Event | None = None) -> bool | None:
+    """Whether the table has point-in-time recovery on (DescribeContinuousBackups), which an export needs; None
+    when podyn may not ask (AccessDenied): the export's own refusal says it then."""
+    try:
+        response, _ = call_waiting_out_throttling(
+            lambda: client.describe_continuous_backups(TableName=name),
+            "reading the table's point-in-time recovery",
+            table=name,
+            stop=stop,
+        )
+    except SourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, botocore.exceptions.ClientError) and "AccessDenied" in retry.error_code(cause):
+            log.info("table %s: %s; asking for the export all the same", name, exc.message)
+            return None
+        raise
+    description = response.get("ContinuousBackupsDescription") or {}
+    pitr = description.get("PointInTimeRecoveryDescription") or {}
+    return bool(pitr.get("PointInTimeRecoveryStatus") == "ENABLED")
+
+
+def start_export(
+    client: ExportClient,
+    table: str,
+    table_arn: str,
+    *,
+    bucket: str,
+    prefix: str | None,
+    client_token: str,
+    export_format: ExportFormat = ExportFormat.DYNAMODB_JSON,
+    stop: threading.Event | None = None,
+) -> ExportJob:
+    """ExportTableToPointInTime: a full export of the table as it is now, to ``s3://bucket/prefix``. The same
+    ``client_token`` gives back the export it started before (for 8 hours after that one ended).
+    A table without point-in-time recovery: ConfigError saying how to enable it."""
+    request: dict[str, Any] = {
+        "TableArn": table_arn,
+        "ClientToken": client_token,
+        "S3Bucket": bucket,
+        "ExportFormat": export_format.value,
+        "ExportType": "FULL_EXPORT",
+    }
+    if prefix:
+        request["S3Prefix"] = prefix
+    try:
+        response, _ = call_waiting_out_throttling(
+            lambda: client.export_table_to_point_in_time(**request), "asking for an export", table=table, stop=stop
+        )
+    except SourceError as exc:
+        cause = exc.__cause__
+        if (
+            isinstance(cause, botocore.exceptions.ClientError)
+            and retry.error_code(cause) == "PointInTimeRecoveryUnavailableException"
+        ):
+            raise ConfigError(
+                f"DynamoDB cannot export table {table}: point-in-time recovery is not enabled"
+                f" ({retry.error_message(cause)}); {enable_pitr_hint(table)}. Nothing was exported or loaded",
+                table=table,
+            ) from exc
+        raise
+    return export_job(response["ExportDescription"])
+
+
+def describe_export(
+    client: ExportClient, table: str, export_arn: str, *, stop: threading.Event | None = None
+) -> ExportJob:
+    """DescribeExport: where the export is (IN_PROGRESS, COMPLETED, FAILED) and, once done, what it holds."""
+    response, _ = call_waiting_out_throttling(
+        lambda: client.describe_export(ExportArn=export_arn), f"describing export {export_arn}", table=table, stop=stop
+    )
+    return export_job(response["ExportDescription"])
+
+
+def export_job(description: dict[str, Any]) -> ExportJob:
+    """An ``ExportDescription`` (boto3's: timestamps as datetimes; numbers as the JSON gives them) as a value."""
+    try:
+        status = ExportStatus(description.get("ExportStatus", "IN_PROGRESS"))
+    except ValueError:
+        unknown = description["ExportStatus"]
+        raise SourceError(f"export {description.get('ExportArn')}: unknown status {unknown!r}") from None
+
+    def count(name: str) -> int | None:
+        value = description.get(name)
+        return int(value) if isinstance(value, int | float) else None
+
+    return ExportJob(
+        arn=str(description["ExportArn"]),
+        status=status,
+        bucket=str(description.get("S3Bucket", "")),
+        prefix=description.get("S3Prefix") or None,
+        manifest_key=description.get("ExportManifest") or None,
+        export_time=_utc(description.get("ExportTime")),
+        start_time=_utc(description.get("StartTime")),
+        end_time=_utc(description.get("EndTime")),
+        item_count=count("ItemCount"),
+        billed_size_bytes=count("BilledSizeBytes"),
+        failure_code=description.get("FailureCode"),
+        failure_message=description.get("FailureMessage"),
+        client_token=description.get("ClientToken"),
+    )
 
 
 def table_name(source: str) -> str:

@@ -24,6 +24,11 @@ from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, Tabl
 from podyn_py.core.targets import StoredTarget
 from podyn_py.errors import ConfigError
 
+#: Why the dry run asks DynamoDB for no export: one is billed, and lands in S3.
+CANNOT_EXPORT = (
+    "--export-to asks DynamoDB for an export (billed, written to S3): not in a dry run; give -u, or dry-run the"
+    " load of an existing export with --from-export"
+)
 CANNOT_FOLLOW_CHANGES = "--changes needs a PostgreSQL URL (-u): a dry run cannot follow a stream"
 
 
@@ -224,6 +229,9 @@ class DryRunTarget:
     def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 
+    def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
     ) -> None:
@@ -267,6 +275,7 @@ class DryRunTarget:
         captured: int,
         captured_until: datetime | None,
         leases: Mapping[str, Lease] | None = None,
+        ttl: TtlCounts | None = None,
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=spec.source)
 
@@ -282,5 +291,6 @@ class DryRunTarget:
         rows: Sequence[Sequence[Any]],
         delete_keys: Sequence[Sequence[Any]],
         rejected: Sequence[Rejected],
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
     ) -> int | None:
         raise ConfigError(CANNOT_FOLLOW_CHANGES, table=schema.spec.source)

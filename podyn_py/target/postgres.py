@@ -831,6 +831,13 @@ class PostgresTarget:
     def read_table(self, spec: TableSpec) -> state.TableRecord | None:
         return self.run("reading podyn.tables", lambda conn: state.read_table(conn, spec.schema, spec.table))
 
+    def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None:
+        self.run(
+            "recording the export asked for",
+            lambda conn: state.record_export_request(conn, spec, export_arn, destination),
+            table=spec.source,
+        )
+
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None
     ) -> None:
@@ -919,18 +926,22 @@ class PostgresTarget:
         captured: int,
         captured_until: datetime | None,
         leases: Mapping[str, Lease] | None = None,
+        ttl: TtlCounts | None = None,
     ) -> int | None:
         """Keep a batch's changes in the table's spool (each key's last one) and move its shards' checkpoints, in
         one transaction, while the table loads. The spool's rows after it; None, with nothing written, when a
         checkpoint had already moved (as :meth:`apply_changes`). SpoolClosed, with nothing written, when the table
         no longer loads: from then on its changes go to the table, after its spool. With ``leases``, only under
-        the lease of each shard (else LeaseLost, nothing written), as :meth:`apply_changes`."""
+        the lease of each shard (else LeaseLost, nothing written), as :meth:`apply_changes`. ``ttl``: the batch's
+        TTL deletes, added to the table's counts here (the policy made its entries what they are)."""
         try:
             with conn.transaction():
                 _move_checkpoints(conn, spec, stream_arn, moves, leases)
                 new_rows = state.spool_changes(conn, spec, entries)
                 for item in rejected:
                     state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+                if ttl:
+                    state.record_ttl_deletes(conn, spec, ttl)
                 spool_rows = state.record_capture(conn, spec, captured, captured_until, new_rows)
                 if spool_rows is None:
                     raise SpoolClosed("the table is no longer loading", table=spec.source)
@@ -955,10 +966,12 @@ class PostgresTarget:
         rows: Sequence[Sequence[Any]],
         delete_keys: Sequence[Sequence[Any]],
         rejected: Sequence[Any],
+        expire: Sequence[tuple[Sequence[Any], datetime | None]] = (),
     ) -> int | None:
         """Apply a batch of the spool's entries (``keys``) to the table and remove them from the spool, in one
         transaction: the rows the spool has left. None, with nothing written, when one of them was no longer there
-        (another process applied it)."""
+        (another process applied it). ``expire``: rows to mark as expired after the upserts, as
+        :meth:`apply_changes`."""
         spec = schema.spec
         try:
             with conn.transaction():
@@ -970,9 +983,11 @@ class PostgresTarget:
                     delete_rows(conn, schema, delete_keys)
                 if rows:
                     upsert_rows(conn, schema, rows)
+                if expire:
+                    expire_rows(conn, schema, expire)
                 for item in rejected:
                     state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
-                state.record_changes(conn, spec, len(rows) + len(delete_keys), None)
+                state.record_changes(conn, spec, len(rows) + len(delete_keys) + len(expire), None)
         except _AlreadyApplied:
             return None
         except psycopg.errors.UndefinedTable as exc:

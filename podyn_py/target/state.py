@@ -272,7 +272,22 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target_schema, target_table, item_key)
     );
     """,
-    # 7: --verify shared by several processes. A run per table and run name (--verify-run, or the one -P gives
+    # 7: TTL deletes in the spool (--ttl-deletes mark): an entry that marks its row as expired (at created_at),
+    # after writing its image if it has one; without an image it only marks the row there is. Entries of version 6
+    # are upserts and deletes (false).
+    """
+    ALTER TABLE podyn.spool ADD COLUMN IF NOT EXISTS expired boolean NOT NULL DEFAULT false;
+    """,
+    # 8: an export podyn asked DynamoDB for (--export-to) and waits for: its ARN, the S3 destination it was asked
+    # to write to, and when. A restart (or another process) waits for that one rather than asking again; cleared
+    # when a load starts (the load's own export_* columns then say which export it reads).
+    """
+    ALTER TABLE podyn.tables
+        ADD COLUMN IF NOT EXISTS export_request_arn text,
+        ADD COLUMN IF NOT EXISTS export_request_to text,
+        ADD COLUMN IF NOT EXISTS export_requested_at timestamptz;
+    """,
+    # 9: --verify shared by several processes. A run per table and run name (--verify-run, or the one -P gives
     # its children): the segments it compares (a sample's are chosen once, by the process that starts it), and
     # whether it looks for rows without items; a heartbeat its processes refresh (a run whose processes all
     # stopped is not joined again). Each part's result (a segment, or the rows without items: segment -1),
@@ -373,6 +388,11 @@ class TableRecord:
     #: The export the table is (being) loaded from, and its point in time; None for a Scan load.
     export_id: str | None = None
     export_time: datetime | None = None
+    #: That export's folder (``s3://…/AWSDynamoDB/<ExportId>/``).
+    export_url: str | None = None
+    #: The export podyn asked for (``--export-to``) and no load has started from yet, and where it writes.
+    export_request_arn: str | None = None
+    export_request_to: str | None = None
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
@@ -480,7 +500,7 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
                   target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1,
-                  export_id, export_time
+                  export_id, export_time, export_url, export_request_arn, export_request_to
            FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
@@ -504,6 +524,9 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         keep_names=row[16],
         export_id=row[17],
         export_time=row[18],
+        export_url=row[19],
+        export_request_arn=row[20],
+        export_request_to=row[21],
     )
 
 
@@ -628,6 +651,7 @@ def start_load(
              stream_arn = %s, stream_view_type = %s, replay_from = NULL, truncate_before_load = false,
              export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
              export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL,
+             export_request_arn = NULL, export_request_to = NULL, export_requested_at = NULL,
              captured_changes = 0, captured_until = NULL, spool_rows = 0""",
         (total_segments, stream_arn, stream_view_type),
     )
@@ -661,6 +685,17 @@ def start_export_load(
         ),
     )
     return change
+
+
+def record_export_request(conn: psycopg.Connection[Any], spec: TableSpec, export_arn: str, destination: str) -> None:
+    """The export podyn asked DynamoDB for (``--export-to``), so that a restart waits for it instead of asking for
+    another; its load's start clears it (:func:`start_load`)."""
+    conn.execute(
+        """UPDATE podyn.tables
+           SET export_request_arn = %s, export_request_to = %s, export_requested_at = now(), updated_at = now()
+           WHERE target_schema = %s AND target_table = %s""",
+        (export_arn, destination, spec.schema, spec.table),
+    )
 
 
 def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
@@ -1499,25 +1534,37 @@ def copy_verify_keys(conn: psycopg.Connection[Any], run_id: int, into: sql.Compo
 
 
 def spool_changes(conn: psycopg.Connection[Any], spec: TableSpec, entries: Sequence[SpoolEntry]) -> int:
-    """Keep each entry as its key's last change, replacing the one kept before (the caller writes in stream order
-    and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's text
-    form escapes each element, which took 4 times as long as the insert itself."""
+    """Keep each entry as its key's last change, composed with the one kept before (the caller writes in stream
+    order and gives each key once); how many keys are new to the spool. The arrays go in binary (``%b``): psycopg's
+    text form escapes each element, which took 4 times as long as the insert itself.
+
+    Each entry replaces the key's, but for an Expire without image (``--ttl-deletes mark`` of a TTL delete that
+    carries no old image): it marks the row the earlier entry leaves, so it keeps that entry's image and becomes an
+    Expire, or it leaves a delete a delete (there is no row to mark). Applied in turn, the two would do the same.
+    """
     if not entries:
         return 0
     rows = conn.execute(
-        """INSERT INTO podyn.spool (target_schema, target_table, item_key, deleted, image, shard_id, sequence_number,
-                                    created_at)
-           SELECT %s, %s, k, i IS NULL, i::json, s, q, c
-           FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]) AS e(k, i, s, q, c)
+        """INSERT INTO podyn.spool AS s (target_schema, target_table, item_key, deleted, image, expired, shard_id,
+                                         sequence_number, created_at)
+           SELECT %s, %s, k, d, i::json, x, h, q, c
+           FROM unnest(%b::text[], %b::bool[], %b::text[], %b::bool[], %b::text[], %b::text[], %b::timestamptz[])
+                AS e(k, d, i, x, h, q, c)
            ON CONFLICT (target_schema, target_table, item_key) DO UPDATE
-           SET deleted = excluded.deleted, image = excluded.image, shard_id = excluded.shard_id,
-               sequence_number = excluded.sequence_number, created_at = excluded.created_at
+           SET deleted = CASE WHEN excluded.expired AND excluded.image IS NULL THEN s.deleted ELSE excluded.deleted END,
+               image = CASE WHEN excluded.expired AND excluded.image IS NULL THEN s.image ELSE excluded.image END,
+               expired = CASE WHEN excluded.expired AND excluded.image IS NULL THEN NOT s.deleted
+                              ELSE excluded.expired END,
+               shard_id = excluded.shard_id, sequence_number = excluded.sequence_number,
+               created_at = excluded.created_at
            RETURNING xmax = 0""",
         (
             spec.schema,
             spec.table,
             [e.key for e in entries],
+            [e.deleted for e in entries],
             [e.image for e in entries],
+            [e.expired for e in entries],
             [e.shard_id for e in entries],
             [e.sequence_number for e in entries],
             [e.created_at for e in entries],
@@ -1547,12 +1594,15 @@ def record_capture(
 def read_spool(conn: psycopg.Connection[Any], spec: TableSpec, after: str | None, limit: int) -> list[SpoolEntry]:
     """Up to ``limit`` entries of the table's spool in key order, after key ``after`` (None: from the first)."""
     rows = conn.execute(
-        """SELECT item_key, image::text, shard_id, sequence_number, created_at FROM podyn.spool
+        """SELECT item_key, image::text, shard_id, sequence_number, created_at, expired FROM podyn.spool
            WHERE target_schema = %s AND target_table = %s AND (%s::text IS NULL OR item_key > %s)
            ORDER BY item_key LIMIT %s""",
         (spec.schema, spec.table, after, after, limit),
     ).fetchall()
-    return [SpoolEntry(str(k), image, str(shard), str(seq), created) for k, image, shard, seq, created in rows]
+    return [
+        SpoolEntry(str(k), image, str(shard), str(seq), created, bool(expired))
+        for k, image, shard, seq, created, expired in rows
+    ]
 
 
 def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[str]) -> tuple[int, int]:
