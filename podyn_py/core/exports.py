@@ -241,8 +241,8 @@ def stream_gap(
 
 #: What to do when the stream cannot take over from an export; said with every such refusal.
 NO_BRIDGE = (
-    "Bridging such a gap with incremental exports is not built yet: make a new export of the table with its"
-    " stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
+    "When no bridge of incremental exports can cover the gap either (as said), make a new export of the table with"
+    " its stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
 )
 
 # -- the bridge: incremental exports from the export time to a time the stream still holds --------------------
@@ -347,6 +347,17 @@ def plan_bridge(
         holds_from = max(holds_from, stream_created_at + timedelta(seconds=accuracy_seconds))
     windows = chain_windows(start, holds_from + timedelta(seconds=margin_seconds))
     return BridgePlan(windows, replay_start(windows[-1].end, margin_seconds))
+
+
+@dataclass(frozen=True)
+class BridgeRecord:
+    """One incremental export of a table's bridge as ``podyn.bridge_exports`` keeps it: its window, its client
+    token, the export DynamoDB started for it (once asked), and whether its changes are applied."""
+
+    window: BridgeWindow
+    client_token: str
+    export_arn: str | None
+    applied: bool
 
 
 def bridge_client_token(table_arn: str, target: str, export_id: str, window: BridgeWindow) -> str:
