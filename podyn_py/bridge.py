@@ -28,7 +28,9 @@ from podyn_py.core.exports import (
     BridgeImpossible,
     BridgePlan,
     BridgeRecord,
+    BridgeWindow,
     ExportFileRecord,
+    ExportJob,
     ExportStatus,
     bridge_client_token,
     plan_bridge,
@@ -130,6 +132,7 @@ def build(
     spec = description.spec
     if description.table_arn is None:
         raise SourceError("DescribeTable gave no TableArn: no incremental export can be asked for", table=spec.source)
+    table_arn = description.table_arn
     bucket, prefix = split_destination(exporter.destination)
     rows = RowConverter(schema, target)
     applied = 0
@@ -139,15 +142,32 @@ def build(
         if stop.is_set():
             raise Interrupted("stopped on request during the bridge; the next run goes on with it", table=spec.source)
         window = record.window
-        if record.export_arn is None:
+        job: ExportJob | None = None
+        token = record.client_token
+        if record.export_arn is not None:
+            job = dynamodb.describe_export(exporter.client, spec.source, record.export_arn, stop=stop)
+            if job.status is ExportStatus.FAILED:
+                log.warning(
+                    "table %s: incremental export %s, asked for by an earlier run, failed (%s: %s); asking for a"
+                    " new one",
+                    spec.source,
+                    job.arn,
+                    job.failure_code,
+                    job.failure_message,
+                )
+                token = _retry_token(description, target, window, job.arn, table_arn)
+                job = None
+            else:
+                log.info("table %s: waiting for incremental export %s, asked for earlier", spec.source, job.export_id)
+        if job is None:
             _wait_restorable(exporter, spec.source, window.end, stop)
             job = dynamodb.start_export(
                 exporter.client,
                 spec.source,
-                description.table_arn,
+                table_arn,
                 bucket=bucket,
                 prefix=prefix,
-                client_token=record.client_token,
+                client_token=token,
                 incremental=(window.start, window.end),
                 stop=stop,
             )
@@ -159,14 +179,35 @@ def build(
                 _when(window.end),
                 job.export_id,
             )
-        else:
-            job = dynamodb.describe_export(exporter.client, spec.source, record.export_arn, stop=stop)
-            log.info("table %s: waiting for incremental export %s, asked for earlier", spec.source, job.export_id)
-        job = wait_for_export(exporter, spec.source, job, stop, heartbeat)
-        if job.status is not ExportStatus.COMPLETED:
-            raise SourceError(f"incremental export {job.arn} did not complete", table=spec.source)
+        try:
+            job = wait_for_export(exporter, spec.source, job, stop, heartbeat)
+        except SourceError:
+            failed = dynamodb.describe_export(exporter.client, spec.source, job.arn, stop=stop)
+            if failed.status is not ExportStatus.FAILED:
+                raise
+            _retry_token(description, target, window, failed.arn, table_arn)
+            raise SourceError(
+                f"incremental export {failed.arn} of table {spec.source} failed: {failed.failure_code}:"
+                f" {failed.failure_message}. Nothing of it was applied; the next run asks for a new one",
+                table=spec.source,
+            ) from None
         applied += _apply(rows, target, exporter, schema, window.ordinal, job.folder_url, stop)
     return applied
+
+
+def _retry_token(
+    description: dynamodb.TableDescription, target: Target, window: BridgeWindow, failed: str, table_arn: str
+) -> str:
+    """A new client token for a window whose export failed (the same one would give the failed export back)."""
+    spec = description.spec
+    token = bridge_client_token(table_arn, f"{spec.schema}.{spec.table}", _export_id(target, spec), window, failed)
+    target.reset_bridge_export(spec, window.ordinal, token)
+    return token
+
+
+def _export_id(target: Target, spec: TableSpec) -> str:
+    record = target.read_table(spec)
+    return (record.export_id if record is not None else None) or ""
 
 
 def _apply(

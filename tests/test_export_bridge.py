@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from exports import incremental_line, write_export
-from helpers import STREAM, fresh, wait_equal, wait_for, wait_for_state
+from helpers import STREAM, assert_exit, fresh, podyn, wait_equal, wait_for, wait_for_state
 from oracle import connect
 from scripted_exports import ExportScript
 from scripted_stream_server import ScriptedStreamServer, StreamScript
@@ -186,3 +186,40 @@ def test_a_kill_during_the_bridge_asks_for_nothing_twice(
     assert len(incremental_requests(script)) == 1, "the restart waited for the export asked for before"
     assert [r[4:] for r in bridge_rows(pg_url, table)] == [(5, True)]
     assert second.stop() == 0
+
+
+def test_a_failed_incremental_export_is_asked_for_anew_by_the_next_run(
+    server: ScriptedStreamServer,
+    script: ExportScript,
+    ddb: Any,
+    s3: Any,
+    s3_server: Any,
+    export_bucket: str,
+    pg_url: str,
+    create_table: Any,
+    services: Any,
+) -> None:
+    """The export script makes the incremental export FAILED (as DynamoDB reports one): the table stops with
+    DynamoDB's reason, nothing of the bridge applied; the next run asks for a new export (a new client token, since
+    the same one would give the failed export back) and goes on."""
+    table = create_table(name=fresh(), stream_view_type=STREAM)
+    scenario = Scenario(ddb, s3, export_bucket, table, script)
+    server.add(scenario.stream)
+    scenario.stream_writes()
+    script.failure = ("IncrementalExportFailed", "S3 access denied while writing")
+    args = ("-t", table, "-s", "-d", "--from-export", scenario.export.url, "--s3-endpoint-url", s3_server.endpoint_url)
+    failed = assert_exit(podyn(server, pg_url, *args, *POLL), 3)
+    assert "IncrementalExportFailed: S3 access denied while writing" in failed.stderr
+    assert "the next run asks for a new one" in failed.stderr
+    assert [r[3:] for r in bridge_rows(pg_url, table)] == [(False, None, False)]
+    refused = assert_exit(podyn(server, pg_url, "-t", table, "-c"), 3)
+    assert "not applied yet" in refused.stderr
+    script.failure = None
+    service = services(pg_url, table, *args[2:], "-c", *POLL, endpoint=server.endpoint_url)
+    wait_for_state(pg_url, table, "live", timeout=90, service=service)
+    wait_equal(ddb, pg_url, table, service=service)
+    first, second = incremental_requests(script)
+    assert first["ClientToken"] != second["ClientToken"]
+    assert first["IncrementalExportSpecification"] == second["IncrementalExportSpecification"]
+    assert [r[4:] for r in bridge_rows(pg_url, table)] == [(5, True)]
+    assert service.stop() == 0

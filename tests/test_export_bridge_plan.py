@@ -120,6 +120,8 @@ def test_client_tokens_are_the_same_for_the_same_window_only() -> None:
     assert token.startswith("podyn-") and len(token) <= 64
     assert token != bridge_client_token("arn:t", "public.t", "0123-ab", BridgeWindow(0, window.start, NOW))
     assert token != bridge_client_token("arn:t", "public.t", "0123-cd", window)
+    retried = bridge_client_token("arn:t", "public.t", "0123-ab", window, "arn:t/export/failed")
+    assert retried != token, "after a failed export, a new token: the same one gives the failed export back"
 
 
 def test_an_incremental_line_is_an_upsert_or_a_delete() -> None:

@@ -360,10 +360,12 @@ class BridgeRecord:
     applied: bool
 
 
-def bridge_client_token(table_arn: str, target: str, export_id: str, window: BridgeWindow) -> str:
+def bridge_client_token(table_arn: str, target: str, export_id: str, window: BridgeWindow, after: str = "") -> str:
     """The ``ClientToken`` of one incremental export of the bridge: the same for the same table, target, full
-    export and window, so that a restart asking again gets the export already started."""
-    basis = "\n".join(("podyn bridge", table_arn, target, export_id, window.start.isoformat(), window.end.isoformat()))
+    export and window, so that a restart asking again gets the export already started. ``after``: the window's
+    export that failed, so that the next one asked for is a new export."""
+    parts = ("podyn bridge", table_arn, target, export_id, window.start.isoformat(), window.end.isoformat())
+    basis = "\n".join((*parts, after) if after else parts)
     return "podyn-" + hashlib.sha256(basis.encode()).hexdigest()[:48]
 
 

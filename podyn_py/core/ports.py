@@ -351,6 +351,8 @@ class Target(Protocol):
 
     def record_bridge_export(self, spec: TableSpec, ordinal: int, export_arn: str) -> None: ...
 
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None: ...
+
     def apply_bridge(
         self,
         conn: Any,

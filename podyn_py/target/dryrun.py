@@ -241,6 +241,9 @@ class DryRunTarget:
     def record_bridge_export(self, spec: TableSpec, ordinal: int, export_arn: str) -> None:
         raise ConfigError(CANNOT_EXPORT, table=spec.source)
 
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
     def apply_bridge(
         self,
         conn: Any,

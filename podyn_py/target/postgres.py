@@ -853,6 +853,13 @@ class PostgresTarget:
             table=spec.source,
         )
 
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None:
+        self.run(
+            "recording a failed incremental export",
+            lambda conn: state.reset_bridge_export(conn, spec, ordinal, client_token),
+            table=spec.source,
+        )
+
     def apply_bridge(
         self,
         conn: psycopg.Connection[Any],

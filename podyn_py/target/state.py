@@ -727,6 +727,15 @@ def record_bridge_export(conn: psycopg.Connection[Any], spec: TableSpec, ordinal
     )
 
 
+def reset_bridge_export(conn: psycopg.Connection[Any], spec: TableSpec, ordinal: int, client_token: str) -> None:
+    """A window whose export failed: asked for again, as a new export (a new client token)."""
+    conn.execute(
+        """UPDATE podyn.bridge_exports SET export_arn = NULL, requested_at = NULL, client_token = %s
+           WHERE target_schema = %s AND target_table = %s AND ordinal = %s AND applied_at IS NULL""",
+        (client_token, spec.schema, spec.table, ordinal),
+    )
+
+
 def mark_bridge_applied(conn: psycopg.Connection[Any], spec: TableSpec, ordinal: int, items: int) -> bool:
     """Mark a window's changes applied, in the transaction that applies them; False if they already were, or if
     a window before it is not (windows apply in order)."""
