@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from exports import incremental_line, write_export
-from helpers import STREAM, assert_exit, fresh, podyn, wait_equal, wait_for, wait_for_state
+from helpers import STREAM, assert_exit, fresh, podyn, status_record, wait_equal, wait_for, wait_for_state
 from oracle import connect
 from scripted_exports import ExportScript
 from scripted_stream_server import ScriptedStreamServer, StreamScript
@@ -150,6 +150,10 @@ def test_a_stream_enabled_after_the_export_is_bridged_by_an_incremental_export(
     with connect(pg_url) as conn:
         rows = dict(conn.execute(f'SELECT pk, counter FROM public."{table}"').fetchall())
     assert {pk: int(c) for pk, c in rows.items()} == scenario.expected
+    (shown,) = status_record(server, pg_url, table)["bridge"]
+    assert shown["applied"] is True and shown["export_arn"] and shown["window"]["ordinal"] == 0
+    text = assert_exit(podyn(server, pg_url, "--status", "-t", table)).stdout
+    assert "bridge: 1/1 incremental exports applied, from" in text
     assert service.stop() == 0
 
 

@@ -710,10 +710,15 @@ def plan_bridge(conn: psycopg.Connection[Any], spec: TableSpec, records: Sequenc
 
 
 def read_bridge(conn: psycopg.Connection[Any], spec: TableSpec) -> list[BridgeRecord]:
+    return read_bridge_of(conn, spec.schema, spec.table)
+
+
+def read_bridge_of(conn: psycopg.Connection[Any], schema: str, table: str) -> list[BridgeRecord]:
+    """A table's bridge in window order (``--status`` reads it by the target's names)."""
     rows = conn.execute(
         """SELECT ordinal, export_from, export_to, client_token, export_arn, applied_at IS NOT NULL
            FROM podyn.bridge_exports WHERE target_schema = %s AND target_table = %s ORDER BY ordinal""",
-        (spec.schema, spec.table),
+        (schema, table),
     ).fetchall()
     return [BridgeRecord(BridgeWindow(r[0], r[1], r[2]), r[3], r[4], r[5]) for r in rows]
 
