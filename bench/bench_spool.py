@@ -230,21 +230,31 @@ def apply_figure(ddb: LocalDynamoDB, pg: LocalPostgres, client: Any, args: argpa
     name, items = "spool_apply", 20_000
     new_table(client, name, items)
     url = pg.create_database(name)
-    rate = slowed_load(items, args.apply_load_seconds)
-    process = podyn(ddb.endpoint_url, url, name, "-s", "-d", "-r", rate, "-n", "2", log=LOGS / f"{name}-load.log")
-    started = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:  # new keys, each once: one spool row each
-        list(
-            pool.map(
-                lambda start: batch_write(
-                    client,
-                    name,
-                    [{"PutRequest": {"Item": item(i, "new")}} for i in range(start, min(start + 25, args.apply_keys))],
-                ),
-                range(0, args.apply_keys, 25),
+
+    def put(prefix: str, count: int) -> float:
+        """``count`` new keys, each once (one spool row each), from 8 threads; the seconds it took."""
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda start: batch_write(
+                        client,
+                        name,
+                        [{"PutRequest": {"Item": item(i, prefix)}} for i in range(start, min(start + 25, count))],
+                    ),
+                    range(0, count, 25),
+                )
             )
-        )
-    put_seconds = time.monotonic() - started
+        return time.monotonic() - started
+
+    # The load must outlast the puts, or the spool holds only the part written before it ended: measure the put
+    # rate on keys the load will scan, and slow the load to 1.5 times the puts' expected time (at least
+    # --apply-load-seconds).
+    probe = min(2_000, args.apply_keys)
+    expected = put("probe", probe) * args.apply_keys / probe
+    rate = slowed_load(items + probe, max(args.apply_load_seconds, 1.5 * expected))
+    process = podyn(ddb.endpoint_url, url, name, "-s", "-d", "-r", rate, "-n", "2", log=LOGS / f"{name}-load.log")
+    put_seconds = put("new", args.apply_keys)
     assert process.wait() == 0, f"load failed, see {LOGS / name}-load.log"
     before = tables_row(url, name)
     log = LOGS / f"{name}-changes.log"

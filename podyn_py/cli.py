@@ -35,7 +35,7 @@ from podyn_py.core.exports import split_destination
 from podyn_py.core.schema import ConversionMode
 from podyn_py.core.selection import Exclusions
 from podyn_py.errors import ConfigError, PodynError
-from podyn_py.processes import PROCESS_INDEX_ENV, RUN_STARTED_ENV, run_processes
+from podyn_py.processes import PROCESS_INDEX_ENV, RUN_NAME_ENV, RUN_STARTED_ENV, run_processes
 from podyn_py.target.dryrun import CANNOT_EXPORT
 from podyn_py.verify import VerifyOptions
 
@@ -266,6 +266,12 @@ differences.
     show_default=True,
     help="--verify: list at most this many differences per table (all are counted).",
 )
+@click.option(
+    "--verify-run",
+    metavar="NAME",
+    help="--verify: share each table's segments with the other processes given the same NAME (on this host or"
+    " others), each reporting the whole table; -P shares them among its processes without it.",
+)
 @click.option("--status", is_flag=True, help="Show each table's state and progress from the podyn schema; no AWS.")
 @click.option("--json", "as_json", is_flag=True, help="--status, --verify: print JSON instead of text.")
 @click.option(
@@ -345,6 +351,7 @@ def main(
     verify: bool,
     verify_sample: float,
     verify_max_differences: int,
+    verify_run: str | None,
     status: bool,
     as_json: bool,
     metrics_port: int | None,
@@ -382,10 +389,14 @@ def main(
         _check_export_to(export_to, data=data, from_export=from_export, postgres_url=postgres_url)
     if checks and not postgres_url:
         raise click.UsageError(f"{checks[0]} needs a PostgreSQL URL (-u)")
-    if processes > 1 and (checks or not postgres_url):
-        raise click.UsageError("-P/--processes goes with --schema, --data or --changes and a PostgreSQL URL (-u)")
+    if processes > 1 and (status or not postgres_url):
+        raise click.UsageError(
+            "-P/--processes goes with --schema, --data, --changes or --verify and a PostgreSQL URL (-u)"
+        )
+    if verify_run is not None and not verify:
+        raise click.UsageError("--verify-run goes with --verify")
     if processes > 1:
-        sys.exit(run_processes(processes, sys.argv[1:]))
+        sys.exit(run_processes(processes, sys.argv[1:], one_report=verify))
     context = click.get_current_context()
     schema_given = context.get_parameter_source("pg_schema") is not ParameterSource.DEFAULT
     sources, table_settings = _table_settings(context, tables, config_file)
@@ -440,7 +451,11 @@ def main(
                 max_lag=ready_max_lag,
             )
         if verify:
-            options = VerifyOptions(max_differences=verify_max_differences, sample=verify_sample)
+            options = VerifyOptions(
+                max_differences=verify_max_differences,
+                sample=verify_sample,
+                run=verify_run or os.environ.get(RUN_NAME_ENV) or None,
+            )
             sys.exit(run_verify(config, options, as_json=as_json))
         if status:
             sys.exit(run_status(config, config.pg_schema if schema_given else None, as_json=as_json))

@@ -49,7 +49,7 @@ from podyn_py.errors import (
     TransientSourceError,
 )
 from podyn_py.export_request import Exporter
-from podyn_py.load import LoadOptions, LoadResult
+from podyn_py.load import LoadOptions, LoadResult, refresh_heartbeat
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, S3_FAILED, S3_FAILED_RETRIES, Retrier
 from podyn_py.source import dynamodb
@@ -241,7 +241,7 @@ def load_from_export(
                 done, pending = wait(futures, timeout=beat_every, return_when=FIRST_EXCEPTION)
                 if not pending or any(f.exception() is not None for f in done):
                     break
-                _beat(heartbeat, spec.source)
+                refresh_heartbeat(heartbeat, spec.source)
                 try:
                     keeper.renew()
                 except PodynError as exc:
@@ -296,16 +296,6 @@ def _export_metrics(table: str, manifest: ExportManifest) -> None:
 
 def _size(size: int | None) -> str:
     return "size unknown" if size is None else f"{size:,} bytes"
-
-
-def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
-    """As the Scan load: a failed heartbeat does not stop a load whose every batch commits by compare-and-set."""
-    if heartbeat is None:
-        return
-    try:
-        heartbeat()
-    except PodynError as exc:
-        log.warning("table %s: could not refresh the load's heartbeat (%s); the load goes on", table, exc)
 
 
 def _load_files(workers: _Workers) -> None:

@@ -35,7 +35,8 @@ from podyn_py.core.exports import (
     stream_gap,
 )
 from podyn_py.core.ports import ExportClient, ExportSource, Target
-from podyn_py.errors import ConfigError, Interrupted, PodynError, SourceError, StreamGapError
+from podyn_py.errors import ConfigError, Interrupted, SourceError, StreamGapError
+from podyn_py.load import refresh_heartbeat
 from podyn_py.source import dynamodb, export
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def wait_for_export(
     with health.loop(f"export {table}", table):
         while job.status is ExportStatus.IN_PROGRESS:
             health.beat()
-            _beat(heartbeat, table)
+            refresh_heartbeat(heartbeat, table, "waiting for the export all the same")
             if stop.wait(exporter.poll_seconds):
                 raise Interrupted(
                     f"stopped on request while waiting for export {job.export_id}; the next run waits for the same"
@@ -212,15 +213,6 @@ def _reader(exporter: Exporter, url: str) -> ExportSource:
 
 def _failure(job: ExportJob) -> str:
     return f"{job.failure_code or 'no FailureCode'}: {job.failure_message or 'no FailureMessage'}"
-
-
-def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
-    if heartbeat is None:
-        return
-    try:
-        heartbeat()
-    except PodynError as exc:
-        log.warning("table %s: could not refresh the heartbeat (%s); waiting for the export all the same", table, exc)
 
 
 def _since(start: datetime | None, fallback: float) -> float:

@@ -243,7 +243,7 @@ def _load(
                 done, pending = wait(futures, timeout=beat_every, return_when=FIRST_EXCEPTION)
                 if not pending or any(f.exception() is not None for f in done):
                     break
-                _beat(heartbeat, spec.source)
+                refresh_heartbeat(heartbeat, spec.source)
                 _renew(load)
                 if beside is not None and beside.failure() is not None:
                     break
@@ -287,18 +287,20 @@ def _load(
     return LoadResult(spec.source, total, load.rejected, False, seconds)
 
 
-def _beat(heartbeat: Callable[[], None] | None, table: str) -> None:
-    """A failed heartbeat (PostgreSQL restarting, the lock taken over) must not stop a load that is safe anyway:
-    every page commits by compare-and-set on its segment's position."""
+def refresh_heartbeat(heartbeat: Callable[[], None] | None, table: str, going_on: str = "the load goes on") -> None:
+    """Call ``heartbeat`` (the table's holder and heartbeat in podyn.tables), logging a failure instead of raising:
+    a failed heartbeat (PostgreSQL restarting, the lock taken over) must not stop a load that is safe anyway, as
+    every page and batch commits by compare-and-set on its unit's position. ``going_on`` ends the warning."""
     if heartbeat is None:
         return
     try:
         heartbeat()
     except PodynError as exc:
         log.warning(
-            "table %s: could not refresh the load's heartbeat (%s); the load goes on",
+            "table %s: could not refresh the heartbeat (%s); %s",
             table,
             exc,
+            going_on,
             extra={"table": table, "error": str(exc)},
         )
 

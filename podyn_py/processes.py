@@ -9,6 +9,9 @@ its units over; the parent reports it and exits non-zero once the others are don
 The children run in a process group of their own, so that a Ctrl-C at the terminal reaches them once, through the
 parent (in the terminal's group they got it twice, and a second SIGINT means "stop at once"); on Linux each also
 gets SIGTERM when the parent dies, so that a parent killed outright leaves no podyn running unsupervised.
+
+For ``--verify`` (``one_report``) every child prints the whole report, assembled from the results they all
+committed; the parent prints one of them (a complete one if any child completed) instead of N copies.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 #: The environment variable that gives every process of one command the command's start (a --reload started by
 #: one of them is joined by the others, not started over).
 RUN_STARTED_ENV = "PODYN_RUN_STARTED"
+#: The environment variable that gives every process of one command a name of its own (a --verify run of the
+#: command's processes, shared by them and nobody else).
+RUN_NAME_ENV = "PODYN_RUN_NAME"
 #: The environment variable that tells a child its index (0 … N-1): its metrics port is ``--metrics-port`` + index.
 PROCESS_INDEX_ENV = "PODYN_PROCESS_INDEX"
 
@@ -56,12 +64,16 @@ def child_arguments(argv: Sequence[str]) -> list[str]:
     return [*out, "-P", "1"]
 
 
-def run_processes(count: int, argv: Sequence[str]) -> int:
-    """Run ``count`` copies of this command and wait for them; the exit code to give."""
+def run_processes(count: int, argv: Sequence[str], *, one_report: bool = False) -> int:
+    """Run ``count`` copies of this command and wait for them; the exit code to give. ``one_report``: the
+    children's standard output is collected, and one child's printed at the end (see the module's docstring)."""
     env = dict(os.environ)
     env[RUN_STARTED_ENV] = datetime.now(UTC).isoformat()
+    env[RUN_NAME_ENV] = f"-P {secrets.token_hex(6)}"
     arguments = child_arguments(argv)
     children: list[subprocess.Popen[bytes]] = []
+    outputs: list[bytearray] = []
+    readers: list[threading.Thread] = []
     for index in range(count):
         env[PROCESS_INDEX_ENV] = str(index)
         children.append(
@@ -70,8 +82,13 @@ def run_processes(count: int, argv: Sequence[str]) -> int:
                 env=dict(env),
                 process_group=0,
                 preexec_fn=_stop_with_parent,
+                stdout=subprocess.PIPE if one_report else None,
             )
         )
+        if one_report:
+            outputs.append(bytearray())
+            readers.append(threading.Thread(target=_collect, args=(children[-1], outputs[-1]), daemon=True))
+            readers[-1].start()
     log.info("started %d podyn processes (pids %s)", count, ", ".join(str(c.pid) for c in children))
     stopping: list[int] = []
 
@@ -105,7 +122,30 @@ def run_processes(count: int, argv: Sequence[str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if one_report:
+        for reader in readers:
+            reader.join()
+        sys.stdout.buffer.write(
+            chosen_output([(codes[c.pid], bytes(o)) for c, o in zip(children, outputs, strict=True)])
+        )
+        sys.stdout.flush()
     return worst_exit_code(list(codes.values()))
+
+
+def _collect(child: subprocess.Popen[bytes], into: bytearray) -> None:
+    assert child.stdout is not None
+    while chunk := os.read(child.stdout.fileno(), 65536):
+        into.extend(chunk)
+
+
+def chosen_output(results: Sequence[tuple[int, bytes]]) -> bytes:
+    """Of the children's (exit code, output), the output to print: the first child's that completed (0, or 4:
+    differences found), else the first that printed anything (an interrupted run's partial report)."""
+    printed = [(code, output) for code, output in results if output]
+    complete = [output for code, output in printed if code in (0, 4)]
+    if complete:
+        return complete[0]
+    return printed[0][1] if printed else b""
 
 
 #: prctl(2) option: the signal a process gets when its parent dies.

@@ -12,6 +12,12 @@ the scan goes on meanwhile; only keys still wrong after that are reported.
 Read-only, apart from its temporary table; it takes no lock, so it can run beside the service. It reports, it does
 not repair: ``--data --reload`` does.
 
+Several processes (``-P``, or the same ``--verify-run`` on several hosts) share a table's run instead: each segment
+is a work unit claimed by lease (``units.py``, as a load's segments), its result committed with it under the lease
+(``podyn.verify_segments``), its scanned keys kept in ``podyn.verify_keys`` under the lease generation; once every
+segment is committed, one process (by lease too) looks for rows without items among the committed generations'
+keys. Every process reports the whole run from the committed results, once they are all there (see ``_Shared``).
+
 This module is the orchestration (segments, re-checks, the report) and its rendering. The comparison of an expected
 row with a stored one is pure, in :mod:`podyn_py.core.compare`; the SQL is in :mod:`podyn_py.target.verify_sql`
 (and :mod:`podyn_py.target.state` for ``podyn.*``).
@@ -35,9 +41,10 @@ from psycopg import sql
 from podyn_py import metrics
 from podyn_py.config import Config
 from podyn_py.core import targets
-from podyn_py.core.compare import Difference, Kind, compare
+from podyn_py.core.compare import Difference, Kind, Tally, add_up, compare, count
 from podyn_py.core.keys import key_from_values, key_values
 from podyn_py.core.ports import DataClient
+from podyn_py.core.positions import Lease
 from podyn_py.core.rows import RowBuilder
 from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.core.selection import EVERYTHING, AttributeSelection
@@ -47,6 +54,7 @@ from podyn_py.progress import LoadProgress
 from podyn_py.source import dynamodb
 from podyn_py.source.scan import PageSizer, ReadCapacityLimiter
 from podyn_py.target import postgres, state, verify_sql
+from podyn_py.units import LeaseTiming, UnitKeeper
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,9 @@ class VerifyOptions:
     #: Suspect keys re-checked per table; beyond, they are counted as first seen, so that a table far off does not
     #: cost a BatchGetItem and several pauses per row.
     recheck_limit: int = 1000
+    #: The run to share with the other processes given the same name (``--verify-run``, or the one ``-P`` gives
+    #: its children); None: this process verifies each table alone, as one.
+    run: str | None = None
 
 
 @dataclass
@@ -88,6 +99,10 @@ class TableReport:
     error: str | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    #: A shared run: its name, the workers that committed its parts, and the parts not compared (interrupted).
+    run: str | None = None
+    workers: list[str] = field(default_factory=list)
+    not_compared: list[str] = field(default_factory=list)
 
     @property
     def sampled(self) -> bool:
@@ -95,7 +110,7 @@ class TableReport:
 
     @property
     def equal(self) -> bool:
-        return self.error is None and not self.interrupted and self.difference_count == 0
+        return self.error is None and not self.interrupted and not self.not_compared and self.difference_count == 0
 
 
 def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | None = None) -> list[TableReport]:
@@ -104,6 +119,8 @@ def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | No
         raise ConfigError("--verify needs a PostgreSQL URL (-u)")
     stop = stop or threading.Event()
     client = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
+    # Leases, their renewal and the presence lock of a shared run go through the target, as a load's do.
+    target = postgres.PostgresTarget(config.postgres, stop=stop) if options.run else None
     reports = []
     for name, where in _targets(config, config.postgres):
         if isinstance(where, str):  # which of its copies to verify is not known
@@ -114,7 +131,7 @@ def verify(config: Config, options: VerifyOptions, *, stop: threading.Event | No
         if stop.is_set():
             report.interrupted = True
         else:
-            _verify_table(config.for_table(name), options, client, report, where, stop)
+            _verify_table(config.for_table(name), options, client, report, where, stop, target)
         reports.append(report)
     return reports
 
@@ -151,6 +168,7 @@ def _verify_table(
     report: TableReport,
     where: tuple[str, str],
     stop: threading.Event,
+    target: postgres.PostgresTarget | None = None,
 ) -> None:
     started = time.monotonic()
     assert config.postgres is not None
@@ -159,7 +177,10 @@ def _verify_table(
             view = _read_view(conn, _loaded_spec(conn, where, report.source))
         check = _TableCheck(config, options, client, view, report, stop, config.exclusions.for_table(view.spec))
         try:
-            check.run(config.scan_segments)
+            if target is None:
+                check.run(config.scan_segments)
+            else:
+                check.run_shared(_Shared(check, target, config.scan_segments))
         finally:
             check.close()
     except psycopg.Error as exc:
@@ -256,6 +277,8 @@ class _TableCheck:
         self.rechecker: _Rechecker | None = None
         self.keys_conn: psycopg.Connection[Any] | None = None
         self.keys_lock = threading.Lock()
+        #: A run shared with other processes (``run_shared``); None: this process verifies the table alone.
+        self.shared: _Shared | None = None
         for name in view.missing_columns:
             self.record([[Difference(Kind.COLUMN, None, name, found="missing from the table")]])
             report.missing_columns.append(name)
@@ -278,24 +301,100 @@ class _TableCheck:
         try:
             with ThreadPoolExecutor(min(self.config.connections, count), thread_name_prefix="verify") as pool:
                 futures = [pool.submit(self._scan_segment, segment, total) for segment in segments]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
-                if errors:
-                    self.failed.set()
-                    wait(futures)
-                    raise errors[0]  # type: ignore[misc]
+                self._wait(futures)
             if self.keys_conn is not None and not self.stopped():
                 self._find_extra_rows()
         finally:
             self.rechecker.close(drop=self.stopped())
         self.report.interrupted = self.stop.is_set()
 
-    def _scan_segment(self, segment: int, total: int) -> None:
+    def _wait(self, futures: list[Any]) -> None:
+        """Wait for the workers; on the first one's failure, stop the others and raise it."""
+        wait(futures, return_when=FIRST_EXCEPTION)
+        errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        if errors:
+            self.failed.set()
+            wait(futures)
+            raise errors[0]
+
+    def run_shared(self, shared: _Shared) -> None:
+        """Verify the table with the other processes of the run: claim its segments one at a time by lease,
+        commit each one's result, then (one process, also by lease) look for rows without items; wait for the
+        others' parts; report the whole run from the committed results."""
+        self.shared = shared
+        run = shared.run
+        self.report.run = run.name
+        self.report.segments_scanned, self.report.total_segments = len(run.segments), run.total_segments
+        self.rechecker = _Rechecker(self)
+        shared.start()
+        try:
+            threads = max(1, min(self.config.connections, len(run.segments)))
+            with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+                self._wait([pool.submit(self._claim_segments) for _ in range(threads)])
+            self._finish_run()
+        finally:
+            self.rechecker.close(drop=self.stopped())
+            shared.end()
+        self.report.interrupted = self.stop.is_set()
+        shared.report_run(self.report)
+
+    def _claim_segments(self) -> None:
+        """One worker thread of a shared run: claim a segment, compare it, claim the next, until every segment of
+        the run is committed (by any process): one whose process died is claimed once its lease expired, or at once
+        when its presence lock went with it."""
+        shared = self.shared
+        assert shared is not None
+        waiting = 0
+        while not self.stopped():
+            claimed, left = shared.claim(list(shared.run.segments))
+            if claimed is None:
+                if not left:
+                    return
+                if waiting == 2:
+                    log.info(
+                        "table %s: %d segments left, compared by other processes (or this one's other threads);"
+                        " waiting",
+                        self.view.spec.source,
+                        left,
+                    )
+                self.stop.wait(min(shared.keeper.timing.poll_seconds, 0.1 * 2**waiting))
+                waiting += 1
+                continue
+            waiting = 0
+            unit = _Unit(*claimed)
+            if self._scan_segment(unit.segment, shared.run.total_segments, unit):
+                self.scanned(unit)
+
+    def _finish_run(self) -> None:
+        """Every segment is committed: look for rows without items if no other process does (or did), then wait
+        until the whole run is committed."""
+        shared = self.shared
+        assert shared is not None
+        waiting, claimed = 0, False
+        while not self.stopped():
+            if shared.finished():
+                return
+            if shared.run.rows_without_items and not claimed:
+                taken, _ = shared.claim([state.EXTRA_ROWS])
+                if taken is not None:
+                    claimed = True
+                    self._find_extra_rows_shared(_Unit(*taken))
+                    continue
+            if waiting == 2:
+                log.info("table %s: waiting for the other processes of the run to commit theirs", self.view.spec.source)
+            self.stop.wait(min(shared.keeper.timing.poll_seconds, 0.1 * 2**waiting))
+            waiting += 1
+
+    def _scan_segment(self, segment: int, total: int, unit: _Unit | None = None) -> bool:
+        """Compare a segment's items; whether it was scanned to its end (not stopped, its lease not lost)."""
         rate = self.config.scan_rate / max(1, min(self.config.connections, total)) if self.config.scan_rate else None
         sizer = PageSizer(rate, consistent_read=self.config.consistent_read)
         start: Item | None = None
+        counts: Tally | TableReport = self.report if unit is None else unit.tally
         with verify_sql.connect(self.conninfo) as conn:
             while not self.stopped():
+                if unit is not None and not self._holds(unit):
+                    return False
                 self.limiter.wait()
                 page = dynamodb.scan_page(
                     self.client,
@@ -310,20 +409,34 @@ class _TableCheck:
                 sizer.observe(len(page.items), page.consumed)
                 metrics.CAPACITY_CONSUMED.labels(self.view.spec.source).inc(page.consumed)
                 metrics.THROTTLES.labels(self.view.spec.source).inc(page.throttled)
-                self._check_page(conn, page.items)
+                self._check_page(conn, page.items, unit)
                 self.progress.add(len(page.items), page.consumed)
                 with self.lock:
-                    self.report.items += len(page.items)
+                    counts.items += len(page.items)
                 start = page.last_key
                 del page  # not held while the next page is fetched
                 if start is None:
-                    return
+                    return True
+        return False
 
-    def _check_page(self, conn: psycopg.Connection[Any], items: list[Item]) -> None:
+    def _holds(self, unit: _Unit) -> bool:
+        assert self.shared is not None
+        if self.shared.keeper.held(unit.lease):
+            return True
+        log.warning(
+            "table %s: %s: the lease was lost; leaving it to the process that took it over",
+            self.view.spec.source,
+            _part_name(unit.segment),
+        )
+        return False
+
+    def _check_page(self, conn: psycopg.Connection[Any], items: list[Item], unit: _Unit | None = None) -> None:
         spec = self.view.spec
         keys = [key_values(spec, item) for item in items]
         if self.keys_conn is not None:
             self._save_keys(keys)
+        elif unit is not None and self.shared is not None and self.shared.run.rows_without_items:
+            state.save_verify_keys(conn, self.shared.run.run_id, unit.segment, unit.lease.generation, keys)
         strip = self.selection.strip
         for attempt in range(2):
             view = self.view
@@ -336,21 +449,22 @@ class _TableCheck:
             if attempt or not any(d.kind is Kind.UNMAPPED for _, found in suspects for d in found):
                 break
             self._refresh(conn)  # podyn may have added columns since the mapping was read
-        self._suspect([({k: item[k] for k in spec.key_names}, found) for item, found in suspects])
+        self._suspect([({k: item[k] for k in spec.key_names}, found) for item, found in suspects], unit)
 
     def _refresh(self, conn: psycopg.Connection[Any]) -> None:
         view = _read_view(conn, self.view.spec)
         with self.lock:
             self.view = view
 
-    def _suspect(self, suspects: list[tuple[Item, list[Difference]]]) -> None:
+    def _suspect(self, suspects: list[tuple[Item, list[Difference]]], unit: _Unit | None = None) -> None:
         """Hand keys that look wrong to the re-checker; beyond the re-check budget, record them as they are."""
         if not suspects:
             return
+        counts: Tally | TableReport = self.report if unit is None else unit.tally
         with self.lock:
             budget = max(0, self.options.recheck_limit - self.rechecked) if self.options.rechecks else 0
             self.rechecked += min(budget, len(suspects))
-            self.report.not_rechecked += max(0, len(suspects) - budget) if self.options.rechecks else 0
+            counts.not_rechecked += max(0, len(suspects) - budget) if self.options.rechecks else 0
             first = not self.logged_suspects
             self.logged_suspects = True
         if self.rechecker is not None and budget:
@@ -360,9 +474,9 @@ class _TableCheck:
                 self.view.spec.source,
                 min(budget, len(suspects)),
             )
-            self.rechecker.add(suspects[:budget])
+            self.rechecker.add(suspects[:budget], unit)
             suspects = suspects[budget:]
-        self.record([found for _, found in suspects])
+        self.record([found for _, found in suspects], unit)
 
     def recheck(self, conn: psycopg.Connection[Any], keys: list[Item]) -> list[list[Difference]]:
         """Compare these keys again: the item read consistently, the row read again."""
@@ -379,22 +493,30 @@ class _TableCheck:
             for key, pk in zip(keys, pks, strict=True)
         ]
 
-    def record(self, confirmed: list[list[Difference]]) -> None:
-        report = self.report
+    def record(self, confirmed: list[list[Difference]], unit: _Unit | None = None) -> None:
+        counts: Tally | TableReport = self.report if unit is None else unit.tally
         with self.lock:
             for found in confirmed:
-                kind = found[0].kind
-                if kind is Kind.MISSING:
-                    report.missing += 1
-                elif kind is Kind.EXTRA:
-                    report.extra += 1
-                elif kind is Kind.INVALID:
-                    report.invalid += 1
-                elif kind is not Kind.COLUMN:
-                    report.differing += 1
-                room = max(0, self.options.max_differences - len(report.differences))
-                report.differences.extend(found[:room])
-                report.difference_count += len(found)
+                count(counts, found, self.options.max_differences)
+
+    def scanned(self, unit: _Unit) -> None:
+        """A part is scanned: commit it once its suspect keys are settled too."""
+        with self.lock:
+            unit.scanned = True
+        self.settled(unit, 0)
+
+    def settled(self, unit: _Unit | None, keys: int) -> None:
+        """``keys`` suspect keys of ``unit`` were settled (read right, or recorded): commit the unit if it was the
+        last of a scanned one. In the thread that settled it, so that no worker waits for the re-checks."""
+        if unit is None:
+            return
+        with self.lock:
+            unit.pending -= keys
+            ready = unit.scanned and unit.pending == 0 and not unit.committed
+            unit.committed = unit.committed or ready
+        if ready:
+            assert self.shared is not None
+            self.shared.commit(unit)
 
     def _create_keys_table(self) -> None:
         self.keys_conn = verify_sql.connect(self.conninfo)
@@ -413,6 +535,171 @@ class _TableCheck:
             keys = [key_from_values(spec, row) for row in batch]
             self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys])
 
+    def _find_extra_rows_shared(self, unit: _Unit) -> None:
+        """A shared run's rows without items: the keys every committed segment scanned (under the generation of
+        its committed lease: not those of a process that lost it) into this process's keys table, then the same
+        anti-join as alone."""
+        shared = self.shared
+        assert shared is not None
+        spec = self.view.spec
+        types = [c.type.value for c in self.view.schema.primary_key_columns]
+        with verify_sql.connect(self.conninfo) as conn:
+            verify_sql.create_keys_table(conn, self.view.schema)
+            state.copy_verify_keys(conn, shared.run.run_id, verify_sql.KEYS_TABLE, types)
+            for batch in verify_sql.extra_row_keys(conn, self.view.schema):
+                if self.stopped() or not self._holds(unit):
+                    return
+                keys = [key_from_values(spec, row) for row in batch]
+                self._suspect([(k, [Difference(Kind.EXTRA, key_text(k, spec.key_names))]) for k in keys], unit)
+        if not self.stopped() and self._holds(unit):
+            self.scanned(unit)
+
+
+@dataclass
+class _Unit:
+    """A part of a shared run this process claimed: what it found so far, and the suspect keys still pending."""
+
+    segment: int
+    lease: Lease
+    tally: Tally = field(default_factory=Tally)
+    pending: int = 0
+    scanned: bool = False
+    committed: bool = False
+
+
+def _part_name(segment: int) -> str:
+    return "rows without items" if segment == state.EXTRA_ROWS else f"segment {segment}"
+
+
+class _Shared:
+    """A table's run shared with other processes: the run they agreed on, this process's leases on its parts
+    (renewed on a heartbeat, given back when it stops), and the committed results."""
+
+    def __init__(self, check: _TableCheck, target: postgres.PostgresTarget, total: int) -> None:
+        options, spec = check.options, check.view.spec
+        assert options.run is not None
+        self.check = check
+        self.target = target
+        self.spec = spec
+        self.keeper = UnitKeeper(target, spec, "verify", LeaseTiming(check.config.lease_seconds))
+        count = total if options.sample >= 1 else max(1, math.ceil(total * options.sample))
+        name, timing = options.run, self.keeper.timing
+        self.run = target.run(
+            "joining the verify run",
+            lambda conn: state.join_verify_run(
+                conn,
+                spec,
+                name,
+                total_segments=total,
+                segments=sorted(random.sample(range(total), count)),
+                sample=options.sample,
+                rows_without_items=count == total,
+                worker=self.keeper.worker,
+                within_seconds=timing.lease_seconds,
+            ),
+            table=spec.source,
+        )
+        if self.run.total_segments != total or self.run.sample != options.sample:
+            raise ConfigError(
+                f"verify run {name!r} of {spec.source} compares {self.run.total_segments} segments"
+                f" (sample {self.run.sample:g}); this process was given {total} (sample {options.sample:g}):"
+                " give every process of a run the same --segments and --verify-sample, or another --verify-run",
+                table=spec.source,
+            )
+        log.info(
+            "table %s: %s verify run %r (%d segments%s)",
+            spec.source,
+            "started" if self.run.started else f"joined {self.run.started_by}'s",
+            name,
+            len(self.run.segments),
+            f" of {total}" if len(self.run.segments) < total else "",
+        )
+        self._beats = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.keeper.join()
+        self._share_rate()
+        self._beater = threading.Thread(target=self._beat, name="verify-heartbeat", daemon=True)
+        self._beater.start()
+
+    def end(self) -> None:
+        """Stop renewing; give back every lease still held (parts not committed: others take them at once)."""
+        self._beats.set()
+        if self._beater is not None:
+            self._beater.join()
+        self.keeper.leave()
+
+    def _share_rate(self) -> None:
+        """--scan-rate is for the table as a whole: this process spends its share among the run's processes."""
+        if self.check.config.scan_rate > 0:
+            self.check.limiter.set_rate(self.check.config.scan_rate / self.keeper.workers)
+
+    def _beat(self) -> None:
+        """Renew the leases and the run's heartbeat; a failure does not stop the run (a commit checks its lease)."""
+        while not self._beats.wait(self.keeper.timing.heartbeat_seconds):
+            try:
+                self.keeper.renew()
+                self.target.run(
+                    "refreshing the verify run",
+                    lambda conn: state.beat_verify_run(conn, self.run.run_id),
+                    table=self.spec.source,
+                )
+                self._share_rate()
+            except PodynError as exc:
+                log.warning("table %s: could not renew the verify run's leases (%s); it goes on", self.spec.source, exc)
+
+    def claim(self, parts: list[int]) -> tuple[tuple[int, Lease] | None, int]:
+        """One of ``parts`` not committed yet, claimed; and how many of them are not committed."""
+        claimed, left = self.target.run(
+            "claiming a verify segment",
+            lambda conn: state.claim_verify_part(
+                conn, self.spec, self.run, parts, self.keeper.worker, self.keeper.timing.lease_seconds
+            ),
+            table=self.spec.source,
+        )
+        if claimed is not None:
+            self.keeper.adopt([claimed[1]])
+        return claimed, left
+
+    def commit(self, unit: _Unit) -> None:
+        committed, finished = self.target.run(
+            "committing a verify segment",
+            lambda conn: state.commit_verify_part(conn, self.spec, self.run, unit.segment, unit.lease, unit.tally),
+            table=self.spec.source,
+        )
+        self.keeper.release([unit.lease])  # already given back by the commit: only forgotten here
+        if not committed:
+            log.warning(
+                "table %s: %s: the lease was lost before its result was committed; the process that took it over"
+                " compares it again",
+                self.spec.source,
+                _part_name(unit.segment),
+            )
+        elif finished:
+            log.info("table %s: every part of verify run %r is committed", self.spec.source, self.run.name)
+
+    def finished(self) -> bool:
+        return self.target.run("reading the verify run", lambda conn: state.read_verify_finished(conn, self.run.run_id))
+
+    def report_run(self, report: TableReport) -> None:
+        """Add the committed results of every part of the run to ``report``, in segment order; name the parts that
+        are not committed (the run was interrupted)."""
+        results = self.target.run(
+            "reading the verify run", lambda conn: state.read_verify_results(conn, self.run.run_id)
+        )
+        workers: set[str] = set()
+        for part in self.run.parts:
+            if part not in results:
+                report.not_compared.append(_part_name(part))
+                continue
+            worker, tally = results[part]
+            workers.add(worker)
+            add_up(report, tally, self.check.options.max_differences)
+        report.workers = sorted(workers)
+        if report.not_compared:
+            report.interrupted = True
+
 
 @dataclass(frozen=True)
 class _Suspect:
@@ -420,6 +707,8 @@ class _Suspect:
     found: list[Difference]
     due: float
     attempt: int = 0
+    #: The part of a shared run it was found in (None: this process verifies alone).
+    unit: _Unit | None = None
 
 
 class _Rechecker:
@@ -437,10 +726,13 @@ class _Rechecker:
         self.thread = threading.Thread(target=self._run, name="verify-recheck", daemon=True)
         self.thread.start()
 
-    def add(self, suspects: list[tuple[Item, list[Difference]]]) -> None:
+    def add(self, suspects: list[tuple[Item, list[Difference]]], unit: _Unit | None = None) -> None:
         due = time.monotonic() + self.check.options.recheck_delay
+        if unit is not None:
+            with self.check.lock:
+                unit.pending += len(suspects)
         with self.cond:
-            self.pending.extend(_Suspect(key, found, due) for key, found in suspects)
+            self.pending.extend(_Suspect(key, found, due, unit=unit) for key, found in suspects)
             self.cond.notify()
 
     def close(self, *, drop: bool = False) -> None:
@@ -478,19 +770,21 @@ class _Rechecker:
 
     def _settle(self, conn: psycopg.Connection[Any], suspects: list[_Suspect]) -> None:
         options = self.check.options
-        settled, again = [], []
+        again: list[_Suspect] = []
+        done: dict[int, tuple[_Unit | None, list[list[Difference]], int]] = {}
         for suspect, found in zip(suspects, self.check.recheck(conn, [s.key for s in suspects]), strict=True):
-            if not found:
-                continue
+            unit, settled, keys = done.get(id(suspect.unit), (suspect.unit, [], 0))
             attempt = suspect.attempt + 1
-            if attempt >= options.rechecks:
-                settled.append(found)
-            else:
+            if found and attempt < options.rechecks:
                 due = time.monotonic() + options.recheck_delay * 2**attempt
-                again.append(_Suspect(suspect.key, found, due, attempt))
-        self.check.record(settled)
+                again.append(_Suspect(suspect.key, found, due, attempt, suspect.unit))
+                continue
+            done[id(suspect.unit)] = (unit, [*settled, found] if found else settled, keys + 1)
         with self.cond:
             self.pending.extend(again)
+        for unit, settled, keys in done.values():
+            self.check.record(settled, unit)
+            self.check.settled(unit, keys)
 
 
 def summary(report: TableReport) -> str:
@@ -543,6 +837,11 @@ def render(reports: list[TableReport]) -> str:
             lines.append(f"  ({report.not_rechecked:,} suspect keys beyond the first ones were not re-checked)")
         if report.sampled and not report.error:
             lines.append("  (sampled: rows that have no item in DynamoDB cannot be found in sampled mode)")
+        if report.not_compared:
+            lines.append(f"  (not compared yet: {', '.join(report.not_compared)})")
+        if report.run is not None and report.workers and not report.error:
+            count = len(report.workers)
+            lines.append(f"  (verify run {report.run!r}: compared by {count} process{'' if count == 1 else 'es'})")
     return "\n".join(lines)
 
 

@@ -83,6 +83,8 @@ SLOW_MODULES = frozenset(
         "test_shard_processes.py",
         "test_spool.py",
         "test_verify_status.py",
+        "test_verify_processes.py",
+        "test_export_to.py",
     }
 )
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -42,6 +42,71 @@ class Difference:
     column: str | None = None
     expected: str | None = None
     found: str | None = None
+
+
+class Counts(Protocol):
+    """What a comparison counts: a part's :class:`Tally`, or a table's whole report (``verify.TableReport``)."""
+
+    items: int
+    missing: int
+    extra: int
+    differing: int
+    invalid: int
+    differences: list[Difference]
+    difference_count: int
+    not_rechecked: int
+
+
+def count(into: Counts, found: Sequence[Difference], limit: int) -> None:
+    """Count one key's differences (a mapped column missing from the table: one column's), as confirmed; the
+    first ``limit`` differences are listed."""
+    kind = found[0].kind
+    if kind is Kind.MISSING:
+        into.missing += 1
+    elif kind is Kind.EXTRA:
+        into.extra += 1
+    elif kind is Kind.INVALID:
+        into.invalid += 1
+    elif kind is not Kind.COLUMN:
+        into.differing += 1
+    into.differences.extend(found[: max(0, limit - len(into.differences))])
+    into.difference_count += len(found)
+
+
+def add_up(into: Counts, other: Counts, limit: int) -> None:
+    """Count ``other``'s findings too; its differences listed after those of ``into``, up to ``limit`` in all."""
+    into.items += other.items
+    into.missing += other.missing
+    into.extra += other.extra
+    into.differing += other.differing
+    into.invalid += other.invalid
+    into.differences.extend(other.differences[: max(0, limit - len(into.differences))])
+    into.difference_count += other.difference_count
+    into.not_rechecked += other.not_rechecked
+
+
+@dataclass
+class Tally:
+    """What the comparison of one part of a table found (a scan segment, or the rows without items): ``--verify``
+    shared by several processes commits one per part, and each process's report adds them up."""
+
+    items: int = 0
+    missing: int = 0
+    extra: int = 0
+    differing: int = 0
+    invalid: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    difference_count: int = 0
+    not_rechecked: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tally:
+        differences = [Difference(**(d | {"kind": Kind(d["kind"])})) for d in data.get("differences", [])]
+        counts = {name: int(value) for name, value in data.items() if name != "differences"}
+        return cls(**counts, differences=differences)
 
 
 def exact_loads(data: bytes | str) -> Any:

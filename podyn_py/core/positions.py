@@ -65,6 +65,10 @@ class UnitKind:
     SEGMENT = "scan segment"
     SHARD = "stream shard"
     EXPORT_FILE = "export file"
+    #: ``--verify`` shared by several processes: a segment of a run (unit id ``run:segment``), and the check of
+    #: the rows that have no item (unit id ``run``), claimable once every segment of the run is compared.
+    VERIFY_SEGMENT = "verify segment"
+    VERIFY_EXTRA_ROWS = "verify rows without items"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@
 - ``podyn.export_files``: per data file of the export a table is loaded from, the lines committed; done or not.
 - ``podyn.rejected``: items podyn could not convert, kept whole with the error, so that nothing is lost silently.
 - ``podyn.spool``: per table and key, the key's last change captured from the stream while the table loads.
+- ``podyn.verify_runs``, ``verify_segments``, ``verify_keys``: ``--verify`` shared by several processes: each run,
+  each part's committed result, and the keys its segments scanned (for the rows without items).
 - ``podyn.bridge_exports``: per table, the incremental exports that bridge its export to its stream, in order.
 
 Segment, export file and shard positions are written in the same transaction as the rows they cover (see
@@ -33,6 +35,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from podyn_py.core.changes import SpoolEntry, TtlCounts
+from podyn_py.core.compare import Tally
 from podyn_py.core.exports import BridgeRecord, BridgeWindow, ExportFile, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
@@ -285,7 +288,47 @@ _MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN IF NOT EXISTS export_request_to text,
         ADD COLUMN IF NOT EXISTS export_requested_at timestamptz;
     """,
-    # 9: the bridge from a table's export to its stream (core.exports.plan_bridge): the incremental exports to
+    # 9: --verify shared by several processes. A run per table and run name (--verify-run, or the one -P gives
+    # its children): the segments it compares (a sample's are chosen once, by the process that starts it), and
+    # whether it looks for rows without items; a heartbeat its processes refresh (a run whose processes all
+    # stopped is not joined again). Each part's result (a segment, or the rows without items: segment -1),
+    # committed with the part under its lease, by the process that compared it. The keys the segments scanned,
+    # tagged with the lease generation that scanned them (only the committed generation's count), for the check
+    # of rows without items; removed when the run finishes.
+    """
+    CREATE TABLE IF NOT EXISTS podyn.verify_runs (
+        run_id bigserial PRIMARY KEY,
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        name text NOT NULL,
+        total_segments integer NOT NULL,
+        segments integer[] NOT NULL,
+        sample double precision NOT NULL,
+        rows_without_items boolean NOT NULL,
+        started_by text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    );
+    CREATE INDEX IF NOT EXISTS verify_runs_by_name ON podyn.verify_runs (target_schema, target_table, name);
+    CREATE TABLE IF NOT EXISTS podyn.verify_segments (
+        run_id bigint NOT NULL,
+        segment integer NOT NULL,
+        generation bigint NOT NULL,
+        worker text NOT NULL,
+        result jsonb NOT NULL,
+        finished_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, segment)
+    );
+    CREATE TABLE IF NOT EXISTS podyn.verify_keys (
+        run_id bigint NOT NULL,
+        segment integer NOT NULL,
+        generation bigint NOT NULL,
+        key text[] NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS verify_keys_by_run ON podyn.verify_keys (run_id);
+    """,
+    # 10: the bridge from a table's export to its stream (core.exports.plan_bridge): the incremental exports to
     # apply, in order, each with its window, its client token, the export DynamoDB started for it and when its
     # changes were applied (in the transaction that applied them); podyn.tables.bridge_to, the bridge's end, from
     # which (minus the margin) the stream's replay starts. Cleared when a load starts.
@@ -326,6 +369,9 @@ METADATA_TABLES = (
     "podyn.workers",
     "podyn.export_files",
     "podyn.spool",
+    "podyn.verify_runs",
+    "podyn.verify_segments",
+    "podyn.verify_keys",
     "podyn.bridge_exports",
 )
 
@@ -562,7 +608,7 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
 
     In the caller's transaction, so that a table is either known whole or not at all.
     """
-    removed = 0
+    removed = _forget_verify_runs(conn, "target_schema = %s AND target_table = %s", (schema, table))
     for metadata_table in (
         "podyn.segments",
         "podyn.export_files",
@@ -1347,6 +1393,246 @@ def segments_left(conn: psycopg.Connection[Any], spec: TableSpec) -> int:
     return int(row[0]) if row else 0
 
 
+# -- --verify shared by several processes ------------------------------------------------------------------------
+
+#: ``podyn.verify_segments.segment`` of a run's check of the rows that have no item.
+EXTRA_ROWS = -1
+#: A run of a table whose last heartbeat is this old is removed when another run of the table starts.
+VERIFY_RUN_KEPT_SECONDS = 7 * 24 * 3600.0
+_VERIFY_KINDS = [UnitKind.VERIFY_SEGMENT, UnitKind.VERIFY_EXTRA_ROWS]
+
+
+@dataclass(frozen=True)
+class VerifyRun:
+    """One ``--verify`` of one table, shared by the processes that joined it."""
+
+    run_id: int
+    name: str
+    total_segments: int
+    #: The segments it compares (all of them, or a sample's).
+    segments: tuple[int, ...]
+    sample: float
+    rows_without_items: bool
+    started_by: str
+    #: Whether this process started it (else it joined it).
+    started: bool
+
+    @property
+    def parts(self) -> list[int]:
+        """Every part to commit: the segments, then the check of the rows without items if the run makes it."""
+        return [*self.segments, *([EXTRA_ROWS] if self.rows_without_items else [])]
+
+
+def verify_unit(run_id: int, segment: int) -> tuple[str, str]:
+    """The kind and id of a part's work unit (its lease)."""
+    if segment == EXTRA_ROWS:
+        return UnitKind.VERIFY_EXTRA_ROWS, str(run_id)
+    return UnitKind.VERIFY_SEGMENT, f"{run_id}:{segment}"
+
+
+def join_verify_run(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    name: str,
+    *,
+    total_segments: int,
+    segments: Sequence[int],
+    sample: float,
+    rows_without_items: bool,
+    worker: str,
+    within_seconds: float,
+) -> VerifyRun:
+    """The run ``name`` of the table to join, else a new one (with these segments): a run is joined while it is
+    unfinished and its heartbeat younger than ``within_seconds`` (some process of it runs), or when it finished
+    less than ``within_seconds`` ago (a process of the same command that started late reports it). Serialised per
+    table and name by an advisory lock, so that processes starting at the same moment agree on one run."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (f"podyn verify run {spec.schema}.{spec.table} {name}",),
+    )
+    table = (spec.schema, spec.table)
+    _forget_verify_runs(
+        conn,
+        "target_schema = %s AND target_table = %s AND heartbeat_at < now() - %s * interval '1 second'",
+        (*table, VERIFY_RUN_KEPT_SECONDS),
+    )
+    conn.execute(  # the keys of runs whose processes all stopped
+        """DELETE FROM podyn.verify_keys k USING podyn.verify_runs r
+           WHERE k.run_id = r.run_id AND r.target_schema = %s AND r.target_table = %s AND r.finished_at IS NULL
+             AND r.heartbeat_at < now() - %s * interval '1 second'""",
+        (*table, DEAD_WORKER_SECONDS),
+    )
+    row = conn.execute(
+        """SELECT run_id, total_segments, segments, sample, rows_without_items, started_by FROM podyn.verify_runs
+           WHERE target_schema = %s AND target_table = %s AND name = %s
+             AND ((finished_at IS NULL AND heartbeat_at > now() - %s * interval '1 second')
+                  OR finished_at > now() - %s * interval '1 second')
+           ORDER BY run_id DESC LIMIT 1""",
+        (*table, name, within_seconds, within_seconds),
+    ).fetchone()
+    if row is not None:
+        return VerifyRun(int(row[0]), name, int(row[1]), tuple(row[2]), float(row[3]), bool(row[4]), row[5], False)
+    created = conn.execute(
+        """INSERT INTO podyn.verify_runs (target_schema, target_table, name, total_segments, segments, sample,
+                                          rows_without_items, started_by)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id""",
+        (*table, name, total_segments, list(segments), sample, rows_without_items, worker),
+    ).fetchone()
+    assert created is not None
+    return VerifyRun(int(created[0]), name, total_segments, tuple(segments), sample, rows_without_items, worker, True)
+
+
+def _forget_verify_runs(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> int:
+    """Remove the verify runs ``where`` (SQL of this module on podyn.verify_runs) with their results and keys; how
+    many rows were removed."""
+    runs = [r[0] for r in conn.execute(f"SELECT run_id FROM podyn.verify_runs WHERE {where}", params).fetchall()]
+    if not runs:
+        return 0
+    removed = 0
+    for statement in (
+        "DELETE FROM podyn.verify_keys WHERE run_id = ANY(%s)",
+        "DELETE FROM podyn.verify_segments WHERE run_id = ANY(%s)",
+        "DELETE FROM podyn.verify_runs WHERE run_id = ANY(%s)",
+    ):
+        removed += conn.execute(statement, (runs,)).rowcount
+    ids = [str(r) for r in runs]
+    removed += conn.execute(
+        "DELETE FROM podyn.leases WHERE kind = ANY(%s) AND split_part(unit_id, ':', 1) = ANY(%s)",
+        (_VERIFY_KINDS, ids),
+    ).rowcount
+    return removed
+
+
+def beat_verify_run(conn: psycopg.Connection[Any], run_id: int) -> None:
+    """Some process of the run runs: processes starting now join it."""
+    conn.execute(
+        "UPDATE podyn.verify_runs SET heartbeat_at = now() WHERE run_id = %s AND finished_at IS NULL", (run_id,)
+    )
+
+
+def read_verify_results(conn: psycopg.Connection[Any], run_id: int) -> dict[int, tuple[str, Tally]]:
+    """Segment (EXTRA_ROWS: the rows without items) → the worker that compared it and what it found."""
+    rows = conn.execute(
+        "SELECT segment, worker, result FROM podyn.verify_segments WHERE run_id = %s ORDER BY segment", (run_id,)
+    ).fetchall()
+    return {int(r[0]): (str(r[1]), Tally.from_json(r[2])) for r in rows}
+
+
+def claim_verify_part(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    run: VerifyRun,
+    parts: Sequence[int],
+    owner: str,
+    lease_seconds: float,
+) -> tuple[tuple[int, Lease] | None, int]:
+    """Claim one of ``parts`` (of one kind: segments, or the rows without items) not committed yet and free of a
+    live lease; and how many of them are not committed. A part committed by another process between the read and
+    the claim is given back, not compared twice."""
+    done = _verify_parts_done(conn, run.run_id)
+    left = [p for p in parts if p not in done]
+    if not left:
+        return None, 0
+    by_unit = {verify_unit(run.run_id, p): p for p in left}
+    kind = next(iter(by_unit))[0]
+    leases = claim_units(conn, spec, kind, [unit for _, unit in by_unit], owner, 1, lease_seconds)
+    if not leases:
+        return None, len(left)
+    part = by_unit[(kind, leases[0].unit_id)]
+    if part in _verify_parts_done(conn, run.run_id):
+        release_leases(conn, spec, leases)
+        return None, len(left) - 1
+    return (part, leases[0]), len(left)
+
+
+def _verify_parts_done(conn: psycopg.Connection[Any], run_id: int) -> set[int]:
+    rows = conn.execute("SELECT segment FROM podyn.verify_segments WHERE run_id = %s", (run_id,)).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def commit_verify_part(
+    conn: psycopg.Connection[Any],
+    spec: TableSpec,
+    run: VerifyRun,
+    segment: int,
+    lease: Lease,
+    result: Tally,
+) -> tuple[bool, bool]:
+    """Commit a part's result and give its lease back, if the lease is still the caller's; (committed, the run is
+    finished now). The run's row is locked first, so that of two processes committing its last two parts at once
+    the second sees the first's and finishes the run; the commit that finishes it removes the run's keys and
+    leases."""
+    conn.execute("SELECT FROM podyn.verify_runs WHERE run_id = %s FOR UPDATE", (run.run_id,))
+    if not holds_lease(conn, spec, lease):
+        return False, False
+    cur = conn.execute(
+        """INSERT INTO podyn.verify_segments (run_id, segment, generation, worker, result)
+           VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        (run.run_id, segment, lease.generation, lease.owner, _jsonb(result.to_json())),
+    )
+    release_leases(conn, spec, [lease])
+    if cur.rowcount == 0:
+        return False, False
+    finished = conn.execute(
+        """UPDATE podyn.verify_runs SET heartbeat_at = now(), finished_at = now()
+           WHERE run_id = %s AND finished_at IS NULL
+             AND (SELECT count(*) FROM podyn.verify_segments WHERE run_id = %s) >= %s
+           RETURNING run_id""",
+        (run.run_id, run.run_id, len(run.parts)),
+    ).fetchone()
+    if finished is None:
+        return True, False
+    conn.execute("DELETE FROM podyn.verify_keys WHERE run_id = %s", (run.run_id,))
+    conn.execute(
+        """DELETE FROM podyn.leases WHERE target_schema = %s AND target_table = %s AND kind = ANY(%s)
+             AND split_part(unit_id, ':', 1) = %s""",
+        (spec.schema, spec.table, _VERIFY_KINDS, str(run.run_id)),
+    )
+    return True, True
+
+
+def read_verify_finished(conn: psycopg.Connection[Any], run_id: int) -> bool:
+    row = conn.execute("SELECT finished_at IS NOT NULL FROM podyn.verify_runs WHERE run_id = %s", (run_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def save_verify_keys(
+    conn: psycopg.Connection[Any], run_id: int, segment: int, generation: int, keys: Sequence[Sequence[Any]]
+) -> None:
+    """Keep the keys a segment scanned (primary key values in column order), as text, under the lease generation
+    that scanned them."""
+    statement = "COPY podyn.verify_keys (run_id, segment, generation, key) FROM STDIN (FORMAT BINARY)"
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(["bigint", "integer", "bigint", "text[]"])
+        for key in keys:
+            copy.write_row((run_id, segment, generation, [_key_text(v) for v in key]))
+
+
+def _key_text(value: Any) -> str:
+    """A key value as PostgreSQL's input for its column type reads it back (bytea in hex)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+def copy_verify_keys(conn: psycopg.Connection[Any], run_id: int, into: sql.Composable, types: Sequence[str]) -> None:
+    """Copy the keys of the run's committed segments (those the committed generation scanned) into ``into``, a
+    table with one column per primary key column, of ``types``."""
+    conn.execute(
+        sql.SQL(
+            """INSERT INTO {} SELECT {} FROM podyn.verify_keys k
+               JOIN podyn.verify_segments s ON (s.run_id, s.segment, s.generation) = (k.run_id, k.segment, k.generation)
+               WHERE k.run_id = %s"""
+        ).format(
+            into,
+            sql.SQL(", ").join(
+                sql.SQL("(k.key[{}])::{}").format(sql.Literal(i + 1), sql.SQL(t)) for i, t in enumerate(types)
+            ),
+        ),
+        (run_id,),
+    )
+
+
 # -- the spool: changes captured while a table loads ------------------------------------------------------------
 
 
@@ -1426,12 +1712,13 @@ def take_spool(conn: psycopg.Connection[Any], spec: TableSpec, keys: Sequence[st
     """Remove these keys' entries from the spool as they are applied: how many were still there, and how many
     rows the spool has left."""
     row = conn.execute(
-        """WITH taken AS (DELETE FROM podyn.spool
-                          WHERE target_schema = %s AND target_table = %s AND item_key = ANY(%b::text[]) RETURNING 1)
+        """WITH taken AS (DELETE FROM podyn.spool s USING unnest(%b::text[]) AS k(item_key)
+                          WHERE s.target_schema = %s AND s.target_table = %s AND s.item_key = k.item_key
+                          RETURNING 1)
            UPDATE podyn.tables SET spool_rows = spool_rows - (SELECT count(*) FROM taken), updated_at = now()
            WHERE target_schema = %s AND target_table = %s
            RETURNING (SELECT count(*) FROM taken), spool_rows""",
-        (spec.schema, spec.table, list(keys), spec.schema, spec.table),
+        (list(keys), spec.schema, spec.table, spec.schema, spec.table),
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
