@@ -499,10 +499,19 @@ class TableReplicator:
                     spec.source,
                 )
         elif record.export_time is not None:
+            if record.bridge_left:
+                raise ConfigError(
+                    f"the table was loaded from export {record.export_id}, but {record.bridge_left} of the"
+                    " incremental exports that bridge it to the stream are not applied yet: run with --data"
+                    " --from-export (or --export-to) as before, which finishes the bridge",
+                    table=spec.source,
+                )
             margin = self.options.export_replay_margin_seconds
-            self.replay_from = record.export_time - timedelta(seconds=margin)
+            # After a bridge of incremental exports, the stream takes over from the bridge's end (core.exports).
+            taken_over = record.bridge_to or record.export_time
+            self.replay_from = taken_over - timedelta(seconds=margin)
             gap = stream_gap(
-                record.export_time,
+                taken_over,
                 stream_arn=stream_arn,
                 stream_created_at=self.description.stream_created_at,
                 now=datetime.now(UTC),

@@ -7,9 +7,10 @@ so after a crash the next run reads each file again from its start, skips the li
 is done only once its end was checked against the manifest (item count, MD5, gzip trailer): a file that fails the
 check stops the table with an error naming it, and the table is not marked loaded.
 
-Change replication after such a load replays the stream from the export time minus a margin (``core.exports``):
-when ``--changes`` follows in the same run, a stream that cannot reach back that far is refused here, before
-anything is loaded.
+Change replication after such a load replays the stream from the export time minus a margin (``core.exports``).
+When the stream cannot reach back that far, the load is followed by a bridge of incremental exports
+(``bridge``), planned and recorded before the first file is read; when no bridge can be built either and
+``--changes`` follows in the same run, the load is refused here, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from podyn_py import metrics
+from podyn_py import bridge, metrics
 from podyn_py.conversion import RowConverter
-from podyn_py.core.exports import NO_BRIDGE, ExportBatch, ExportFileRecord, ExportManifest, stream_gap
+from podyn_py.core.exports import (
+    NO_BRIDGE,
+    BridgeImpossible,
+    BridgePlan,
+    ExportBatch,
+    ExportFileRecord,
+    ExportManifest,
+)
 from podyn_py.core.ports import ExportSource, Target
 from podyn_py.core.positions import Lease
 from podyn_py.core.rows import Rejected
@@ -40,6 +48,7 @@ from podyn_py.errors import (
     StreamGapError,
     TransientSourceError,
 )
+from podyn_py.export_request import Exporter
 from podyn_py.load import LoadOptions, LoadResult, refresh_heartbeat
 from podyn_py.progress import LoadProgress
 from podyn_py.retry import POSTGRES_RECONNECT, S3_FAILED, S3_FAILED_RETRIES, Retrier
@@ -130,23 +139,6 @@ def check_export(manifest: ExportManifest, description: dynamodb.TableDescriptio
         )
 
 
-def check_stream_reaches(
-    manifest: ExportManifest, description: dynamodb.TableDescription, *, now: datetime | None = None
-) -> None:
-    """Refuse, before anything is loaded, when the table's stream cannot take over from the export's time."""
-    gap = stream_gap(
-        manifest.export_time,
-        stream_arn=description.stream_arn,
-        stream_created_at=description.stream_created_at,
-        now=now or datetime.now(UTC),
-    )
-    if gap is not None:
-        raise StreamGapError(
-            f"--changes cannot follow a load from export {manifest.export_id}: {gap}. Nothing was loaded. {NO_BRIDGE}",
-            table=description.spec.source,
-        )
-
-
 def load_from_export(
     description: dynamodb.TableDescription,
     schema: TableSchema,
@@ -157,30 +149,43 @@ def load_from_export(
     changes_follow: bool = False,
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
+    exporter: Exporter | None = None,
 ) -> LoadResult:
     """Copy every item of the export into the table's PostgreSQL table; resume an interrupted load of the same
     export; skip a table already loaded (``options.reload``: load it again).
 
-    ``changes_follow``: change replication follows in this run, so a stream that cannot reach back to the export's
-    time is refused first (a table already loaded is not checked here: its replication knows where it is).
+    When the table's stream does not reach back to the export's time, the load is followed by a bridge of
+    incremental exports (``bridge``), asked for with ``exporter``'s client and written to its destination; when no
+    bridge can be built either, ``changes_follow`` (change replication follows in this run) refuses before
+    anything is loaded, and without it the load goes ahead with a warning. A table already loaded is not checked
+    again: its replication knows where it is (and an unfinished bridge is finished here).
     """
     spec = schema.spec
     manifest = source.manifest
     started = time.monotonic()
+    requested = stop or threading.Event()
     check_export(manifest, description)
-    if changes_follow:
-        record = target.read_table(spec)
-        if options.reload or record is None or record.load_finished_at is None:
-            check_stream_reaches(manifest, description)
-    else:
-        gap = stream_gap(
-            manifest.export_time,
-            stream_arn=description.stream_arn,
-            stream_created_at=description.stream_created_at,
-            now=datetime.now(UTC),
-        )
-        if gap is not None:
-            log.warning("table %s: %s; --changes will refuse to follow this load. %s", spec.source, gap, NO_BRIDGE)
+    record = target.read_table(spec) if changes_follow or exporter is not None else None
+    starting = options.reload or record is None or record.load_finished_at is None
+    planned = (
+        record is not None
+        and not options.reload
+        and record.load_finished_at is None
+        and record.export_id == manifest.export_id
+        and record.bridge_to is not None
+    )
+    way: BridgePlan | None = None
+    if starting and not planned:
+        try:
+            way = bridge.plan(description, manifest.export_time, exporter, stop=requested)
+        except BridgeImpossible as exc:
+            if changes_follow:
+                raise StreamGapError(
+                    f"--changes cannot follow a load from export {manifest.export_id}: {exc}. Nothing was loaded."
+                    f" {NO_BRIDGE}",
+                    table=spec.source,
+                ) from None
+            log.warning("table %s: %s; --changes will refuse to follow this load. %s", spec.source, exc, NO_BRIDGE)
     files = target.begin_export_load(
         spec,
         manifest,
@@ -190,8 +195,13 @@ def load_from_export(
         run_started=options.run_started,
     )
     if files is None:
+        if exporter is not None and record is not None and record.bridge_left:
+            bridge.build(description, schema, target, exporter, stop=requested, heartbeat=heartbeat)
+            return LoadResult(spec.source, 0, 0, False, time.monotonic() - started)
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
         return LoadResult(spec.source, 0, 0, True, 0.0)
+    if way is not None and way.windows:
+        bridge.record_plan(description, target, way, manifest.export_id)
     _export_metrics(spec.source, manifest)
     # Every batch allocates tens of thousands of containers, which set off the cyclic GC's collections; its full
     # ones walk every object of the process, boto3's service models included (hundreds of thousands of dicts).
@@ -219,7 +229,6 @@ def load_from_export(
     progress = LoadProgress(
         spec.source, manifest.item_count - sum(f.items_loaded for f in files), bar=options.progress_bar
     )
-    requested = stop or threading.Event()
     workers = _Workers(schema, target, source, options, progress, requested)
     keeper = workers.keeper
     try:
@@ -249,6 +258,8 @@ def load_from_export(
     if requested.is_set():
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
     total = target.finish_load(spec)
+    if exporter is not None and target.read_bridge(spec):
+        bridge.build(description, schema, target, exporter, stop=requested, heartbeat=heartbeat)
     metrics.CAPACITY_CONSUMED.labels(spec.source).inc(0)  # the series exists, and says none
     nuls = sum(workers.rows.nul_counts.values())
     log.info(

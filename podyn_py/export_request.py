@@ -124,7 +124,7 @@ def obtain_export(
             after = record.load_finished_at.isoformat()
         job = _start(description, exporter, bucket, prefix, destination, after, stop)
         target.record_export_request(spec, job.arn, destination)
-    job = _wait(exporter, spec.source, job, stop, heartbeat)
+    job = wait_for_export(exporter, spec.source, job, stop, heartbeat)
     return _reader(exporter, job.folder_url)
 
 
@@ -162,7 +162,7 @@ def _start(
     return job
 
 
-def _wait(
+def wait_for_export(
     exporter: Exporter, table: str, job: ExportJob, stop: threading.Event, heartbeat: Callable[[], None] | None
 ) -> ExportJob:
     """Poll DescribeExport until the export is no longer IN_PROGRESS; FAILED is an error with DynamoDB's reason."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from podyn_py import health, logs
+from podyn_py import bridge, health, logs
 from podyn_py.changes import ChangeOptions, ReaderFactory, TableReplicator
 from podyn_py.config import Config
 from podyn_py.core.ports import ChangeSource, DataClient, ExportSource, StreamsClient, TableClient, Target
@@ -77,6 +77,9 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
     data: DataClient = dynamodb.make_client(config.aws, pool_size=config.connections, data=True)
     exported = _open_export(config)
     exporter = _exporter(config)
+    # What asks for a bridge of incremental exports where a stream cannot take over from an export: the dry run
+    # asks DynamoDB for nothing.
+    bridger = (exporter or _bridger(config, exported)) if _follows_changes(target) else None
     names = list(config.tables) or (_exported_table(exported) if exported else dynamodb.list_tables(client))
     if not names:
         log.warning("no DynamoDB tables found")
@@ -102,6 +105,7 @@ def replicate(config: Config, *, out: TextIO | None = None, stop: threading.Even
                     streams=streams,
                     exported=exported,
                     exporter=exporter,
+                    bridger=bridger,
                 )
             if config.changes:
                 streams.follow(description)  # unless it already does, since its load began
@@ -310,6 +314,18 @@ def _exporter(config: Config) -> Exporter | None:
     )
 
 
+def _bridger(config: Config, exported: ExportSource | None) -> Exporter | None:
+    """``--from-export``: the clients that ask for a bridge's incremental exports, written beside the export."""
+    if exported is None:
+        return None
+    return Exporter(
+        dynamodb.make_client(config.aws, pool_size=1),
+        export.make_s3_client(config.aws, pool_size=config.connections),
+        bridge.destination_of(exported.manifest.url),
+        config.export_poll_seconds,
+    )
+
+
 def _exported_table(exported: ExportSource) -> list[str]:
     name = exported.manifest.table_name
     if name is None:
@@ -346,6 +362,7 @@ def _prepare_and_load(
     exported: ExportSource | None = None,
     streams: _Streams | None = None,
     exporter: Exporter | None = None,
+    bridger: Exporter | None = None,
 ) -> dynamodb.TableDescription:
     stored = target.stored_targets()
     description = _describe(config, client, target, name, summary, stored)
@@ -385,6 +402,8 @@ def _prepare_and_load(
                     heartbeat=beat,
                 )
                 if exported is None:
+                    if bridger is not None and bridge.pending(target, description.spec):
+                        bridge.build(description, schema, target, bridger, stop=stop, heartbeat=beat)
                     log.info("table %s: already loaded; skipping (use --reload to load it again)", name)
                     summary.loaded.append(LoadResult(name, 0, 0, True, 0.0))
                     return description
@@ -398,6 +417,7 @@ def _prepare_and_load(
                     changes_follow=config.changes,
                     stop=stop,
                     heartbeat=beat,
+                    exporter=bridger,
                 )
             else:
                 beside = streams.beside_load(description, schema) if streams is not None else None

@@ -21,6 +21,7 @@ import psycopg
 
 from podyn_py.config import redact, redact_text
 from podyn_py.core.changes import TtlCounts
+from podyn_py.core.exports import BridgeRecord
 from podyn_py.core.positions import UnitKind
 from podyn_py.target import postgres, state
 from podyn_py.target.state import (
@@ -90,6 +91,8 @@ class TableStatus:
     #: The export in S3 the table was loaded from (None: a Scan load), with the load's position in each file.
     export: ExportStatus | None = None
     export_files: tuple[ExportFileProgress, ...] = ()
+    #: The incremental exports that bridge that export to a stream enabled later, in order (none: no bridge).
+    bridge: tuple[BridgeRecord, ...] = ()
     #: Every unit of the table's work (segments, shards) with its owner and lease (podyn.units).
     units: tuple[UnitProgress, ...] = ()
     #: The processes serving the table (podyn.workers), live or not.
@@ -176,6 +179,7 @@ def _table_status(
     schema, table = progress.target_schema, progress.target_table
     segments = tuple(state.read_segment_progress(conn, schema, table))
     files = tuple(state.read_export_file_progress(conn, schema, table))
+    bridge = tuple(state.read_bridge_of(conn, schema, table))
     shards = tuple(state.read_shard_progress(conn, schema, table, progress.stream_arn))
     units = tuple(state.read_units(conn, schema, table))
     workers = tuple(
@@ -246,6 +250,7 @@ def _table_status(
         read_capacity_consumed=progress.read_capacity_consumed,
         export=export,
         export_files=files,
+        bridge=bridge,
         units=units,
         workers=workers,
         captured_changes=progress.captured_changes,
@@ -284,6 +289,13 @@ def render(status: Status) -> str:
             lines.append(f"  load: {t.items_loaded:,} items, started {_time(t.load_started_at)}{finished}")
         if t.export is not None:
             lines += _export_lines(t.export, t.export_files)
+        if t.bridge:
+            arns = ", ".join(b.export_arn.rsplit("/export/", 1)[-1] for b in t.bridge if b.export_arn)
+            lines.append(
+                f"  bridge: {sum(b.applied for b in t.bridge)}/{len(t.bridge)} incremental exports applied, from"
+                f" {_time(t.bridge[0].window.start)} to {_time(t.bridge[-1].window.end)}"
+                + (f" ({arns})" if arns else "")
+            )
         if t.read_capacity_consumed is not None:
             lines.append(f"  read capacity consumed from the table: {t.read_capacity_consumed:,.0f} RCU")
         if t.captured_changes or t.spool_rows:

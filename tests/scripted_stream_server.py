@@ -96,11 +96,14 @@ class StreamScript:
         listing_page: int = 100,
         on_iterator: Callable[[ScriptShard], object] | None = None,
         latency: float = 0.0,
+        label: str = STREAM_LABEL,
     ) -> None:
         self.table = table
         self.latency = latency
         self.view_type = view_type
-        self.arn = f"arn:aws:dynamodb:ddblocal:000000000000:table/{table}/stream/{STREAM_LABEL}"
+        #: The stream's label, the time it was enabled (UTC), as DescribeTable's LatestStreamLabel gives it.
+        self.label = label
+        self.arn = f"arn:aws:dynamodb:ddblocal:000000000000:table/{table}/stream/{label}"
         self.page_limit = page_limit
         self.listing_page = listing_page
         self.on_iterator = on_iterator
@@ -217,7 +220,7 @@ class StreamScript:
     def _list_streams(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("TableName") not in (None, self.table):
             return {"Streams": []}
-        return {"Streams": [{"StreamArn": self.arn, "StreamLabel": STREAM_LABEL, "TableName": self.table}]}
+        return {"Streams": [{"StreamArn": self.arn, "StreamLabel": self.label, "TableName": self.table}]}
 
     def _describe_stream(self, params: dict[str, Any]) -> dict[str, Any]:
         self._check_arn(params)
@@ -231,7 +234,7 @@ class StreamScript:
             page = shards[start : start + size]
             description: dict[str, Any] = {
                 "StreamArn": self.arn,
-                "StreamLabel": STREAM_LABEL,
+                "StreamLabel": self.label,
                 "StreamStatus": "ENABLED",
                 "StreamViewType": self.view_type,
                 "CreationRequestDateTime": 1714557600.0,
@@ -363,7 +366,7 @@ class ScriptedStreamServer:
         if script is None or "LatestStreamArn" not in table:
             return body
         table["LatestStreamArn"] = script.arn
-        table["LatestStreamLabel"] = STREAM_LABEL
+        table["LatestStreamLabel"] = script.label
         return _dumps(answer)
 
     def start(self) -> Self:

@@ -1,6 +1,7 @@
 """From an export to the stream with no gap: ``--changes`` after a load from an export replays the stream from the
 export's time minus 5 minutes, so writes made around the export time end as DynamoDB has them; a stream that cannot
-reach back that far is refused before anything is loaded, saying that the incremental-export bridge is not there.
+reach back that far is bridged by incremental exports (tests/test_export_bridge.py), or, when no bridge can be
+built (no stream, point-in-time recovery off), refused before anything is loaded.
 
 DynamoDB Local has no export API and its stream label is the table's creation time: the exports are written by
 the tests (tests/exports.py) with an export time a little over two minutes after the stream was enabled (as if the
@@ -16,6 +17,8 @@ from typing import Any
 from exports import write_export
 from helpers import STREAM, assert_exit, fresh, increment, items, podyn, row_count, wait_equal, wait_for_state
 from oracle import connect
+from scripted_exports import ExportScript
+from scripted_stream_server import ScriptedStreamServer
 
 from podyn_py.core.exports import EXPORT_REPLAY_MARGIN_SECONDS
 
@@ -66,24 +69,35 @@ def test_changes_follow_an_export_load_from_its_time(
     assert service.stop() == 0
 
 
-def test_a_stream_enabled_after_the_export_is_refused_before_loading(
+def test_a_stream_enabled_after_the_export_without_pitr_is_refused_before_loading(
     ddb_server: Any, ddb: Any, s3: Any, s3_server: Any, export_bucket: str, pg_url: str, create_table: Any
 ) -> None:
+    """A bridge of incremental exports needs point-in-time recovery, which DynamoDB Local has no API for:
+    DescribeContinuousBackups is scripted at the HTTP boundary (tests/scripted_exports.py) to say it is off."""
     table = create_table(name=fresh(), stream_view_type=STREAM, items=items(50))
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     export = write_export(s3, ddb, table, bucket=export_bucket, export_time=an_hour_ago)
+    script = ExportScript(s3, ddb)
+    script.pitr_off.add(table)
+    with ScriptedStreamServer(ddb_server.endpoint_url, dynamodb=script) as server:
+        _refused_then_loaded_with_a_warning(server, pg_url, table, export, s3_server)
+    assert not script.calls_of("ExportTableToPointInTime")
+
+
+def _refused_then_loaded_with_a_warning(server: Any, pg_url: str, table: str, export: Any, s3_server: Any) -> None:
     args = ("-t", table, "-s", "-d", "--from-export", export.url, "--s3-endpoint-url", s3_server.endpoint_url)
-    refused = assert_exit(podyn(ddb_server, pg_url, *args, "-c"), 3)
+    refused = assert_exit(podyn(server, pg_url, *args, "-c"), 3)
     assert "the table's stream was enabled at" in refused.stderr
+    assert "point-in-time recovery, which incremental exports read, is disabled" in refused.stderr
     assert "Nothing was loaded" in refused.stderr and "incremental exports" in refused.stderr
     assert row_count(pg_url, table) == 0
     with connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM podyn.export_files").fetchone() == (0,)
     # Without --changes the copy is made, with a warning; a later --changes is refused the same way.
-    loaded = assert_exit(podyn(ddb_server, pg_url, *args))
+    loaded = assert_exit(podyn(server, pg_url, *args))
     assert "--changes will refuse to follow this load" in loaded.stderr
     assert row_count(pg_url, table) == 50
-    later = assert_exit(podyn(ddb_server, pg_url, "-t", table, "-c"), 3)
+    later = assert_exit(podyn(server, pg_url, "-t", table, "-c"), 3)
     assert f"loaded from export {export.export_id}" in later.stderr and "incremental exports" in later.stderr
 
 

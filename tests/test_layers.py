@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "units": 3,
     "load": 4,
     "export_load": 4,
+    "bridge": 4,
     "export_request": 4,
     "changes": 4,
     "spool": 4,

@@ -151,6 +151,39 @@ def to_change(
     raise DataError(f"unknown stream event {event!r}", table=table, key=key_text(keys, tuple(key_names)))
 
 
+def from_incremental(
+    line: Mapping[str, Any],
+    key_names: Sequence[str],
+    *,
+    table: str | None = None,
+    key_tags: Sequence[str] | None = None,
+) -> Change:
+    """One line of an incremental export's data file as a change, through the same checks as a stream record.
+
+    A line is ``{"Metadata": {"WriteTimestampMicros": {"N": "…"}}, "Keys": {…}, "NewImage": {…}, "OldImage":
+    {…}}``: the item's state at the end of the export's window (its last write in it, at WriteTimestampMicros);
+    no NewImage: the item was deleted by then. DataError (naming table and key) for a line that is not one.
+    """
+    if not isinstance(line, Mapping):
+        raise DataError("incremental export line is not a JSON object", table=table)
+    micros = (
+        (line.get("Metadata") or {}).get("WriteTimestampMicros") if isinstance(line.get("Metadata"), Mapping) else None
+    )
+    created: float | None = None
+    if isinstance(micros, Mapping) and isinstance(micros.get("N"), str):
+        try:
+            created = int(micros["N"]) / 1e6
+        except ValueError:
+            created = None
+    body: dict[str, Any] = {"Keys": line.get("Keys")}
+    if created is not None:
+        body["ApproximateCreationDateTime"] = created
+    if line.get("NewImage") is None:
+        return to_change({"eventName": "REMOVE", "dynamodb": body}, key_names, table=table, key_tags=key_tags)
+    body["NewImage"] = line["NewImage"]
+    return to_change({"eventName": "MODIFY", "dynamodb": body}, key_names, table=table, key_tags=key_tags)
+
+
 def _timestamp(value: Any) -> datetime | None:
     """boto3 gives a datetime; raw JSON (and Lambda events) give seconds since the epoch."""
     if isinstance(value, datetime):

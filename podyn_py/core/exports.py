@@ -241,9 +241,132 @@ def stream_gap(
 
 #: What to do when the stream cannot take over from an export; said with every such refusal.
 NO_BRIDGE = (
-    "Bridging such a gap with incremental exports is not built yet: make a new export of the table with its"
-    " stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
+    "When no bridge of incremental exports can cover the gap either (as said), make a new export of the table with"
+    " its stream enabled and load it within a day, or load by a Scan (--data without --from-export)"
 )
+
+# -- the bridge: incremental exports from the export time to a time the stream still holds --------------------
+
+#: DynamoDB takes incremental exports of at least 15 minutes and at most 24 hours.
+BRIDGE_WINDOW_MIN_SECONDS = 15 * 60.0
+BRIDGE_WINDOW_MAX_SECONDS = 24 * 3600.0
+#: How far past the start of what the stream holds the bridge ends when the stream's start moves (an export older
+#: than the stream's 24 hours): the time the bridge may take (its exports, their load) before the stream's replay
+#: begins, which must then still find its start in the stream.
+BRIDGE_SLACK_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class BridgeWindow:
+    """One incremental export of the bridge: the changes from ``start`` (inclusive) to ``end`` (exclusive)."""
+
+    ordinal: int
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    """How a load from an export made at ``export_time`` reaches the stream: the incremental exports to apply in
+    order (none: the stream reaches back itself), and where the stream's replay starts after them."""
+
+    windows: tuple[BridgeWindow, ...]
+    replay_from: datetime
+
+    @property
+    def end(self) -> datetime | None:
+        return self.windows[-1].end if self.windows else None
+
+
+class BridgeImpossible(ValueError):
+    """Why neither the stream nor a bridge of incremental exports can take over from an export."""
+
+
+def chain_windows(
+    start: datetime,
+    end: datetime,
+    *,
+    max_seconds: float = BRIDGE_WINDOW_MAX_SECONDS,
+    min_seconds: float = BRIDGE_WINDOW_MIN_SECONDS,
+) -> tuple[BridgeWindow, ...]:
+    """``start`` to ``end`` (at least ``min_seconds`` long) cut into the fewest windows of at most ``max_seconds``,
+    of equal lengths (to the second), each starting where the one before ends: none shorter than the minimum."""
+    end = max(end, start + timedelta(seconds=min_seconds))
+    total = (end - start).total_seconds()
+    count = max(1, -int(-total // max_seconds))
+    cuts = [start + timedelta(seconds=round(total * i / count)) for i in range(count)] + [end]
+    return tuple(BridgeWindow(i, cuts[i], cuts[i + 1]) for i in range(count))
+
+
+def plan_bridge(
+    export_time: datetime,
+    *,
+    stream_arn: str | None,
+    stream_created_at: datetime | None,
+    now: datetime,
+    pitr_enabled: bool | None,
+    pitr_earliest: datetime | None,
+    margin_seconds: float = EXPORT_REPLAY_MARGIN_SECONDS,
+    accuracy_seconds: float = EXPORT_TIME_ACCURACY_SECONDS,
+    retention_seconds: float = STREAM_RETENTION_SECONDS,
+    slack_seconds: float = BRIDGE_SLACK_SECONDS,
+) -> BridgePlan:
+    """The way from an export made at ``export_time`` to the table's stream: no bridge when the stream reaches back
+    (:func:`stream_gap`), else incremental exports from the export time minus the replay margin (the export's
+    items may be that far from its time) to a time the stream holds with a margin, after which the stream's replay
+    starts (the bridge's end minus the margin: what both hold is applied twice, each a full image or a delete).
+    BridgeImpossible when neither can: no stream, point-in-time recovery off or not reaching back that far.
+
+    The stream holds from its creation (plus the export time's accuracy, as :func:`stream_gap` requires) or, for
+    a stream older than its retention, from ``now`` minus the retention: that start moves on, so the bridge ends
+    ``slack_seconds`` after it, time for the bridge to be built before the replay starts.
+    """
+    gap = stream_gap(
+        export_time,
+        stream_arn=stream_arn,
+        stream_created_at=stream_created_at,
+        now=now,
+        margin_seconds=margin_seconds,
+        accuracy_seconds=accuracy_seconds,
+        retention_seconds=retention_seconds,
+    )
+    if gap is None:
+        return BridgePlan((), replay_start(export_time, margin_seconds))
+    if stream_arn is None:
+        raise BridgeImpossible(gap)
+    start = export_time - timedelta(seconds=margin_seconds)
+    if pitr_enabled is False:
+        raise BridgeImpossible(f"{gap}; point-in-time recovery, which incremental exports read, is disabled")
+    if pitr_earliest is not None and pitr_earliest > start:
+        raise BridgeImpossible(
+            f"{gap}; point-in-time recovery reaches back to {_utc(pitr_earliest)} only, after {_utc(start)} (the"
+            f" export time minus {margin_seconds / 60:.0f} minutes) where incremental exports would have to start"
+        )
+    holds_from = now - timedelta(seconds=retention_seconds - slack_seconds)
+    if stream_created_at is not None:
+        holds_from = max(holds_from, stream_created_at + timedelta(seconds=accuracy_seconds))
+    windows = chain_windows(start, holds_from + timedelta(seconds=margin_seconds))
+    return BridgePlan(windows, replay_start(windows[-1].end, margin_seconds))
+
+
+@dataclass(frozen=True)
+class BridgeRecord:
+    """One incremental export of a table's bridge as ``podyn.bridge_exports`` keeps it: its window, its client
+    token, the export DynamoDB started for it (once asked), and whether its changes are applied."""
+
+    window: BridgeWindow
+    client_token: str
+    export_arn: str | None
+    applied: bool
+
+
+def bridge_client_token(table_arn: str, target: str, export_id: str, window: BridgeWindow, after: str = "") -> str:
+    """The ``ClientToken`` of one incremental export of the bridge: the same for the same table, target, full
+    export and window, so that a restart asking again gets the export already started. ``after``: the window's
+    export that failed, so that the next one asked for is a new export."""
+    parts = ("podyn bridge", table_arn, target, export_id, window.start.isoformat(), window.end.isoformat())
+    basis = "\n".join((*parts, after) if after else parts)
+    return "podyn-" + hashlib.sha256(basis.encode()).hexdigest()[:48]
 
 
 def _utc(value: datetime) -> str:

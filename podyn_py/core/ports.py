@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from podyn_py.core.changes import SpoolEntry, TtlCounts
-from podyn_py.core.exports import ExportBatch, ExportFileRecord, ExportManifest
+from podyn_py.core.exports import BridgeRecord, ExportBatch, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, ScanPage, SegmentRecord, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, StoredChoices, TableSchema, TableSpec
@@ -186,6 +186,16 @@ class StoredTable(Protocol):
         ...
 
     @property
+    def bridge_to(self) -> datetime | None:
+        """The end of the bridge of incremental exports from that export to the stream (None: none)."""
+        ...
+
+    @property
+    def bridge_left(self) -> int:
+        """The bridge's incremental exports not applied yet."""
+        ...
+
+    @property
     def export_url(self) -> str | None:
         """The folder of the export the table is (being) loaded from."""
         ...
@@ -332,6 +342,27 @@ class Target(Protocol):
     def read_table(self, spec: TableSpec) -> StoredTable | None: ...
 
     def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None: ...
+
+    # -- the bridge of incremental exports from an export to the stream (export_load, bridge)
+
+    def plan_bridge(self, spec: TableSpec, records: Sequence[BridgeRecord]) -> None: ...
+
+    def read_bridge(self, spec: TableSpec) -> list[BridgeRecord]: ...
+
+    def record_bridge_export(self, spec: TableSpec, ordinal: int, export_arn: str) -> None: ...
+
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None: ...
+
+    def apply_bridge(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        ordinal: int,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+    ) -> bool: ...
 
     def read_positions(self, spec: TableSpec, stream_arn: str) -> dict[str, ShardPosition]: ...
 

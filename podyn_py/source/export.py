@@ -85,8 +85,9 @@ def split_export_url(url: str) -> tuple[str, str, str]:
     return found["bucket"], found["dir"] + "/", found["id"]
 
 
-def read_manifest(client: Any, url: str) -> ExportManifest:
-    """The export's summary and file list, checked: a full export, a known format, counts that add up."""
+def read_manifest(client: Any, url: str, *, incremental: bool = False) -> ExportManifest:
+    """The export's summary and file list, checked: a full export (``incremental``: an incremental one, whose
+    export time is the end of its window), a known format, counts that add up."""
     bucket, prefix, export_id = split_export_url(url)
     where = f"s3://{bucket}/{prefix}"
     summary_body = _get(client, bucket, prefix + "manifest-summary.json").read(_MAX_SUMMARY_BYTES + 1)
@@ -99,8 +100,12 @@ def read_manifest(client: Any, url: str) -> ExportManifest:
     if summary.get("version") != _MANIFEST_VERSION:
         log.warning("%smanifest-summary.json: version %r, podyn knows %s", where, summary["version"], _MANIFEST_VERSION)
     export_type = summary.get("exportType", "FULL_EXPORT")
-    if export_type != "FULL_EXPORT":
-        raise ConfigError(f"{where} is an {export_type}, not a full export: only a full export can be loaded")
+    expected = "INCREMENTAL_EXPORT" if incremental else "FULL_EXPORT"
+    if export_type != expected:
+        raise ConfigError(
+            f"{where} is an {export_type}, not {'an incremental' if incremental else 'a full'} export:"
+            f" {'a bridge applies incremental exports' if incremental else 'only a full export can be loaded'}"
+        )
     try:
         output_format = ExportFormat(summary.get("outputFormat", "DYNAMODB_JSON"))
     except ValueError:
@@ -110,7 +115,10 @@ def read_manifest(client: Any, url: str) -> ExportManifest:
     export_arn = summary.get("exportArn")
     if isinstance(export_arn, str) and not export_arn.endswith(f"/export/{export_id}"):
         raise SourceError(f"{where}manifest-summary.json describes export {export_arn}, not {export_id}")
-    export_time = _time(summary.get("exportTime") or summary.get("startTime"), f"{where}manifest-summary.json")
+    export_time = _time(
+        summary.get("exportToTime") if incremental else summary.get("exportTime") or summary.get("startTime"),
+        f"{where}manifest-summary.json",
+    )
     files = tuple(_read_files(client, bucket, prefix, where))
     item_count = int(summary.get("itemCount", sum(f.item_count for f in files)))
     if item_count != sum(f.item_count for f in files):
@@ -196,7 +204,13 @@ class ExportReader:
     """
 
     def __init__(
-        self, client: Any, manifest: ExportManifest, *, batch_items: int = 1000, batch_bytes: int = 1 << 20
+        self,
+        client: Any,
+        manifest: ExportManifest,
+        *,
+        batch_items: int = 1000,
+        batch_bytes: int = 1 << 20,
+        incremental: bool = False,
     ) -> None:
         self.client = client
         self.manifest = manifest
@@ -204,7 +218,11 @@ class ExportReader:
         self.batch_bytes = batch_bytes
         self._bucket, self._prefix, _ = split_export_url(manifest.url)
         self._decode: Callable[[list[bytes], str, int], list[dict[str, Any]]] = (
-            _decode_ion if manifest.output_format is ExportFormat.ION else _decode_json
+            _decode_incremental
+            if incremental
+            else _decode_ion
+            if manifest.output_format is ExportFormat.ION
+            else _decode_json
         )
 
     def object_url(self, key: str) -> str:
@@ -304,6 +322,21 @@ def _decode_json(lines: list[bytes], url: str, first: int) -> list[dict[str, Any
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{url} line {number} is not a DynamoDB JSON item: {exc}") from exc
         decoded.append(item)
+    return decoded
+
+
+def _decode_incremental(lines: list[bytes], url: str, first: int) -> list[dict[str, Any]]:
+    """An incremental export's DynamoDB JSON lines, ``{"Metadata": {...}, "Keys": {...}, "NewImage": {...},
+    "OldImage": {...}}``, whole: ``core.changes.from_incremental`` makes them changes."""
+    decoded = []
+    for number, text in enumerate(lines, first):
+        try:
+            line = orjson.loads(text)
+            if not isinstance(line, dict) or not isinstance(line.get("Keys"), dict):
+                raise TypeError("no Keys object")
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"{url} line {number} is not an incremental export's record: {exc}") from exc
+        decoded.append(line)
     return decoded
 
 

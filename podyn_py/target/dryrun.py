@@ -17,7 +17,7 @@ from psycopg import sql
 
 from podyn_py.core import ddl, naming
 from podyn_py.core.changes import SpoolEntry, TtlCounts
-from podyn_py.core.exports import ExportFileRecord, ExportManifest
+from podyn_py.core.exports import BridgeRecord, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import SchemaChange, SourceIdentity, TableSchema, TableSpec, initial_schema
@@ -231,6 +231,30 @@ class DryRunTarget:
 
     def record_export_request(self, spec: TableSpec, export_arn: str, destination: str) -> None:
         raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
+    def plan_bridge(self, spec: TableSpec, records: Sequence[BridgeRecord]) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
+    def read_bridge(self, spec: TableSpec) -> list[BridgeRecord]:
+        return []  # the dry run asks for no export: it never has a bridge
+
+    def record_bridge_export(self, spec: TableSpec, ordinal: int, export_arn: str) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None:
+        raise ConfigError(CANNOT_EXPORT, table=spec.source)
+
+    def apply_bridge(
+        self,
+        conn: Any,
+        schema: TableSchema,
+        ordinal: int,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+    ) -> bool:
+        raise ConfigError(CANNOT_EXPORT, table=schema.spec.source)
 
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None

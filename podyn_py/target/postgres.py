@@ -32,7 +32,7 @@ from psycopg.types.json import set_json_dumps
 from podyn_py import health, metrics
 from podyn_py.core import ddl, naming
 from podyn_py.core.changes import SpoolEntry, TtlCounts
-from podyn_py.core.exports import ExportFileRecord, ExportManifest
+from podyn_py.core.exports import BridgeRecord, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, SegmentRecord, ShardPosition, UnitKind
 from podyn_py.core.schema import (
     EXPIRED_COLUMN,
@@ -837,6 +837,62 @@ class PostgresTarget:
             lambda conn: state.record_export_request(conn, spec, export_arn, destination),
             table=spec.source,
         )
+
+    # -- the bridge of incremental exports from an export to the stream ------------------------------------------
+
+    def plan_bridge(self, spec: TableSpec, records: Sequence[BridgeRecord]) -> None:
+        self.run("recording the bridge", lambda conn: state.plan_bridge(conn, spec, records), table=spec.source)
+
+    def read_bridge(self, spec: TableSpec) -> list[BridgeRecord]:
+        return self.run("reading the bridge", lambda conn: state.read_bridge(conn, spec), table=spec.source)
+
+    def record_bridge_export(self, spec: TableSpec, ordinal: int, export_arn: str) -> None:
+        self.run(
+            "recording an incremental export asked for",
+            lambda conn: state.record_bridge_export(conn, spec, ordinal, export_arn),
+            table=spec.source,
+        )
+
+    def reset_bridge_export(self, spec: TableSpec, ordinal: int, client_token: str) -> None:
+        self.run(
+            "recording a failed incremental export",
+            lambda conn: state.reset_bridge_export(conn, spec, ordinal, client_token),
+            table=spec.source,
+        )
+
+    def apply_bridge(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        ordinal: int,
+        *,
+        rows: Sequence[Sequence[Any]],
+        delete_keys: Sequence[Sequence[Any]],
+        rejected: Sequence[Any],
+    ) -> bool:
+        """Apply one incremental export of the bridge (each key's state at the end of its window) and mark it
+        applied, in one transaction. False, with nothing written, when it was applied already (another process,
+        or an attempt whose commit answer was lost)."""
+        spec = schema.spec
+        try:
+            with conn.transaction():
+                _check_mapping(conn, schema)
+                if not state.mark_bridge_applied(conn, spec, ordinal, len(rows) + len(delete_keys)):
+                    raise _AlreadyApplied
+                if delete_keys:
+                    delete_rows(conn, schema, delete_keys)
+                if rows:
+                    upsert_rows(conn, schema, rows)
+                for item in rejected:
+                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+                state.record_changes(conn, spec, len(rows) + len(delete_keys), None)
+        except _AlreadyApplied:
+            return False
+        except psycopg.errors.UndefinedTable as exc:
+            raise _target_gone(conn, spec, exc, "applying an incremental export") from exc
+        except psycopg.Error as exc:
+            raise classify(exc, "applying an incremental export", table=spec.source) from exc
+        return True
 
     def start_catching_up(
         self, spec: TableSpec, *, stream_arn: str, stream_view_type: str | None, replay_from: datetime | None

@@ -9,6 +9,7 @@
 - ``podyn.spool``: per table and key, the key's last change captured from the stream while the table loads.
 - ``podyn.verify_runs``, ``verify_segments``, ``verify_keys``: ``--verify`` shared by several processes: each run,
   each part's committed result, and the keys its segments scanned (for the rows without items).
+- ``podyn.bridge_exports``: per table, the incremental exports that bridge its export to its stream, in order.
 
 Segment, export file and shard positions are written in the same transaction as the rows they cover (see
 ``postgres.py``): that is what makes a kill -9 harmless. Every function here takes a connection and runs inside the
@@ -35,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from podyn_py.core.changes import SpoolEntry, TtlCounts
 from podyn_py.core.compare import Tally
-from podyn_py.core.exports import ExportFile, ExportFileRecord, ExportManifest
+from podyn_py.core.exports import BridgeRecord, BridgeWindow, ExportFile, ExportFileRecord, ExportManifest
 from podyn_py.core.positions import Lease, UnitKind
 from podyn_py.core.positions import SegmentRecord as SegmentRecord  # where it was before the core held it
 from podyn_py.core.schema import (
@@ -327,6 +328,26 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS verify_keys_by_run ON podyn.verify_keys (run_id);
     """,
+    # 10: the bridge from a table's export to its stream (core.exports.plan_bridge): the incremental exports to
+    # apply, in order, each with its window, its client token, the export DynamoDB started for it and when its
+    # changes were applied (in the transaction that applied them); podyn.tables.bridge_to, the bridge's end, from
+    # which (minus the margin) the stream's replay starts. Cleared when a load starts.
+    """
+    ALTER TABLE podyn.tables ADD COLUMN IF NOT EXISTS bridge_to timestamptz;
+    CREATE TABLE IF NOT EXISTS podyn.bridge_exports (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        ordinal integer NOT NULL,
+        export_from timestamptz NOT NULL,
+        export_to timestamptz NOT NULL,
+        client_token text NOT NULL,
+        export_arn text,
+        requested_at timestamptz,
+        items_applied bigint,
+        applied_at timestamptz,
+        PRIMARY KEY (target_schema, target_table, ordinal)
+    );
+    """,
 )
 
 #: The version this podyn writes and reads.
@@ -351,6 +372,7 @@ METADATA_TABLES = (
     "podyn.verify_runs",
     "podyn.verify_segments",
     "podyn.verify_keys",
+    "podyn.bridge_exports",
 )
 
 
@@ -393,6 +415,10 @@ class TableRecord:
     #: The export podyn asked for (``--export-to``) and no load has started from yet, and where it writes.
     export_request_arn: str | None = None
     export_request_to: str | None = None
+    #: The end of the bridge of incremental exports from the export to the stream (None: no bridge), and how many
+    #: of its exports are not applied yet.
+    bridge_to: datetime | None = None
+    bridge_left: int = 0
 
 
 def ensure_metadata(conn: psycopg.Connection[Any]) -> None:
@@ -500,8 +526,11 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         """SELECT spec, conversion_mode, lower_case, state, total_segments, items_loaded, load_started_at,
                   load_finished_at, stream_arn, stream_view_type, replay_from, last_error,
                   target_oid, source_table_id, source_created_at, truncate_before_load, naming_rule = 1,
-                  export_id, export_time, export_url, export_request_arn, export_request_to
-           FROM podyn.tables WHERE target_schema = %s AND target_table = %s""",
+                  export_id, export_time, export_url, export_request_arn, export_request_to, bridge_to,
+                  (SELECT count(*) FROM podyn.bridge_exports b
+                   WHERE b.target_schema = t.target_schema AND b.target_table = t.target_table
+                     AND b.applied_at IS NULL)
+           FROM podyn.tables t WHERE target_schema = %s AND target_table = %s""",
         (schema, table),
     ).fetchone()
     if row is None:
@@ -527,6 +556,8 @@ def read_table(conn: psycopg.Connection[Any], schema: str, table: str) -> TableR
         export_url=row[19],
         export_request_arn=row[20],
         export_request_to=row[21],
+        bridge_to=row[22],
+        bridge_left=row[23],
     )
 
 
@@ -583,6 +614,7 @@ def forget_table(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
         "podyn.export_files",
         "podyn.shards",
         "podyn.spool",
+        "podyn.bridge_exports",
         "podyn.leases",
         "podyn.columns",
         "podyn.rejected",
@@ -642,6 +674,9 @@ def start_load(
     export (a Scan load; :func:`start_export_load` records the export), an empty spool (what an earlier capture kept
     happened before this load's scan: the scan reads its effect)."""
     forget_spool(conn, spec)
+    conn.execute(
+        "DELETE FROM podyn.bridge_exports WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table)
+    )
     return _set_state(
         conn,
         spec,
@@ -652,7 +687,7 @@ def start_load(
              export_id = NULL, export_arn = NULL, export_url = NULL, export_time = NULL, export_item_count = NULL,
              export_size_bytes = NULL, export_format = NULL, read_capacity_consumed = NULL,
              export_request_arn = NULL, export_request_to = NULL, export_requested_at = NULL,
-             captured_changes = 0, captured_until = NULL, spool_rows = 0""",
+             captured_changes = 0, captured_until = NULL, spool_rows = 0, bridge_to = NULL""",
         (total_segments, stream_arn, stream_view_type),
     )
 
@@ -696,6 +731,74 @@ def record_export_request(conn: psycopg.Connection[Any], spec: TableSpec, export
            WHERE target_schema = %s AND target_table = %s""",
         (export_arn, destination, spec.schema, spec.table),
     )
+
+
+def plan_bridge(conn: psycopg.Connection[Any], spec: TableSpec, records: Sequence[BridgeRecord]) -> None:
+    """The bridge of incremental exports a load from an export needs, none asked for yet; its end recorded as
+    where the stream's replay starts from (minus the margin)."""
+    conn.execute(
+        "DELETE FROM podyn.bridge_exports WHERE target_schema = %s AND target_table = %s", (spec.schema, spec.table)
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO podyn.bridge_exports
+                   (target_schema, target_table, ordinal, export_from, export_to, client_token)
+               VALUES (%s, %s, %s, %s, %s, %s)""",
+            [
+                (spec.schema, spec.table, r.window.ordinal, r.window.start, r.window.end, r.client_token)
+                for r in records
+            ],
+        )
+    conn.execute(
+        "UPDATE podyn.tables SET bridge_to = %s, updated_at = now() WHERE target_schema = %s AND target_table = %s",
+        (records[-1].window.end if records else None, spec.schema, spec.table),
+    )
+
+
+def read_bridge(conn: psycopg.Connection[Any], spec: TableSpec) -> list[BridgeRecord]:
+    return read_bridge_of(conn, spec.schema, spec.table)
+
+
+def read_bridge_of(conn: psycopg.Connection[Any], schema: str, table: str) -> list[BridgeRecord]:
+    """A table's bridge in window order (``--status`` reads it by the target's names)."""
+    rows = conn.execute(
+        """SELECT ordinal, export_from, export_to, client_token, export_arn, applied_at IS NOT NULL
+           FROM podyn.bridge_exports WHERE target_schema = %s AND target_table = %s ORDER BY ordinal""",
+        (schema, table),
+    ).fetchall()
+    return [BridgeRecord(BridgeWindow(r[0], r[1], r[2]), r[3], r[4], r[5]) for r in rows]
+
+
+def record_bridge_export(conn: psycopg.Connection[Any], spec: TableSpec, ordinal: int, export_arn: str) -> None:
+    """The incremental export DynamoDB started for a window of the bridge: a restart waits for it."""
+    conn.execute(
+        """UPDATE podyn.bridge_exports SET export_arn = %s, requested_at = now()
+           WHERE target_schema = %s AND target_table = %s AND ordinal = %s""",
+        (export_arn, spec.schema, spec.table, ordinal),
+    )
+
+
+def reset_bridge_export(conn: psycopg.Connection[Any], spec: TableSpec, ordinal: int, client_token: str) -> None:
+    """A window whose export failed: asked for again, as a new export (a new client token)."""
+    conn.execute(
+        """UPDATE podyn.bridge_exports SET export_arn = NULL, requested_at = NULL, client_token = %s
+           WHERE target_schema = %s AND target_table = %s AND ordinal = %s AND applied_at IS NULL""",
+        (client_token, spec.schema, spec.table, ordinal),
+    )
+
+
+def mark_bridge_applied(conn: psycopg.Connection[Any], spec: TableSpec, ordinal: int, items: int) -> bool:
+    """Mark a window's changes applied, in the transaction that applies them; False if they already were, or if
+    a window before it is not (windows apply in order)."""
+    cur = conn.execute(
+        """UPDATE podyn.bridge_exports b SET applied_at = now(), items_applied = %s
+           WHERE target_schema = %s AND target_table = %s AND ordinal = %s AND applied_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM podyn.bridge_exports e
+                             WHERE e.target_schema = b.target_schema AND e.target_table = b.target_table
+                               AND e.ordinal < b.ordinal AND e.applied_at IS NULL)""",
+        (items, spec.schema, spec.table, ordinal),
+    )
+    return cur.rowcount == 1
 
 
 def finish_load(conn: psycopg.Connection[Any], spec: TableSpec) -> tuple[int, StateChange]:
