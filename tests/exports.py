@@ -352,3 +352,58 @@ class SlowS3:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join()
+
+
+#: Every attribute type, numbers at DynamoDB's limits, binary, and the empty values DynamoDB allows (empty strings,
+#: binary, maps and lists; it forbids empty sets).
+EDGE_ITEMS: list[dict[str, Any]] = [
+    {
+        "pk": {"S": "all-types"},
+        "s": {"S": 'text with "quotes", a\nnewline, é and 🦆'},
+        "n": {"N": "600"},
+        "b": {"B": bytes(range(256))},
+        "bool": {"BOOL": True},
+        "null": {"NULL": True},
+        "m": {"M": {"nested": {"M": {"n": {"N": "-0.5"}, "l": {"L": [{"S": "x"}, {"N": "1e2"}]}}}}},
+        "l": {"L": [{"N": "1"}, {"S": "two"}, {"BOOL": False}, {"NULL": True}, {"B": b"\x00\x01"}, {"M": {}}]},
+        "ss": {"SS": ["a", "b", ""]},
+        "ns": {"NS": ["1", "2.5", "-3E+10"]},
+        "bs": {"BS": [b"\x00", b"\xff\xfe"]},
+        "name with spaces": {"S": "v"},
+        "ünï": {"N": "7"},
+    },
+    {
+        "pk": {"S": "limits"},
+        "digits38": {"N": "12345678901234567890123456789012345678"},
+        "neg38": {"N": "-0.12345678901234567890123456789012345678"},
+        "big": {"N": "1E+125"},
+        "max": {"N": "9.9999999999999999999999999999999999999E+125"},
+        "tiny": {"N": "-1E-130"},
+        "small": {"N": "1E-130"},
+        "zero": {"N": "0"},
+        "nested": {
+            "M": {
+                "big": {"N": "1E+125"},
+                "tiny": {"N": "-1E-130"},
+                "d": {"N": "12345678901234567890123456789012345678"},
+            }
+        },
+        "nums": {"NS": ["1E+125", "-1E-130", "12345678901234567890123456789012345678"]},
+    },
+    {
+        "pk": {"S": "empties"},
+        "empty_s": {"S": ""},
+        "empty_b": {"B": b""},
+        "empty_m": {"M": {}},
+        "empty_l": {"L": []},
+        "deep_empty": {"M": {"m": {"M": {}}, "l": {"L": [{"L": []}, {"M": {}}]}}},
+    },
+    {"pk": {"S": "key-only"}},
+]
+
+
+def many_items(count: int) -> list[dict[str, Any]]:
+    return [
+        {"pk": {"S": f"k{i:05d}"}, "v": {"N": str(i * 10)}, "s": {"S": f"x{i}"}, "f": {"N": f"{i}.25"}}
+        for i in range(count)
+    ]

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from exports import SlowS3
+from exports import EDGE_ITEMS, SlowS3, many_items
 from helpers import REPO_ROOT, assert_exit, fresh, podyn, row_count, wait_for
 from oracle import connect, table_differences
 from scripted_exports import ExportScript
 from scripted_stream_server import ScriptedStreamServer
-from test_export_load import EDGE_ITEMS, many_items
 
 from podyn_py.cli import main
 from podyn_py.core.exports import export_client_token
