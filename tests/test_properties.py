@@ -26,6 +26,7 @@ from oracle import connect, table_differences
 
 from podyn_py.config import AwsSettings, Config
 from podyn_py.core.schema import ConversionMode
+from podyn_py.core.selection import REPLICATION_ATTRIBUTES
 from podyn_py.replicate import RunSummary, replicate
 
 SETTINGS = settings(
@@ -60,8 +61,10 @@ ODD_NAMES = [
     "é" * 40,
     'x"; DROP TABLE t; --',
 ]
+# Not the key, and not the attributes global tables add, which podyn leaves out by design (the oracle expects every
+# attribute it is given; Hypothesis also draws string constants of the code under test, so it finds them).
 attribute_names = st.one_of(st.sampled_from(ODD_NAMES), st.text(NAME_CHARACTERS, min_size=1, max_size=80)).filter(
-    lambda name: name != "pk"
+    lambda name: name != "pk" and name not in REPLICATION_ATTRIBUTES
 )
 
 

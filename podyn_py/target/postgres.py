@@ -1411,9 +1411,10 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
         else sql.SQL("DO NOTHING")  # a key-only table has nothing to update
     )
     # jsonb values are JSON text already (bytes): sent as text[], each parsed by the cast.
+    # $n placeholders (a RawCursor): a column name may hold "%", which a %s query would take for a placeholder.
     arrays = [
-        sql.SQL("%s::text[]") if c.type is PgType.JSONB else sql.SQL("%s::{}[]").format(sql.SQL(c.type.value))
-        for c in schema.columns
+        sql.SQL("{}::{}[]").format(placeholder, sql.SQL("text" if c.type is PgType.JSONB else c.type.value))
+        for placeholder, c in zip(positional(len(schema.columns)), schema.columns, strict=True)
     ]
     values = [
         sql.SQL("v.{}::jsonb").format(sql.Identifier(n))
@@ -1435,7 +1436,8 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
     for row in unique:
         for i, value in enumerate(row):
             columns[i].append(value.decode() if i in jsonb and isinstance(value, bytes) else value)
-    conn.execute(statement, columns, binary=True)
+    with psycopg.RawCursor(conn) as cur:
+        cur.execute(statement, columns, binary=True)
 
 
 def expire_rows(
