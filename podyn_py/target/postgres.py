@@ -879,13 +879,7 @@ class PostgresTarget:
                 _check_mapping(conn, schema)
                 if not state.mark_bridge_applied(conn, spec, ordinal, len(rows) + len(delete_keys)):
                     raise _AlreadyApplied
-                if delete_keys:
-                    delete_rows(conn, schema, delete_keys)
-                if rows:
-                    upsert_rows(conn, schema, rows)
-                for item in rejected:
-                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
-                state.record_changes(conn, spec, len(rows) + len(delete_keys), None)
+                _write_changes(conn, schema, rows, delete_keys, (), rejected, lag_seconds=None)
         except _AlreadyApplied:
             return False
         except psycopg.errors.UndefinedTable as exc:
@@ -949,15 +943,7 @@ class PostgresTarget:
                 if state.spool_pending(conn, spec):  # what was captured during the load goes first (spool.py)
                     raise SpoolNotEmpty("the changes captured during the load are applied first", table=spec.source)
                 _move_checkpoints(conn, spec, stream_arn, moves, leases)
-                if delete_keys:
-                    delete_rows(conn, schema, delete_keys)
-                if rows:
-                    upsert_rows(conn, schema, rows)
-                if expire:
-                    expire_rows(conn, schema, expire)
-                for item in rejected:
-                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
-                state.record_changes(conn, spec, len(rows) + len(delete_keys) + len(expire), lag_seconds)
+                _write_changes(conn, schema, rows, delete_keys, expire, rejected, lag_seconds=lag_seconds)
                 if ttl:
                     state.record_ttl_deletes(conn, spec, ttl)
         except _AlreadyApplied:
@@ -1035,15 +1021,7 @@ class PostgresTarget:
                 taken, left = state.take_spool(conn, spec, keys)
                 if taken != len(keys):
                     raise _AlreadyApplied
-                if delete_keys:
-                    delete_rows(conn, schema, delete_keys)
-                if rows:
-                    upsert_rows(conn, schema, rows)
-                if expire:
-                    expire_rows(conn, schema, expire)
-                for item in rejected:
-                    state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
-                state.record_changes(conn, spec, len(rows) + len(delete_keys) + len(expire), None)
+                _write_changes(conn, schema, rows, delete_keys, expire, rejected, lag_seconds=None)
         except _AlreadyApplied:
             return None
         except psycopg.errors.UndefinedTable as exc:
@@ -1343,6 +1321,31 @@ class _AlreadyApplied(Exception):
     """Rolls back a transaction whose position had already moved on."""
 
 
+def _write_changes(
+    conn: psycopg.Connection[Any],
+    schema: TableSchema,
+    rows: Sequence[Sequence[Any]],
+    delete_keys: Sequence[Sequence[Any]],
+    expire: Sequence[tuple[Sequence[Any], datetime | None]],
+    rejected: Sequence[Any],
+    *,
+    lag_seconds: float | None,
+) -> None:
+    """A batch of changes (a stream batch, a spool batch, an incremental export) into the table, in the caller's
+    transaction: deletes, then upserts, then expiry marks (the upserts clear marks), the rejected records, and the
+    table's count of changes applied."""
+    spec = schema.spec
+    if delete_keys:
+        delete_rows(conn, schema, delete_keys)
+    if rows:
+        upsert_rows(conn, schema, rows)
+    if expire:
+        expire_rows(conn, schema, expire)
+    for item in rejected:
+        state.reject_item(conn, spec, item.key, item.attribute, item.error, item.item)
+    state.record_changes(conn, spec, len(rows) + len(delete_keys) + len(expire), lag_seconds)
+
+
 def _move_checkpoints(
     conn: psycopg.Connection[Any],
     spec: TableSpec,
@@ -1392,9 +1395,10 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
     """INSERT ... ON CONFLICT DO UPDATE every column: an item's row becomes exactly its latest image (an item that
     exists is not expired: the upsert clears the expiry mark, when the table has the column).
 
-    One statement for the whole batch: each column's values go as one array, ``unnest`` makes the rows (about 3
-    times the rows per second of a pipelined ``executemany`` of single-row INSERTs, and no temporary table, which
-    would need the TEMPORARY privilege). A key twice in ``rows`` keeps its last row, as one INSERT a row would."""
+    One statement for the whole batch: each column's values go as one array, ``unnest`` makes the rows (fewer round
+    trips and less per-row work than a pipelined ``executemany`` of single-row INSERTs: the spool's apply went from
+    4.4k to 6.2k changes/s with it, bench/RESULTS.md; and no temporary table, which would need the TEMPORARY
+    privilege). A key twice in ``rows`` keeps its last row, as one INSERT a row would."""
     if not rows:
         return
     spec = schema.spec
