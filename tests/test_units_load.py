@@ -144,17 +144,24 @@ def test_three_processes_one_killed_mid_load_the_others_take_over_exactly(
     assert_each_item_inserted_once(pg_url)
     assert_loaded_exactly(pg_url, table)
     # The killed process's segments were taken over (a new lease generation) and finished by the others.
+    # A segment the watcher last saw the victim hold may have been finished by the victim itself between that look
+    # and the kill (its last page commits atomically: done, same generation); every other one was claimed again.
     survivor_pids = {s.process.pid for s in survivors}
+    taken_over = 0
     for unit in lost:
         after = segment_units(pg_url, table)[unit.segment]
         assert after.done and after.generation is not None and unit.generation is not None
-        assert after.generation > unit.generation, f"segment {unit.segment} was not claimed again"
+        if after.generation == unit.generation:
+            continue
+        assert after.generation > unit.generation, f"segment {unit.segment} went back a generation"
+        taken_over += 1
         takers = {
             owner_pid(owner)
             for (segment, generation), owner in watcher.owners.items()
             if segment == unit.segment and generation > unit.generation
         }
         assert takers and takers <= survivor_pids, (unit, takers)
+    assert taken_over > 0, f"none of the killed process's segments {lost} was claimed again"
     assert finished_after > float(LEASE), "the others finished before the lease could expire: nothing to take over"
     assert len(watcher.committers()) == 3, dict(watcher.committed)
     assert any("continues after its last committed page" in s.text() for s in survivors)
