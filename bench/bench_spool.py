@@ -14,8 +14,10 @@ is written during the load), and a fresh database. Figures:
 2. compaction: a load slowed to about ``--compaction-seconds`` by ``--scan-rate``, while 8 threads update the same
    1,000 keys as fast as DynamoDB Local takes it: changes captured against the spool's rows.
 3. apply: a slowed load while 8 threads put ``--apply-keys`` new keys (BatchWriteItem), ``-s -d`` alone, so the
-   spool keeps one row per key; then ``podyn -c``: the spool's apply rate (its log line) and the time until
-   ``podyn.tables.spool_rows`` is 0. Target: at least 15,000 changes/s.
+   spool keeps one row per key; then ``podyn -c`` on a copy of that database (``CREATE DATABASE ... TEMPLATE``),
+   ``--apply-rounds`` times (and as often with each ``--apply-variant LABEL=TREE``, the podyn of another
+   checkout, interleaved): the spool's apply rate (its log line) and the time until ``podyn.tables.spool_rows`` is
+   0, and the median rate. Target: at least 15,000 changes/s.
 4. idle: for each ``--idle-caps`` value, ``podyn -c --idle-poll-max CAP`` on a quiet table; after 2 x CAP + 2 s of
    silence, one put; the time from the put to the row in PostgreSQL (a trigger stamps it), ``--idle-samples`` times.
 
@@ -41,6 +43,7 @@ from typing import Any
 
 import boto3
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -107,10 +110,14 @@ def new_table(client: Any, name: str, items: int) -> None:
     )
 
 
-def podyn(endpoint: str, url: str, table: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
+def podyn(
+    endpoint: str, url: str, table: str, *args: str, log: Path, tree: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``podyn`` of this checkout, or of the checkout at ``tree`` (``--apply-variant``)."""
     command = [sys.executable, "-m", "podyn_py", "--endpoint-url", endpoint, "-u", url, "-t", table, "--no-progress"]
     stderr = open(log, "w")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen([*command, *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+    env = ENV if tree is None else dict(ENV, PYTHONPATH=tree)
+    return subprocess.Popen([*command, *args], cwd=tree or ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def tables_row(url: str, table: str) -> dict[str, Any]:
@@ -257,23 +264,50 @@ def apply_figure(ddb: LocalDynamoDB, pg: LocalPostgres, client: Any, args: argpa
     put_seconds = put("new", args.apply_keys)
     assert process.wait() == 0, f"load failed, see {LOGS / name}-load.log"
     before = tables_row(url, name)
-    log = LOGS / f"{name}-changes.log"
-    started = time.monotonic()
-    service = podyn(ddb.endpoint_url, url, name, "-c", log=log)
-    while tables_row(url, name)["spool_rows"] > 0:
-        time.sleep(0.05)
-    wall = time.monotonic() - started
-    service.send_signal(signal.SIGTERM)
-    service.wait(30)
-    found = re.search(r"applied the spool: (\d+) changes .* in ([\d.]+) s \((\d+) changes/s\)", log.read_text())
-    applied = f"{int(found[1]):,} changes in {float(found[2]):.2f} s = {int(found[3]):,} changes/s" if found else "?"
     print(
         f"apply: {args.apply_keys:,} new keys put in {put_seconds:.0f} s during a load of {before['items']:,} items"
-        f" ({float(before['seconds']):.0f} s): {before['captured']:,} captured, {before['spool_rows']:,} spool rows;"
-        f" podyn -c applied {applied} (its log line; target >= 15,000 changes/s); spool empty {wall:.1f} s after"
-        f" podyn -c started (process start-up included)",
+        f" ({float(before['seconds']):.0f} s): {before['captured']:,} captured, {before['spool_rows']:,} spool rows",
         flush=True,
     )
+    # Each apply runs on a copy of this database (CREATE DATABASE ... TEMPLATE): the same spool every time.
+    rates: dict[str, list[int]] = {}
+    copies = 0
+    for round_ in range(args.apply_rounds):
+        for label, tree in [("podyn", str(ROOT)), *args.apply_variant]:
+            copies += 1
+            copy = f"{name}_copy{copies}"
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
+                conn.execute(statement.format(sql.Identifier(copy), sql.Identifier(name)))
+            copy_url = pg.url_for(copy)
+            log = LOGS / f"{copy}-changes.log"
+            started = time.monotonic()
+            service = podyn(ddb.endpoint_url, copy_url, name, "-c", log=log, tree=tree)
+            while tables_row(copy_url, name)["spool_rows"] > 0:
+                time.sleep(0.05)
+            wall = time.monotonic() - started
+            service.send_signal(signal.SIGTERM)
+            service.wait(30)
+            pattern = r"applied the spool: (\d+) changes .* in ([\d.]+) s \((\d+) changes/s\)"
+            found = re.search(pattern, log.read_text())
+            applied = "?"
+            if found:
+                applied = f"{int(found[1]):,} changes in {float(found[2]):.2f} s = {int(found[3]):,} changes/s"
+                rates.setdefault(label, []).append(int(found[3]))
+            print(
+                f"apply [{label}] round {round_ + 1}: podyn -c applied {applied} (its log line); spool empty"
+                f" {wall:.1f} s after podyn -c started (process start-up included); load average"
+                f" {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    for label, measured in rates.items():
+        median = statistics.median(measured)
+        print(
+            f"apply [{label}]: median {median:,.0f} changes/s over {len(measured)} applies of the same spool"
+            f" ({', '.join(f'{r:,}' for r in measured)}; target >= 15,000 changes/s:"
+            f" {'MET' if median >= 15_000 else 'MISSED'})",
+            flush=True,
+        )
     client.delete_table(TableName=name)
 
 
@@ -326,6 +360,15 @@ def main() -> None:
     parser.add_argument("--compaction-seconds", type=float, default=60.0)
     parser.add_argument("--apply-keys", type=int, default=100_000)
     parser.add_argument("--apply-load-seconds", type=float, default=60.0)
+    parser.add_argument("--apply-rounds", type=int, default=3, help="applies of the same captured spool, each")
+    parser.add_argument(
+        "--apply-variant",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="LABEL=TREE",
+        help="also apply the spool with the podyn of another checkout (PYTHONPATH=TREE), in every round",
+    )
     parser.add_argument("--idle-caps", default="1,5,15")
     parser.add_argument("--idle-samples", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], choices=["load", "compaction", "apply", "idle"])

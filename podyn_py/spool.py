@@ -53,6 +53,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -63,13 +64,16 @@ from podyn_py.core.changes import (
     Change,
     Delete,
     Expire,
+    Item,
     KeyIdentity,
+    SpoolEntry,
     TtlCounts,
     TtlPolicy,
     Upsert,
     compact,
     from_spool_entry,
     key_identity,
+    spool_upsert,
     to_change,
     to_spool_entry,
 )
@@ -77,7 +81,7 @@ from podyn_py.core.keys import key_values
 from podyn_py.core.ports import Target
 from podyn_py.core.positions import Lease, ShardBatch, ShardPosition
 from podyn_py.core.rows import Rejected
-from podyn_py.core.schema import TableSpec
+from podyn_py.core.schema import TableSchema, TableSpec
 from podyn_py.errors import DataError, Interrupted, MappingChanged, PodynError
 
 log = logging.getLogger(__name__)
@@ -224,6 +228,62 @@ def log_captured(spec: TableSpec, captured: Captured) -> None:
     )
 
 
+@dataclass
+class _SpoolBatch:
+    """A batch of spool entries read after key ``after``: its changes sorted out and its upserts converted."""
+
+    after: str | None
+    entries: list[SpoolEntry]
+    upserts: list[Item]
+    delete_keys: list[tuple[Any, ...]]
+    expire: list[tuple[tuple[Any, ...], datetime | None]]
+    schema: TableSchema
+    converted: list[list[Any]]
+    rejected: list[Rejected]
+
+
+def _prepare_batch(rows: RowConverter, after: str | None, entries: list[SpoolEntry]) -> _SpoolBatch:
+    spec = rows.schema.spec
+    images = [spool_upsert(e) for e in entries]
+    upserts = [image for image in images if image is not None]
+    others = [from_spool_entry(e) for e, image in zip(entries, images, strict=True) if image is None]
+    expiring = [c for c in others if isinstance(c, Expire)]
+    if expiring and rows.schema.expired_column is None:
+        rows.add_expired_column()  # the capture added it; this process's schema may predate that
+    upserts += [c.item for c in expiring if c.item is not None]
+    schema, converted, rejected = rows.convert(upserts)
+    return _SpoolBatch(
+        after,
+        entries,
+        upserts,
+        [key_values(spec, c.key) for c in others if isinstance(c, Delete)],
+        [(key_values(spec, c.key), c.created_at) for c in expiring],
+        schema,
+        converted,
+        rejected,
+    )
+
+
+def _write_batch(target: Target, conn: Any, rows: RowConverter, batch: _SpoolBatch) -> int | None:
+    """Apply a prepared batch (see Target.apply_spool): the spool rows left, None if another process applied part
+    of it first. Columns renamed by another process meanwhile: the same entries again, under the new names."""
+    while True:
+        try:
+            return target.apply_spool(
+                conn,
+                batch.schema,
+                keys=[entry.key for entry in batch.entries],
+                rows=batch.converted,
+                delete_keys=batch.delete_keys,
+                rejected=batch.rejected,
+                expire=batch.expire,
+            )
+        except MappingChanged as exc:
+            log.info("table %s: %s", batch.schema.spec.source, exc.message)
+            rows.refresh(batch.schema)
+            batch.schema, batch.converted, batch.rejected = rows.convert(batch.upserts)
+
+
 def apply_spool(
     target: Target, conn: Any, rows: RowConverter, stop: threading.Event, *, batch: int = APPLY_BATCH
 ) -> int:
@@ -234,60 +294,53 @@ def apply_spool(
     Expire, its image (if any) upserted, then its row marked. The policy was applied when the entry was captured
     (``capture``): what is in the spool is what the capturing run's ``--ttl-deletes`` made of each TTL delete.
 
-    Several processes may apply one spool at once: an entry another one applied first makes this batch roll back,
-    and it is read again. Interrupted when ``stop`` is set before the spool is empty (the next run goes on).
+    Two stages: while one batch is written (a thread of its own, on a connection of its own), the next is read on
+    ``conn`` and converted, so that PostgreSQL's work on one overlaps the Python work on the other (each key is in
+    the spool once, so batches touch different rows). Several processes may apply one spool at once: an entry
+    another one applied first makes its batch roll back, and the spool is read again from that batch on.
+    Interrupted when ``stop`` is set before the spool is empty (the batch being written commits; the next run goes
+    on).
     """
     spec = rows.schema.spec
     started = time.monotonic()
-    after: str | None = None
     upserted = deleted = marked = 0
-    while True:
-        if stop.is_set():
-            raise Interrupted("stopped on request while applying the spool; the next run goes on", table=spec.source)
-        entries = target.read_spool(spec, after, batch, conn)
-        if not entries:
-            break
-        if after is None and not upserted + deleted + marked:
-            log.info("table %s: the load is done; applying the changes captured during it (the spool)", spec.source)
-        changes = [from_spool_entry(entry) for entry in entries]
-        expiring = [c for c in changes if isinstance(c, Expire)]
-        if expiring and rows.schema.expired_column is None:
-            rows.add_expired_column()  # the capture added it; this process's schema may predate that
-        upserts = [c.item for c in changes if isinstance(c, Upsert)]
-        upserts += [c.item for c in expiring if c.item is not None]
-        while True:
-            schema, converted, rejected = rows.convert(upserts)
-            delete_keys = [key_values(schema.spec, c.key) for c in changes if isinstance(c, Delete)]
-            expire = [(key_values(schema.spec, c.key), c.created_at) for c in expiring]
-            try:
-                left = target.apply_spool(
-                    conn,
-                    schema,
-                    keys=[entry.key for entry in entries],
-                    rows=converted,
-                    delete_keys=delete_keys,
-                    rejected=rejected,
-                    expire=expire,
-                )
-                break
-            except MappingChanged as exc:  # columns renamed by another process: same entries, new names
-                log.info("table %s: %s", spec.source, exc.message)
-                rows.refresh(schema)
-        if left is None:
-            log.info("table %s: another process applied part of the spool; reading it again", spec.source)
-            continue
-        after = entries[-1].key
-        upserted += len(converted)
-        deleted += len(delete_keys)
-        marked += len(expire)
-        metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(converted))
-        metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(delete_keys))
-        if expire:
-            metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(expire))
-        metrics.ITEMS_REJECTED.labels(spec.source).inc(len(rejected))
-        metrics.BATCHES.labels(spec.source).inc()
-        metrics.SPOOL_ROWS.labels(spec.source).set(left)
-        log.debug("table %s: applied %d spool entries, %d left", spec.source, len(entries), left)
+    after: str | None = None
+    writing: tuple[_SpoolBatch, Future[int | None]] | None = None
+    writer_conn = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="podyn-spool-writer") as writer:
+            while True:
+                entries = target.read_spool(spec, after, batch, conn)
+                if entries and after is None and writing is None and not upserted + deleted + marked:
+                    log.info(
+                        "table %s: the load is done; applying the changes captured during it (the spool)", spec.source
+                    )
+                prepared = _prepare_batch(rows, after, entries) if entries else None
+                if writing is not None:
+                    written, future = writing
+                    writing = None
+                    left = future.result()
+                    if left is None:
+                        log.info("table %s: another process applied part of the spool; reading it again", spec.source)
+                        after = written.after  # the batch read meanwhile is read again too
+                        continue
+                    upserted += len(written.converted)
+                    deleted += len(written.delete_keys)
+                    marked += len(written.expire)
+                    _count_batch(spec, written, left)
+                if prepared is None:
+                    break
+                if stop.is_set():  # the batch written before has committed
+                    raise Interrupted(
+                        "stopped on request while applying the spool; the next run goes on", table=spec.source
+                    )
+                if writer_conn is None:
+                    writer_conn = target.connect()
+                writing = (prepared, writer.submit(_write_batch, target, writer_conn, rows, prepared))
+                after = entries[-1].key
+    finally:
+        if writer_conn is not None:
+            writer_conn.close()
     applied = upserted + deleted + marked
     if applied:
         seconds = time.monotonic() - started
@@ -303,6 +356,17 @@ def apply_spool(
         )
     metrics.SPOOL_ROWS.labels(spec.source).set(0)
     return applied
+
+
+def _count_batch(spec: TableSpec, batch: _SpoolBatch, left: int) -> None:
+    metrics.CHANGES_APPLIED.labels(spec.source, "upsert").inc(len(batch.converted))
+    metrics.CHANGES_APPLIED.labels(spec.source, "delete").inc(len(batch.delete_keys))
+    if batch.expire:
+        metrics.CHANGES_APPLIED.labels(spec.source, "mark").inc(len(batch.expire))
+    metrics.ITEMS_REJECTED.labels(spec.source).inc(len(batch.rejected))
+    metrics.BATCHES.labels(spec.source).inc()
+    metrics.SPOOL_ROWS.labels(spec.source).set(left)
+    log.debug("table %s: applied %d spool entries, %d left", spec.source, len(batch.entries), left)
 
 
 def loading(target: Target, spec: TableSpec) -> bool:

@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from podyn_py.core.changes import (
 from podyn_py.core.positions import ShardPosition, UnitKind
 from podyn_py.core.schema import KeyAttribute, TableSchema, TableSpec
 from podyn_py.core.selection import Exclusions
-from podyn_py.errors import ConfigError, LeaseLost, SpoolClosed, SpoolNotEmpty, StreamGapError
+from podyn_py.errors import ConfigError, Interrupted, LeaseLost, SpoolClosed, SpoolNotEmpty, StreamGapError
 from podyn_py.load import LoadOptions, load_table
 from podyn_py.replicate import capture_beside_load
 from podyn_py.replicate import reader_factory as readers_polling_at_most
@@ -569,6 +570,83 @@ def test_a_spool_batch_another_process_applied_first_writes_nothing(setup: Setup
         keys = [spool_key(key("a")), spool_key(key("z"))]  # z was applied (and removed) by another process
         assert setup.target.apply_spool(conn, schema, keys=keys, rows=[["a"]], delete_keys=[], rejected=[]) is None
     assert rows(setup.url) == {} and spool_count(setup.url) == 1
+
+
+def spool_of(setup: Setup, count: int) -> list[str]:
+    """A loaded table whose spool holds ``count`` upserts (k000, k001, ...) and one delete of a row there is."""
+    begin(setup)
+    query(setup.url, "INSERT INTO public.orders (pk) VALUES ('gone') RETURNING 1")
+    changes: list[Upsert | Delete] = [
+        Upsert(key(f"k{i:03d}"), {"pk": {"S": f"k{i:03d}"}, "counter": {"N": str(i)}}) for i in range(count)
+    ]
+    changes.append(Delete(key("gone")))
+    with setup.target.connect() as conn:
+        assert spool(setup, conn, changes, None, ShardPosition(P, None, "1", False)) == count + 1
+    finish(setup)
+    return [f"k{i:03d}" for i in range(count)]
+
+
+class ApplyingFirst(PostgresTarget):
+    """The real target, where another process applies part of the ``at``-th batch (its first entry) just before
+    this process writes it: that batch finds an entry gone, rolls back and is read again."""
+
+    def __init__(self, url: str, at: int) -> None:
+        super().__init__(url)
+        self.other_url = url
+        self.at = at
+        self.writes = 0
+        self.taken: str | None = None
+
+    def apply_spool(self, conn: Any, schema: TableSchema, **batch: Any) -> int | None:
+        self.writes += 1
+        if self.writes == self.at:
+            first = batch["keys"][0]
+            self.taken = pk = orjson.loads(first)["pk"]["S"]
+            row = [pk if name == "pk" else Decimal(pk[1:]) for name in schema.column_names]  # the entry's row
+            with PostgresTarget(self.other_url).connect() as other:
+                assert super().apply_spool(other, schema, keys=[first], rows=[row], delete_keys=[], rejected=[])
+        return super().apply_spool(conn, schema, **batch)
+
+
+def test_the_spool_applied_in_two_stages_reads_a_batch_another_process_took_part_of_again(setup: Setup) -> None:
+    """While one batch is written the next is read and converted: when the written one rolls back (another process
+    applied one of its entries), both are read again, and every entry is applied exactly once."""
+    keys = spool_of(setup, 25)
+    target = ApplyingFirst(setup.url, at=3)  # the 3rd batch: the 4th has been read and converted meanwhile
+    replicator = TableReplicator(description(), setup.schema, target, None, None, threading.Event(), OPTIONS)
+    with target.connect() as conn:
+        applied = apply_spool(target, conn, replicator.rows, threading.Event(), batch=4)
+    assert target.taken == "k007"  # the 3rd batch: k007 to k010 (the delete of "gone" sorts first)
+    assert applied == 25 + 1 - 1  # the entry the other process applied is in its count, not this one's
+    assert target.writes == 8  # 2 batches, the 3rd rolled back, then 17 entries in 5 batches
+    assert rows(setup.url) == {k: int(k[1:]) for k in keys}
+    assert spool_count(setup.url) == 0 and tables_row(setup.url, "spool_rows") == (0,)
+
+
+def test_the_spool_stopped_while_a_batch_is_written_commits_it_and_the_next_run_applies_the_rest(
+    setup: Setup,
+) -> None:
+    keys = spool_of(setup, 30)
+    stop = threading.Event()
+
+    class StopDuring(PostgresTarget):
+        writes = 0
+
+        def apply_spool(self, conn: Any, schema: TableSchema, **batch: Any) -> int | None:
+            self.writes += 1
+            if self.writes == 2:
+                stop.set()  # SIGTERM arrives while the 2nd batch is being written
+            return super().apply_spool(conn, schema, **batch)
+
+    target = StopDuring(setup.url)
+    replicator = TableReplicator(description(), setup.schema, target, None, None, threading.Event(), OPTIONS)
+    with target.connect() as conn, pytest.raises(Interrupted):
+        apply_spool(target, conn, replicator.rows, stop, batch=10)
+    assert len(rows(setup.url)) == 19  # both batches: the delete and k000 to k008, then k009 to k018
+    assert spool_count(setup.url) == 11 and tables_row(setup.url, "spool_rows") == (11,)
+    with target.connect() as conn:
+        assert apply_spool(target, conn, replicator.rows, threading.Event(), batch=10) == 11
+    assert rows(setup.url) == {k: int(k[1:]) for k in keys} and spool_count(setup.url) == 0
 
 
 def test_a_spool_batch_under_a_shard_lease_another_process_took_writes_nothing(setup: Setup) -> None:

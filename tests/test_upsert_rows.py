@@ -1,5 +1,6 @@
 """The batch upsert behind every change, spool entry and re-loaded page (``postgres.upsert_rows``), against the
-real PostgreSQL: one ``INSERT ... SELECT FROM unnest(...)`` statement per batch, each column's values as an array.
+real PostgreSQL: one ``INSERT ... SELECT FROM jsonb_array_elements($1)`` statement per batch, the rows as one JSON
+array (several statements when the batch's JSON passes ``UPSERT_JSON_BYTES``).
 
 What it must keep from one INSERT a row: every type's values (jsonb as JSON, string scalars included, NULLs,
 bytes), an existing row replaced whole, and a key given twice in one batch ending with its last row (one
@@ -10,10 +11,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from oracle import connect
 
 from podyn_py.conversion import RowConverter
 from podyn_py.core.schema import KeyAttribute, TableSpec
+from podyn_py.target import postgres
 from podyn_py.target.postgres import PostgresTarget, upsert_rows
 
 SPEC = TableSpec("upserts", "public", "upserts", KeyAttribute("pk", "S"))
@@ -56,3 +59,31 @@ def test_a_batch_upsert_keeps_every_type_replaces_rows_whole_and_keeps_a_keys_la
         "b": (Decimal("2"), None, None, None, None, ["scalar"]),
         "c": (Decimal("4"), None, None, None, {}, None),
     }
+
+
+def test_a_batch_larger_than_one_statement_takes_is_split_and_every_row_arrives(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = PostgresTarget(pg_url, retry_seconds=5)
+    target.ensure_metadata()
+    schema = target.prepare_table(SPEC, create=True, citus=False)
+    rows = RowConverter(schema, target)
+    items = [item(f"k{i:03d}", s={"S": "x" * 100}, n={"N": str(i)}, b={"B": bytes([i % 256])}) for i in range(50)]
+    schema, converted, rejected = rows.convert(items)
+    assert rejected == []
+    statements: list[int] = []
+    chunks = postgres._json_chunks
+
+    def counted(json_rows: Any) -> Any:
+        for chunk in chunks(json_rows):
+            statements.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(postgres, "UPSERT_JSON_BYTES", 1000)  # about 7 rows a statement
+    monkeypatch.setattr(postgres, "_json_chunks", counted)
+    with target.connect() as conn, conn.transaction():
+        upsert_rows(conn, schema, converted)
+    assert len(statements) >= 7 and all(size <= 1000 for size in statements)
+    with connect(pg_url) as conn:
+        stored = conn.execute("SELECT pk, n, s, b FROM upserts ORDER BY pk").fetchall()
+    assert stored == [(f"k{i:03d}", Decimal(i), "x" * 100, bytes([i % 256])) for i in range(50)]

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -304,6 +304,14 @@ def to_spool_entry(change: Upsert | Delete | Expire, shard_id: str, sequence_num
     return SpoolEntry(
         spool_key(change.key), image, shard_id, sequence_number, change.created_at, isinstance(change, Expire)
     )
+
+
+def spool_upsert(entry: SpoolEntry) -> Item | None:
+    """The image of an entry that is an upsert, else None: what applying it needs (the key is in the image, and
+    is not parsed)."""
+    if entry.image is None or entry.expired:
+        return None
+    return cast(Item, orjson.loads(entry.image))
 
 
 def from_spool_entry(entry: SpoolEntry) -> Upsert | Delete | Expire:
