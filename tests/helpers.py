@@ -417,15 +417,16 @@ def loaded_items(url: str, table: str) -> int:
     return sum(unit.items for unit in segment_units(url, table))
 
 
-def backends_in_transaction(url: str, pid: int) -> list[str]:
+def backends_in_transaction(url: str, pid: int, *, statement: str = "") -> list[str]:
     """The states of the PostgreSQL backends that process ``pid``'s TCP connections are served by, except the
-    idle ones: a process stopped while one is listed is stopped in the middle of a transaction."""
+    idle ones: a process stopped while one is listed is stopped in the middle of a transaction. With ``statement``,
+    only those whose last statement began so (``COPY``: a page's transaction)."""
     ports = _local_tcp_ports(pid)
     with connect(url) as conn:
         rows = conn.execute(
-            """SELECT state || coalesce(' ' || wait_event, '') FROM pg_stat_activity
-               WHERE client_port = ANY(%s) AND state IS DISTINCT FROM 'idle'""",
-            (sorted(ports),),
+            """SELECT state || coalesce(' ' || wait_event, '') || ': ' || left(query, 60) FROM pg_stat_activity
+               WHERE client_port = ANY(%s) AND state IS DISTINCT FROM 'idle' AND starts_with(query, %s)""",
+            (sorted(ports), statement),
         ).fetchall()
     return [str(r[0]) for r in rows]
 

@@ -277,7 +277,12 @@ def test_a_process_paused_inside_a_commit_loses_the_segment_after_the_lease(
         pid = sleeper.process.pid
         for _ in range(200):
             sleeper.process.send_signal(signal.SIGSTOP)
-            if backends_in_transaction(pg_url, pid):
+            # In a page's transaction, past its COPY's rows (in the trigger's sleep, or idle after it): the case of
+            # this test. Stopped in another transaction (a claim, a renewal, a heartbeat), the process loses its
+            # segments without the mechanism under test (seen once); stopped while sending the COPY's rows, its
+            # backend waits for them, active, which no idle timeout ends.
+            inside = backends_in_transaction(pg_url, pid, statement="COPY")
+            if inside and not any(state.startswith("active ClientRead") for state in inside):
                 break
             sleeper.process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
