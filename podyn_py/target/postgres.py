@@ -1399,11 +1399,12 @@ def upsert_rows(conn: psycopg.Connection[Any], schema: TableSchema, rows: Sequen
 
     The batch goes as one parameter, a JSON array of the rows (each an array of its column values, serialised by
     orjson), unpacked by ``jsonb_array_elements`` into one ``INSERT ... SELECT``: psycopg's array dumpers, which
-    this replaced, spent Python time on every value (30,000 rows of 8 columns: 15k rows/s and 4.4 client CPU-s per
-    100k rows, against 45k rows/s and 0.6 with the JSON, bench/RESULTS.md). No temporary table, which would need
-    the TEMPORARY privilege. Every value is the one a binary COPY stores: text as JSON strings (rows hold no U+0000),
-    numbers as their decimal text (cast to numeric: scale and exponent kept), bytes as hex (``decode``), jsonb
-    values embedded as they are (``->``). A key twice in ``rows`` keeps its last row, as one INSERT a row would."""
+    this replaced, spent Python time on every value (30,000 rows of 8 columns: 14–19k rows/s and 3.7–5.0 client
+    CPU-s per 100k rows, against 34–43k rows/s and 0.7–1.1 with the JSON: bench/bench_upsert.py, bench/RESULTS.md).
+    No temporary table, which would need the TEMPORARY privilege. Every value is the one a binary COPY stores:
+    text as JSON strings (rows hold no U+0000), numbers as their decimal text (cast to numeric: scale and exponent
+    kept), bytes as hex (``decode``), jsonb values embedded as they are (``->``). A key twice in ``rows`` keeps its
+    last row, as one INSERT a row would."""
     if not rows:
         return
     keys = [c.name for c in schema.primary_key_columns]
