@@ -42,6 +42,7 @@ from podyn_py.core.keys import key_values
 from podyn_py.core.ports import Target
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema, TableSpec
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import DataError, Interrupted, MappingChanged, SourceError
 from podyn_py.export_request import Exporter, wait_for_export
 from podyn_py.source import dynamodb, export
@@ -126,15 +127,16 @@ def build(
     *,
     stop: threading.Event,
     heartbeat: Callable[[], None] | None = None,
+    selection: AttributeSelection = EVERYTHING,
 ) -> int:
     """Ask for, wait for and apply every window of the table's recorded bridge not applied yet, in order; the
-    changes applied."""
+    changes applied. ``selection``: the attributes left out of the copy, left out of the images too."""
     spec = description.spec
     if description.table_arn is None:
         raise SourceError("DescribeTable gave no TableArn: no incremental export can be asked for", table=spec.source)
     table_arn = description.table_arn
     bucket, prefix = split_destination(exporter.destination)
-    rows = RowConverter(schema, target)
+    rows = RowConverter(schema, target, selection)
     applied = 0
     for record in target.read_bridge(spec):
         if record.applied:

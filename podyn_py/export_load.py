@@ -39,6 +39,7 @@ from podyn_py.core.ports import ExportSource, Target
 from podyn_py.core.positions import Lease
 from podyn_py.core.rows import Rejected
 from podyn_py.core.schema import TableSchema
+from podyn_py.core.selection import EVERYTHING, AttributeSelection
 from podyn_py.errors import (
     ConfigError,
     Interrupted,
@@ -83,8 +84,9 @@ class _Workers:
         options: LoadOptions,
         progress: LoadProgress,
         stop: threading.Event,
+        selection: AttributeSelection = EVERYTHING,
     ) -> None:
-        self.rows = RowConverter(schema, target)
+        self.rows = RowConverter(schema, target, selection)
         self.target = target
         self.source = source
         self.options = options
@@ -150,6 +152,7 @@ def load_from_export(
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
     exporter: Exporter | None = None,
+    selection: AttributeSelection = EVERYTHING,
 ) -> LoadResult:
     """Copy every item of the export into the table's PostgreSQL table; resume an interrupted load of the same
     export; skip a table already loaded (``options.reload``: load it again).
@@ -158,7 +161,8 @@ def load_from_export(
     incremental exports (``bridge``), asked for with ``exporter``'s client and written to its destination; when no
     bridge can be built either, ``changes_follow`` (change replication follows in this run) refuses before
     anything is loaded, and without it the load goes ahead with a warning. A table already loaded is not checked
-    again: its replication knows where it is (and an unfinished bridge is finished here).
+    again: its replication knows where it is (and an unfinished bridge is finished here). ``selection``: the
+    attributes left out of the copy (``--exclude-attributes``), as the Scan load leaves them out.
     """
     spec = schema.spec
     manifest = source.manifest
@@ -196,7 +200,9 @@ def load_from_export(
     )
     if files is None:
         if exporter is not None and record is not None and record.bridge_left:
-            bridge.build(description, schema, target, exporter, stop=requested, heartbeat=heartbeat)
+            bridge.build(
+                description, schema, target, exporter, stop=requested, heartbeat=heartbeat, selection=selection
+            )
             return LoadResult(spec.source, 0, 0, False, time.monotonic() - started)
         log.info("table %s: already loaded; skipping (use --reload to load it again)", spec.source)
         return LoadResult(spec.source, 0, 0, True, 0.0)
@@ -229,7 +235,7 @@ def load_from_export(
     progress = LoadProgress(
         spec.source, manifest.item_count - sum(f.items_loaded for f in files), bar=options.progress_bar
     )
-    workers = _Workers(schema, target, source, options, progress, requested)
+    workers = _Workers(schema, target, source, options, progress, requested, selection)
     keeper = workers.keeper
     try:
         keeper.join()
@@ -259,7 +265,7 @@ def load_from_export(
         raise Interrupted(f"load of {spec.source} interrupted; the next run resumes it", table=spec.source)
     total = target.finish_load(spec)
     if exporter is not None and target.read_bridge(spec):
-        bridge.build(description, schema, target, exporter, stop=requested, heartbeat=heartbeat)
+        bridge.build(description, schema, target, exporter, stop=requested, heartbeat=heartbeat, selection=selection)
     metrics.CAPACITY_CONSUMED.labels(spec.source).inc(0)  # the series exists, and says none
     nuls = sum(workers.rows.nul_counts.values())
     log.info(

@@ -403,7 +403,9 @@ def _prepare_and_load(
                 )
                 if exported is None:
                     if bridger is not None and bridge.pending(target, description.spec):
-                        bridge.build(description, schema, target, bridger, stop=stop, heartbeat=beat)
+                        bridge.build(
+                            description, schema, target, bridger, stop=stop, heartbeat=beat, selection=selection
+                        )
                     log.info("table %s: already loaded; skipping (use --reload to load it again)", name)
                     summary.loaded.append(LoadResult(name, 0, 0, True, 0.0))
                     return description
@@ -418,6 +420,7 @@ def _prepare_and_load(
                     stop=stop,
                     heartbeat=beat,
                     exporter=bridger,
+                    selection=selection,
                 )
             else:
                 beside = streams.beside_load(description, schema) if streams is not None else None

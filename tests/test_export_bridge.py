@@ -227,3 +227,50 @@ def test_a_failed_incremental_export_is_asked_for_anew_by_the_next_run(
     assert first["IncrementalExportSpecification"] == second["IncrementalExportSpecification"]
     assert [r[4:] for r in bridge_rows(pg_url, table)] == [(5, True)]
     assert service.stop() == 0
+
+
+def test_excluded_attributes_stay_out_of_the_export_load_and_the_bridge(
+    server: ScriptedStreamServer,
+    script: ExportScript,
+    ddb: Any,
+    s3: Any,
+    s3_server: Any,
+    export_bucket: str,
+    pg_url: str,
+    create_table: Any,
+    services: Any,
+) -> None:
+    """``--exclude-attributes`` holds for the items of the export's files and the images of the bridge's
+    incremental export as it does for a Scan and a stream: no column, no value."""
+    table = create_table(name=fresh(), stream_view_type=STREAM)
+    now = datetime.now(UTC).replace(microsecond=0)
+    export_time = now - timedelta(minutes=40)
+    enabled = now - timedelta(minutes=15)
+    secret = {"secret": {"S": "SECRET value"}}
+    export = write_export(
+        s3, ddb, table, bucket=export_bucket, items=[item(f"k{n}", 0) | secret for n in range(3)],
+        export_time=export_time, files=1, prefix="exports",
+    )  # fmt: skip
+    script.incremental_lines = [
+        incremental_line({"pk": {"S": "b1"}}, item("b1", 1) | secret, None, export_time + timedelta(minutes=1)),
+        incremental_line({"pk": {"S": "k1"}}, item("k1", 2) | secret, item("k1", 0) | secret, export_time),
+    ]
+    stream = StreamScript(table, label=enabled.strftime("%Y-%m-%dT%H:%M:%S.000"))
+    server.add(stream)
+    stream.open_shard()
+    args = ("-s", "-d", "-c", "--from-export", export.url, "--s3-endpoint-url", s3_server.endpoint_url)
+    service = services(
+        pg_url, table, *args, *POLL, "--exclude-attributes", f"{table}.secret", endpoint=server.endpoint_url
+    )
+    wait_for_state(pg_url, table, "live", timeout=90, service=service)
+    assert service.stop() == 0
+    with connect(pg_url) as conn:
+        rows = conn.execute(f'SELECT to_jsonb(t) FROM public."{table}" t ORDER BY pk').fetchall()
+        kept = conn.execute("SELECT item::text FROM podyn.rejected").fetchall()
+    assert [r[0] for r in rows] == [
+        {"pk": "b1", "counter": 1},
+        {"pk": "k0", "counter": 0},
+        {"pk": "k1", "counter": 2},
+        {"pk": "k2", "counter": 0},
+    ]
+    assert kept == []
