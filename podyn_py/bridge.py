@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from podyn_py import health
@@ -234,8 +234,9 @@ def _apply(
             for line in batch.items:
                 try:
                     changes.append(from_incremental(line, spec.key_names, table=spec.source))
-                except DataError as exc:
-                    bad.append(Rejected(line, str(exc.key or ""), exc.attribute, str(exc)))
+                except DataError as exc:  # kept whole in podyn.rejected, but for the attributes left out
+                    kept = rows.selection.strip_images(line) if isinstance(line, Mapping) else line
+                    bad.append(Rejected(kept, str(exc.key or ""), exc.attribute, str(exc)))
         if stop.is_set():
             raise Interrupted("stopped on request during the bridge; the next run goes on with it", table=spec.source)
     # Each item is in an incremental export once; in write order all the same, should one hold a key twice.

@@ -241,7 +241,7 @@ def test_excluded_attributes_stay_out_of_the_export_load_and_the_bridge(
     services: Any,
 ) -> None:
     """``--exclude-attributes`` holds for the items of the export's files and the images of the bridge's
-    incremental export as it does for a Scan and a stream: no column, no value."""
+    incremental export as it does for a Scan and a stream: no column, no value, not even in a rejected line."""
     table = create_table(name=fresh(), stream_view_type=STREAM)
     now = datetime.now(UTC).replace(microsecond=0)
     export_time = now - timedelta(minutes=40)
@@ -254,6 +254,8 @@ def test_excluded_attributes_stay_out_of_the_export_load_and_the_bridge(
     script.incremental_lines = [
         incremental_line({"pk": {"S": "b1"}}, item("b1", 1) | secret, None, export_time + timedelta(minutes=1)),
         incremental_line({"pk": {"S": "k1"}}, item("k1", 2) | secret, item("k1", 0) | secret, export_time),
+        # Keys without the table's key: rejected, kept in podyn.rejected without the attribute left out.
+        incremental_line({"id": {"S": "x1"}}, {"id": {"S": "x1"}} | secret, None, export_time),
     ]
     stream = StreamScript(table, label=enabled.strftime("%Y-%m-%dT%H:%M:%S.000"))
     server.add(stream)
@@ -273,4 +275,5 @@ def test_excluded_attributes_stay_out_of_the_export_load_and_the_bridge(
         {"pk": "k1", "counter": 2},
         {"pk": "k2", "counter": 0},
     ]
-    assert kept == []
+    (rejected,) = kept
+    assert "x1" in rejected[0] and "SECRET" not in rejected[0] and "secret" not in rejected[0]

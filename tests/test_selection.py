@@ -117,3 +117,13 @@ def test_strip_record_removes_excluded_attributes_from_both_images() -> None:
     clean = {"eventName": "REMOVE", "dynamodb": {"Keys": key}}
     assert selection.strip_record(clean) is clean
     assert selection.strip_record({"dynamodb": "not a map"}) == {"dynamodb": "not a map"}
+
+
+def test_strip_images_removes_excluded_attributes_from_an_incremental_export_line() -> None:
+    selection = Exclusions.parse("Users.secret").for_table(spec())
+    key = {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    line: dict[str, Any] = {"Keys": key, "NewImage": {**key, "secret": {"S": "new"}}, "Metadata": {}}
+    assert selection.strip_images(line) == {"Keys": key, "NewImage": key, "Metadata": {}}
+    assert "secret" in line["NewImage"]  # the caller's line is not changed
+    deleted = {"Keys": key, "OldImage": key}
+    assert selection.strip_images(deleted) is deleted

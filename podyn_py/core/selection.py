@@ -152,12 +152,18 @@ class AttributeSelection:
         body = record.get("dynamodb")
         if not self or not isinstance(body, Mapping):
             return record
+        stripped = self.strip_images(body)
+        return record if stripped is body else {**record, "dynamodb": stripped}
+
+    def strip_images(self, body: Mapping[str, Any]) -> Any:
+        """``body`` (a stream record's ``dynamodb``, a line of an incremental export) without the attributes left out
+        of its ``NewImage`` and ``OldImage``: the same object when nothing is."""
         images = {
             name: self.strip(body[name]) for name in ("NewImage", "OldImage") if isinstance(body.get(name), Mapping)
         }
         if all(images[name] is body[name] for name in images):
-            return record
-        return {**record, "dynamodb": {**body, **images}}
+            return body
+        return {**body, **images}
 
 
 #: Leaves nothing out: what code that is given no selection uses.
